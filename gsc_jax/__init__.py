@@ -1,0 +1,47 @@
+"""gsc_jax: the GSC loss (Zhao et al. 2022) for JAX, with the baselines it combines with.
+
+    from gsc_jax import gsc_loss
+    loss = gsc_loss(logits, labels, gamma=0.05, top_c=2).mean()
+"""
+
+from gsc_jax import metrics
+from gsc_jax._gsc import gsc_loss
+from gsc_jax._gsc import gsc_term
+from gsc_jax._gsc import with_gsc
+from gsc_jax._losses import cross_entropy
+from gsc_jax._losses import entropy_regularized_cross_entropy
+from gsc_jax._losses import focal_loss
+from gsc_jax._losses import label_smoothing_cross_entropy
+from gsc_jax._losses import softmax_entropy
+from gsc_jax._margins import arcface_logits
+from gsc_jax._margins import cosface_logits
+from gsc_jax._ols import OnlineLabelSmoothingState
+from gsc_jax._ols import ols_batch_statistics
+from gsc_jax._ols import ols_finalize_epoch
+from gsc_jax._ols import ols_init
+from gsc_jax._ols import ols_update
+from gsc_jax._ols import online_label_smoothing_loss
+from gsc_jax._temperature import fit_temperature
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "OnlineLabelSmoothingState",
+    "arcface_logits",
+    "cosface_logits",
+    "cross_entropy",
+    "entropy_regularized_cross_entropy",
+    "fit_temperature",
+    "focal_loss",
+    "gsc_loss",
+    "gsc_term",
+    "label_smoothing_cross_entropy",
+    "metrics",
+    "ols_batch_statistics",
+    "ols_finalize_epoch",
+    "ols_init",
+    "ols_update",
+    "online_label_smoothing_loss",
+    "softmax_entropy",
+    "with_gsc",
+]

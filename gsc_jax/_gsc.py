@@ -1,0 +1,276 @@
+r"""The GSC term (Zhao et al. 2022, Sec. 3.2) and the losses built on it.
+
+The GSC term is a product of ``top_c`` one-dimensional Gaussian densities, evaluated at the
+``top_c`` largest softmax scores, with mean ``mu`` and a standard deviation equal to the softmax
+entropy. It needs no label, so it can be added to any classification loss.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gsc_jax import _losses
+from gsc_jax import _softmax
+from gsc_jax import _validation
+
+Array = jax.Array
+ArrayLike = jax.typing.ArrayLike
+
+
+def _sigma_floor(dtype) -> float:
+    """Smallest sigma used in log space: keeps 1/sigma^2 and its gradient finite in `dtype`.
+
+    Below it the GSC value is exactly 0 in floating point anyway (it holds exp(-1/(2 sigma^2)) with
+    the largest score near 1), so the floor changes no value, only keeps gradients finite.
+    """
+    return float(jnp.finfo(dtype).eps) ** 2
+
+
+def log_gaussian_product(top_scores: Array, mu: float, sigma: Array) -> Array:
+    r"""Log of :math:`\prod_{i=1}^{c} \mathcal{N}(K_i; \mu, \sigma)` (paper Eq. 4-5), in log space.
+
+    .. math::
+        \log f = -\tfrac{c}{2}\log(2\pi) - c\log\sigma - \frac{\sum_i (K_i - \mu)^2}{2\sigma^2}
+
+    sigma is floored at ``eps(dtype)**2`` and ``1/sigma^2`` is formed as ``exp(-2 log sigma)``, so
+    value and gradient stay finite for sigma = 0 (one-hot scores).
+
+    Args:
+      top_scores: ``[..., c]`` the selected scores K.
+      mu: mean of every Gaussian factor.
+      sigma: ``[...]`` standard deviation per row.
+
+    Returns:
+      ``[...]`` the log density.
+    """
+    top_c = top_scores.shape[-1]
+    log_sigma = jnp.log(jnp.maximum(sigma, _sigma_floor(top_scores.dtype)))
+    squared_distance = jnp.sum(jnp.square(top_scores - mu), axis=-1)
+    return (
+        -0.5 * top_c * _softmax.LOG_TWO_PI
+        - top_c * log_sigma
+        - 0.5 * squared_distance * jnp.exp(-2.0 * log_sigma)
+    )
+
+
+def gsc_term_last_axis(
+    logits: Array,
+    where: Optional[Array],
+    *,
+    top_c: int,
+    mu: float,
+    normalize_entropy: bool,
+    stop_gradient_sigma: bool,
+) -> Array:
+    """Reference GSC term on the last axis of validated, compute-dtype logits (see `gsc_term`).
+
+    Plain autodiff through softmax, entropy and `jax.lax.top_k`. Rows with fewer than two classes
+    taking part give 0.
+    """
+    log_probs, probs = _softmax.masked_log_softmax(logits, where)
+    num_classes = _softmax.num_active_classes(logits, where)
+    sigma = _softmax.entropy_from_log_probs(log_probs, probs)
+    if normalize_entropy:
+        sigma = _softmax.normalized_entropy(sigma, num_classes)
+    if stop_gradient_sigma:
+        sigma = jax.lax.stop_gradient(sigma)
+    top_scores, _ = jax.lax.top_k(probs, top_c)
+    value = jnp.exp(log_gaussian_product(top_scores, mu, sigma))
+    return jnp.where(num_classes >= 2, value, 0.0)
+
+
+def _check_mu(mu) -> float:
+    if _validation.is_concrete(mu):
+        if np.ndim(mu) != 0 or not np.isfinite(mu):
+            raise ValueError(f"`mu` must be a finite scalar, got {mu!r}.")
+    return mu
+
+
+def gsc_term(
+    logits: ArrayLike,
+    *,
+    top_c: int = 2,
+    mu: float = 0.0,
+    normalize_entropy: bool = True,
+    stop_gradient_sigma: bool = False,
+    axis: int = -1,
+    where: Optional[ArrayLike] = None,
+) -> Array:
+    r"""Computes the Gaussian Score Calibrating (GSC) term per example.
+
+    The term rewards confident score vectors less and less as they sharpen: it is large when the
+    top scores are close to each other (an ambiguous prediction) and vanishes as the prediction
+    becomes one-hot. It does not use labels, so it can regularise unsupervised objectives too.
+
+    With :math:`S = \mathrm{softmax}(z)` over the ``n`` classes taking part,
+
+    .. math::
+        E(S) &= -\sum_i S_i \log S_i \quad \text{(Eq. 7, natural log)} \\
+        \sigma &= E(S) / \log n \ \text{(Eq. 8, if normalize\_entropy) or } E(S) \\
+        K &= \mathrm{top}_{c}(S) \quad \text{(Eq. 6)} \\
+        f &= \prod_{i=1}^{c} \mathcal{N}(K_i; \mu, \sigma)
+           = (2\pi\sigma^2)^{-c/2} \exp\Big(-\sum_i \frac{(K_i - \mu)^2}{2\sigma^2}\Big)
+           \quad \text{(Eq. 4-5)}
+
+    computed in log space. Gradients flow through both :math:`K` and :math:`\sigma` unless
+    ``stop_gradient_sigma`` (the paper's Appendix 6.2 analysis holds :math:`\sigma` fixed).
+
+    A note on the paper's derivative: Appendix Eq. 12/17 states
+    :math:`\partial f_2/\partial p = f_2 (1-p)/\sigma^2` for the binary case
+    :math:`K = (p, 1-p)`, and Table 8's :math:`f'` column follows that formula. Differentiating
+    Eq. 13 with :math:`\sigma` fixed actually gives :math:`f_2 (1-2p)/\sigma^2`: the step in Eq. 17
+    drops a factor (:math:`n' = (1-2p)/\sigma^2`, not :math:`(1-p)/\sigma^2`). This function's
+    gradients are the exact ones (checked against float64 finite differences in the tests);
+    ``python -m gsc_jax.table8`` prints both columns side by side.
+
+    Args:
+      logits: ``[..., num_classes, ...]`` unnormalised scores; at least 2 classes along ``axis``.
+        16-bit floats are computed in float32; float64 stays float64 (with ``jax_enable_x64``).
+      top_c: number of top scores that enter the product, ``1 <= top_c <= num_classes``. The paper
+        uses 2 or 3 for CIFAR-10, 5-7 for ImageNet, 7-9 for segmentation.
+      mu: mean of every Gaussian factor. The paper uses 0; values above 0.5 penalise confident
+        predictions.
+      normalize_entropy: if True, :math:`\sigma = E/\log n` in [0, 1] (Eq. 8, the multi-class
+        definition); if False, :math:`\sigma = E` in nats (the binary convention of Eq. 13-14 and
+        Table 8).
+      stop_gradient_sigma: if True, treat :math:`\sigma` as a constant in the backward pass.
+      axis: the class axis (a single int).
+      where: optional boolean mask of the logits' shape; masked classes take no part (probability
+        0, not counted in ``n``). Rows with fewer than 2 classes taking part give 0.
+
+    Returns:
+      The GSC value per example, shape of ``logits`` without ``axis``, in the compute dtype.
+
+    Raises:
+      ValueError: ``top_c`` outside ``[1, num_classes]``, fewer than 2 classes, a mask whose shape
+        differs from the logits', a tuple or out-of-range ``axis``, a non-finite ``mu``.
+      TypeError: non-floating logits or a non-boolean mask.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from gsc_jax import gsc_term
+      >>> round(float(gsc_term(jnp.zeros(10), top_c=2)), 6)  # (2 pi)^-1 exp(-0.01)
+      0.157571
+
+    References:
+      Zhao et al., `GSC Loss: A Gaussian Score Calibrating Loss for Deep Learning
+      <https://arxiv.org/abs/2203.00833>`_, 2022.
+    """
+    logits_last, where_last, _, num_classes = _validation.prepare_logits(logits, axis, where)
+    top_c = _validation.check_top_c(top_c, num_classes)
+    mu = _check_mu(mu)
+    return gsc_term_last_axis(
+        logits_last,
+        where_last,
+        top_c=top_c,
+        mu=mu,
+        normalize_entropy=normalize_entropy,
+        stop_gradient_sigma=stop_gradient_sigma,
+    )
+
+
+def gsc_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    gamma: Union[float, ArrayLike],
+    top_c: int,
+    mu: float = 0.0,
+    normalize_entropy: bool = True,
+    stop_gradient_sigma: bool = False,
+    axis: int = -1,
+    where: Optional[ArrayLike] = None,
+) -> Array:
+    r"""Computes cross-entropy plus ``gamma`` times the GSC term per example (paper Eq. 9).
+
+    .. math::
+        L(z, y) = \mathrm{CE}(z, y) + \gamma\, f_{top_c}(K, \mu, \sigma)
+
+    Args:
+      logits: ``[..., num_classes]`` scores (16-bit floats are computed in float32).
+      labels: ``[...]`` integer class ids or ``[..., num_classes]`` probability vectors.
+      gamma: weight of the GSC term, ``>= 0``. The paper uses 0.05 (AlexNet, CIFAR-10), 0.02
+        (ConvMixer, ImageNet ResNets) and suggests starting from 0.01.
+      top_c: number of top scores in the term, ``1 <= top_c <= num_classes``.
+      mu, normalize_entropy, stop_gradient_sigma, axis, where: see `gsc_term`.
+
+    Returns:
+      ``[...]`` per-example loss.
+
+    Raises:
+      ValueError / TypeError: as `gsc_term`, plus a negative ``gamma`` or labels whose shape fits
+      neither form.
+    """
+    _validation.check_non_negative("gamma", gamma)
+    term = gsc_term(
+        logits,
+        top_c=top_c,
+        mu=mu,
+        normalize_entropy=normalize_entropy,
+        stop_gradient_sigma=stop_gradient_sigma,
+        axis=axis,
+        where=where,
+    )
+    return _losses.cross_entropy(logits, labels, axis=axis, where=where) + gamma * term
+
+
+LossFn = Callable[..., Array]
+
+
+def with_gsc(
+    base_loss: LossFn,
+    *,
+    gamma: Union[float, ArrayLike],
+    top_c: int,
+    mu: float = 0.0,
+    normalize_entropy: bool = True,
+    stop_gradient_sigma: bool = False,
+) -> LossFn:
+    r"""Adds ``gamma`` times the GSC term to any per-example classification loss.
+
+    .. math::
+        L(z, y) = \mathrm{base\_loss}(z, y) + \gamma\, f_{top_c}(K, \mu, \sigma) \quad \text{(Eq. 9)}
+
+    The returned function has ``base_loss``'s signature,
+    ``(logits, labels, **base_kwargs) -> [batch...]``; ``axis`` and ``where`` in ``base_kwargs`` are
+    passed to the GSC term too. Composes with every loss in `gsc_jax` (cross-entropy, label
+    smoothing, focal, entropy-regularised, online label smoothing, margin logits fed to
+    cross-entropy) and with a user's own.
+
+    Args:
+      base_loss: ``(logits, labels, **kwargs) -> per-example loss``.
+      gamma: weight of the GSC term, ``>= 0`` (paper: 0.005-0.05 for clean classification, up to 2
+        for noisy labels). May be a traced scalar (e.g. from a schedule).
+      top_c, mu, normalize_entropy, stop_gradient_sigma: see `gsc_term`.
+
+    Returns:
+      The combined per-example loss function.
+
+    Raises:
+      ValueError: negative or non-finite ``gamma``, or ``top_c < 1``, at construction; the other
+        checks of `gsc_term` when the returned function is traced.
+    """
+    _validation.check_non_negative("gamma", gamma)
+    if isinstance(top_c, bool) or not isinstance(top_c, int) or top_c < 1:
+        raise ValueError(f"`top_c` must be an int >= 1, got {top_c!r}.")
+    _check_mu(mu)
+
+    @functools.wraps(base_loss)
+    def loss_with_gsc(logits, labels, **base_kwargs):
+        term = gsc_term(
+            logits,
+            top_c=top_c,
+            mu=mu,
+            normalize_entropy=normalize_entropy,
+            stop_gradient_sigma=stop_gradient_sigma,
+            axis=base_kwargs.get("axis", -1),
+            where=base_kwargs.get("where"),
+        )
+        return base_loss(logits, labels, **base_kwargs) + gamma * term
+
+    return loss_with_gsc

@@ -1,0 +1,62 @@
+"""Masked softmax and entropy on the last axis, finite for every finite input."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+
+def masked_log_softmax(
+    logits: jax.Array, where: Optional[jax.Array]
+) -> tuple[jax.Array, jax.Array]:
+    r"""Log-probabilities and probabilities of a softmax over the last axis, with a class mask.
+
+    .. math::
+        \log S_i = z_i - \log \sum_{j \in A} e^{z_j}, \quad S_i = 0 \text{ for } i \notin A,
+
+    where :math:`A` is the set of classes with ``where`` True. Masked entries get log-probability 0
+    (not -inf) so that products such as ``probs * log_probs`` and their gradients stay finite; a row
+    with every class masked gets all zeros.
+
+    Args:
+      logits: ``[..., num_classes]`` floating-point array.
+      where: ``[..., num_classes]`` boolean mask, or None for all classes.
+
+    Returns:
+      ``(log_probs, probs)``, both of the logits' shape and dtype.
+    """
+    if where is None:
+        log_probs = jax.nn.log_softmax(logits, axis=-1)
+        return log_probs, jnp.exp(log_probs)
+    row_max = jnp.max(jnp.where(where, logits, -jnp.inf), axis=-1, keepdims=True)
+    row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
+    shifted = jnp.where(where, logits - row_max, 0.0)
+    exps = jnp.where(where, jnp.exp(shifted), 0.0)
+    total = jnp.sum(exps, axis=-1, keepdims=True)
+    total = jnp.where(total > 0, total, 1.0)
+    log_probs = jnp.where(where, shifted - jnp.log(total), 0.0)
+    return log_probs, exps / total
+
+
+def num_active_classes(logits: jax.Array, where: Optional[jax.Array]) -> jax.Array:
+    """Number of classes taking part per row: ``[...]`` in the logits' dtype."""
+    if where is None:
+        return jnp.full(logits.shape[:-1], logits.shape[-1], dtype=logits.dtype)
+    return jnp.sum(where, axis=-1).astype(logits.dtype)
+
+
+def entropy_from_log_probs(log_probs: jax.Array, probs: jax.Array) -> jax.Array:
+    r"""Shannon entropy in nats, :math:`E(S) = -\sum_i S_i \log S_i` (paper Eq. 7). Shape ``[...]``."""
+    return -jnp.sum(probs * log_probs, axis=-1)
+
+
+def normalized_entropy(entropy: jax.Array, num_classes: jax.Array) -> jax.Array:
+    r"""Min-max rescaled entropy :math:`H = E / \log n` (paper Eq. 8); 0 where ``n < 2``."""
+    log_n = jnp.log(jnp.maximum(num_classes, 2.0))
+    return jnp.where(num_classes >= 2, entropy / log_n, 0.0)
+
+
+LOG_TWO_PI = math.log(2.0 * math.pi)

@@ -1,0 +1,169 @@
+"""Trace-time argument checks shared by the losses and metrics.
+
+Every check looks at shapes, dtypes and Python (static) values only, so it runs while a function
+is traced under `jax.jit` and raises before any work starts. Values carried by tracers (a `gamma`
+passed as a traced array, label ids) cannot be checked there and are documented instead.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ArrayLike = jax.typing.ArrayLike
+
+
+def is_concrete(value) -> bool:
+    """True when `value` is known at trace time (a Python number or a concrete array)."""
+    return not isinstance(value, jax.core.Tracer)
+
+
+def compute_dtype(dtype) -> jnp.dtype:
+    """The dtype losses compute in: float32 for 16-bit floats, else the input's own float dtype."""
+    dtype = jnp.dtype(dtype)
+    if dtype.itemsize < 4:
+        return jnp.dtype(jnp.float32)
+    return dtype
+
+
+def check_float_array(name: str, array) -> jax.Array:
+    """Returns `array` as a jax array; raises TypeError unless its dtype is floating point."""
+    array = jnp.asarray(array)
+    if not jnp.issubdtype(array.dtype, jnp.floating):
+        raise TypeError(f"`{name}` must be a floating-point array, got dtype {array.dtype}.")
+    return array
+
+
+def normalize_axis(axis, ndim: int, name: str = "axis") -> int:
+    """Returns `axis` as a non-negative int; raises ValueError for tuples or out-of-range axes."""
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise ValueError(f"`{name}` must be a single int class axis, got {axis!r}.")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"`{name}`={axis} is out of range for an array of rank {ndim}.")
+    return int(axis) % ndim
+
+
+def check_num_classes(logits: jax.Array, axis: int, name: str = "logits") -> int:
+    """Returns the number of classes along `axis`; raises ValueError if it is below 2."""
+    if logits.ndim == 0:
+        raise ValueError(f"`{name}` must have a class axis, got a scalar.")
+    num_classes = logits.shape[axis]
+    if num_classes < 2:
+        raise ValueError(
+            f"`{name}` must have at least 2 classes along axis {axis}, got shape {logits.shape}."
+        )
+    return num_classes
+
+
+def check_top_c(top_c, num_classes: int) -> int:
+    """Returns `top_c` as int; raises ValueError unless 1 <= top_c <= num_classes."""
+    if isinstance(top_c, bool) or not isinstance(top_c, numbers.Integral):
+        raise ValueError(f"`top_c` must be an int in [1, {num_classes}], got {top_c!r}.")
+    if not 1 <= top_c <= num_classes:
+        raise ValueError(
+            f"`top_c` must be in [1, number of classes = {num_classes}], got {top_c}."
+        )
+    return int(top_c)
+
+
+def check_non_negative(name: str, value) -> None:
+    """Raises ValueError if a concrete `value` is negative or not finite."""
+    if value is None:
+        raise ValueError(f"`{name}` is required and must be a number >= 0.")
+    if is_concrete(value):
+        values = np.asarray(value, dtype=np.float64)
+        if values.size != 1:
+            raise ValueError(f"`{name}` must be a scalar >= 0, got shape {values.shape}.")
+        if not np.isfinite(values) or values < 0:
+            raise ValueError(f"`{name}` must be a finite number >= 0, got {float(values)}.")
+
+
+def check_in_unit_interval(name: str, value, *, closed_right: bool = True) -> None:
+    """Raises ValueError unless a concrete `value` lies in [0, 1] (or [0, 1) if not closed_right)."""
+    check_non_negative(name, value)
+    if is_concrete(value):
+        upper_ok = value <= 1 if closed_right else value < 1
+        if not upper_ok:
+            bound = "1]" if closed_right else "1)"
+            raise ValueError(f"`{name}` must be in [0, {bound}, got {float(value)}.")
+
+
+def check_class_mask(where: Optional[jax.Array], logits: jax.Array) -> Optional[jax.Array]:
+    """Checks that a class mask has exactly the logits' shape and returns it as bool."""
+    if where is None:
+        return None
+    where = jnp.asarray(where)
+    if where.shape != logits.shape:
+        raise ValueError(
+            f"`where` must be a boolean mask of the logits' shape {logits.shape}, got shape "
+            f"{where.shape}."
+        )
+    if where.dtype != jnp.bool_:
+        raise TypeError(f"`where` must be a boolean array, got dtype {where.dtype}.")
+    return where
+
+
+def label_kind(labels: jax.Array, logits: jax.Array, axis: int) -> str:
+    """Tells whether `labels` are integer ids ('int') or probability vectors ('soft').
+
+    Integer ids have the logits' shape without `axis` and an integer dtype; probability vectors
+    have the logits' shape and a floating dtype. Anything else raises ValueError/TypeError.
+    """
+    batch_shape = logits.shape[:axis] + logits.shape[axis + 1 :]
+    if labels.shape == batch_shape:
+        if not jnp.issubdtype(labels.dtype, jnp.integer):
+            raise TypeError(
+                f"`labels` of shape {labels.shape} are read as class ids and must be integers, "
+                f"got dtype {labels.dtype}."
+            )
+        return "int"
+    if labels.shape == logits.shape:
+        if not jnp.issubdtype(labels.dtype, jnp.floating):
+            raise TypeError(
+                f"`labels` of shape {labels.shape} are read as probability vectors and must be "
+                f"floating point, got dtype {labels.dtype}."
+            )
+        return "soft"
+    raise ValueError(
+        f"`labels` must be integer class ids of shape {batch_shape} or probability vectors of "
+        f"shape {logits.shape} (logits shape {logits.shape}, class axis {axis}); got shape "
+        f"{labels.shape}."
+    )
+
+
+def prepare_logits(
+    logits: ArrayLike, axis: int, where: Optional[ArrayLike]
+) -> tuple[jax.Array, Optional[jax.Array], int, int]:
+    """Validates logits, class axis and mask; returns them in compute dtype with the axis moved last.
+
+    Returns:
+      ``(logits_last, where_last, axis, num_classes)`` with ``logits_last`` of shape
+      ``[..., num_classes]`` in float32 (16-bit inputs) or the input's float dtype.
+    """
+    logits = check_float_array("logits", logits)
+    if logits.ndim == 0:
+        raise ValueError("`logits` must have a class axis, got a scalar.")
+    axis = normalize_axis(axis, logits.ndim)
+    num_classes = check_num_classes(logits, axis)
+    where = check_class_mask(where, logits)
+    logits_last = jnp.moveaxis(logits, axis, -1).astype(compute_dtype(logits.dtype))
+    where_last = None if where is None else jnp.moveaxis(where, axis, -1)
+    return logits_last, where_last, axis, num_classes
+
+
+def prepare_labels(labels: ArrayLike, logits_shape: tuple[int, ...], axis: int) -> tuple[jax.Array, str]:
+    """Validates labels against the original logits' shape; returns them class-axis-last and their kind.
+
+    Returns:
+      ``(labels, kind)``: integer ids of shape ``[...]`` (kind 'int') or probability vectors of shape
+      ``[..., num_classes]`` (kind 'soft').
+    """
+    labels = jnp.asarray(labels)
+    kind = label_kind(labels, jax.ShapeDtypeStruct(logits_shape, jnp.float32), axis)
+    if kind == "soft":
+        labels = jnp.moveaxis(labels, axis, -1)
+    return labels, kind
