@@ -1,0 +1,229 @@
+"""Base losses (CE, LS, focal, entropy, OLS, ArcFace/CosFace) against independent formulas."""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl.testing import parameterized
+
+import gsc_jax
+
+
+def np_log_softmax(z):
+    z = np.asarray(z, np.float64)
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+class BaseLossTest(chex.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.logits = np.asarray(jax.random.normal(jax.random.key(0), (6, 5)) * 2.0)
+        self.labels = np.array([0, 4, 2, 2, 1, 3])
+        self.one_hot = np.eye(5)[self.labels]
+        self.log_p = np_log_softmax(self.logits)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_cross_entropy_matches_optax(self):
+        ce = self.variant(gsc_jax.cross_entropy)
+        np.testing.assert_allclose(
+            ce(self.logits, self.labels),
+            optax.softmax_cross_entropy_with_integer_labels(self.logits, self.labels),
+            rtol=1e-6,
+        )
+        soft = np.abs(np.random.default_rng(0).normal(size=(6, 5)))
+        soft = (soft / soft.sum(-1, keepdims=True)).astype(np.float32)
+        np.testing.assert_allclose(
+            ce(self.logits, soft), optax.softmax_cross_entropy(self.logits, soft), rtol=1e-5
+        )
+
+    def test_cross_entropy_mask_has_finite_gradients(self):
+        where = np.ones((6, 5), bool)
+        where[:, 1] = False
+        soft = self.one_hot.copy()
+        soft[:, 1] = 0.0
+        soft = (soft / np.maximum(soft.sum(-1, keepdims=True), 1)).astype(np.float32)
+        for labels in (self.labels, soft):
+            grads = jax.grad(lambda z: gsc_jax.cross_entropy(z, labels, where=where).sum())(
+                jnp.asarray(self.logits)
+            )
+            chex.assert_tree_all_finite(grads)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_label_smoothing(self):
+        alpha = 0.1
+        targets = (1 - alpha) * self.one_hot + alpha / 5
+        expected = -np.sum(targets * self.log_p, -1)
+        fn = self.variant(lambda z, y: gsc_jax.label_smoothing_cross_entropy(z, y, alpha=alpha))
+        np.testing.assert_allclose(fn(self.logits, self.labels), expected, rtol=1e-5)
+
+    def test_label_smoothing_mask_counts_only_active_classes(self):
+        where = np.ones((6, 5), bool)
+        where[:, 4] = False
+        labels = np.array([0, 1, 2, 2, 1, 3])
+        alpha = 0.2
+        expected = gsc_jax.label_smoothing_cross_entropy(
+            self.logits[:, :4], labels, alpha=alpha
+        )
+        np.testing.assert_allclose(
+            gsc_jax.label_smoothing_cross_entropy(self.logits, labels, alpha=alpha, where=where),
+            expected,
+            rtol=1e-5,
+        )
+
+    @parameterized.parameters(0.0, 1.0, 2.0, 0.5)
+    def test_focal_loss(self, eta):
+        p = np.exp(self.log_p)
+        p_y = p[np.arange(6), self.labels]
+        expected = -((1 - p_y) ** eta) * np.log(p_y)
+        np.testing.assert_allclose(
+            gsc_jax.focal_loss(self.logits, self.labels, eta=eta), expected, rtol=1e-5
+        )
+
+    def test_focal_eta_zero_is_cross_entropy_and_soft_labels_agree(self):
+        np.testing.assert_allclose(
+            gsc_jax.focal_loss(self.logits, self.labels, eta=0.0),
+            gsc_jax.cross_entropy(self.logits, self.labels),
+            rtol=1e-6,
+        )
+        np.testing.assert_allclose(
+            gsc_jax.focal_loss(self.logits, self.one_hot.astype(np.float32), eta=2.0),
+            gsc_jax.focal_loss(self.logits, self.labels, eta=2.0),
+            rtol=1e-6,
+        )
+
+    def test_focal_extreme_logits_finite_gradients(self):
+        logits = jnp.array([[100.0, -100.0, 0.0], [-100.0, 100.0, 0.0]])
+        for eta in (0.5, 2.0):
+            fn = lambda z: gsc_jax.focal_loss(z, jnp.array([0, 0]), eta=eta).sum()
+            chex.assert_tree_all_finite((fn(logits), jax.grad(fn)(logits)))
+
+    def test_entropy_regularized(self):
+        p = np.exp(self.log_p)
+        entropy = -np.sum(p * self.log_p, -1) / math.log(5)
+        ce = -self.log_p[np.arange(6), self.labels]
+        np.testing.assert_allclose(
+            gsc_jax.entropy_regularized_cross_entropy(
+                self.logits, self.labels, entropy_weight=0.02
+            ),
+            ce + 0.02 * entropy,
+            rtol=1e-5,
+        )
+        np.testing.assert_allclose(
+            gsc_jax.softmax_entropy(self.logits, normalize=False), -np.sum(p * self.log_p, -1), rtol=1e-5
+        )
+
+    def test_bad_hyper_parameters(self):
+        with self.assertRaisesRegex(ValueError, "alpha"):
+            gsc_jax.label_smoothing_cross_entropy(self.logits, self.labels, alpha=1.5)
+        with self.assertRaisesRegex(ValueError, "eta"):
+            gsc_jax.focal_loss(self.logits, self.labels, eta=-1.0)
+        with self.assertRaisesRegex(ValueError, "entropy_weight"):
+            gsc_jax.entropy_regularized_cross_entropy(self.logits, self.labels, entropy_weight=-1)
+
+
+class OnlineLabelSmoothingTest(parameterized.TestCase):
+    def test_epoch_statistics_match_numpy(self):
+        rng = np.random.default_rng(3)
+        num_classes = 4
+        batches = [
+            (rng.normal(size=(8, num_classes)).astype(np.float32) * 3, rng.integers(0, 4, 8))
+            for _ in range(3)
+        ]
+        state = gsc_jax.ols_init(num_classes)
+        np.testing.assert_allclose(state.soft_labels, 0.25)
+        update = jax.jit(gsc_jax.ols_update)
+        for logits, labels in batches:
+            state = update(state, logits, labels)
+        state = gsc_jax.ols_finalize_epoch(state)
+
+        sums = np.zeros((num_classes, num_classes))
+        counts = np.zeros(num_classes)
+        for logits, labels in batches:
+            probs = np.exp(np_log_softmax(logits))
+            for p, z, y in zip(probs, logits, labels):
+                if np.argmax(z) == y:
+                    sums[y] += p
+                    counts[y] += 1
+        expected = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], 0.25)
+        np.testing.assert_allclose(state.soft_labels, expected, rtol=1e-5)
+        np.testing.assert_array_equal(state.counts, 0)
+        np.testing.assert_allclose(state.soft_labels.sum(-1), 1.0, rtol=1e-5)
+
+    def test_loss_formula_and_zero_init(self):
+        logits = np.asarray(jax.random.normal(jax.random.key(1), (5, 3)))
+        labels = np.array([0, 1, 2, 2, 0])
+        soft = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.0, 0.3, 0.7]], np.float32)
+        log_p = np_log_softmax(logits)
+        expected = 0.5 * -log_p[np.arange(5), labels] + 0.5 * -np.sum(soft[labels] * log_p, -1)
+        np.testing.assert_allclose(
+            gsc_jax.online_label_smoothing_loss(logits, labels, soft_labels=soft), expected, rtol=1e-5
+        )
+        zeros = gsc_jax.ols_init(3, init="zeros").soft_labels
+        np.testing.assert_allclose(
+            gsc_jax.online_label_smoothing_loss(logits, labels, soft_labels=zeros),
+            0.5 * -log_p[np.arange(5), labels],
+            rtol=1e-5,
+        )
+
+    def test_batch_statistics_sum_across_shards(self):
+        logits = np.asarray(jax.random.normal(jax.random.key(2), (12, 3))) * 3
+        labels = np.arange(12) % 3
+        whole = gsc_jax.ols_batch_statistics(logits, labels)
+        halves = [gsc_jax.ols_batch_statistics(logits[s], labels[s]) for s in (slice(0, 6), slice(6, 12))]
+        np.testing.assert_allclose(whole[0], halves[0][0] + halves[1][0], rtol=1e-6)
+        np.testing.assert_array_equal(whole[1], halves[0][1] + halves[1][1])
+
+    def test_bad_inputs(self):
+        with self.assertRaisesRegex(ValueError, "num_classes"):
+            gsc_jax.ols_init(1)
+        with self.assertRaisesRegex(ValueError, "soft_labels"):
+            gsc_jax.online_label_smoothing_loss(
+                np.zeros((2, 3), np.float32), np.zeros(2, int), soft_labels=np.zeros((2, 2))
+            )
+
+
+class MarginLogitsTest(parameterized.TestCase):
+    def setUp(self):
+        super().setUp()
+        rng = np.random.default_rng(5)
+        self.cosines = np.clip(rng.normal(size=(6, 4)) * 0.6, -0.999, 0.999).astype(np.float32)
+        self.cosines[0, 1] = -0.99  # theta + m > pi: the threshold branch
+        self.labels = np.array([1, 0, 3, -1, 2, 2])
+
+    def test_cosface(self):
+        out = gsc_jax.cosface_logits(self.cosines, self.labels, scale=30.0, margin=0.35)
+        expected = self.cosines.astype(np.float64).copy()
+        for i, y in enumerate(self.labels):
+            if y >= 0:
+                expected[i, y] -= 0.35
+        np.testing.assert_allclose(out, 30.0 * expected, rtol=1e-5)
+
+    @parameterized.parameters(False, True)
+    def test_arcface(self, easy_margin):
+        m, s = 0.5, 64.0
+        out = gsc_jax.arcface_logits(self.cosines, self.labels, scale=s, margin=m, easy_margin=easy_margin)
+        expected = self.cosines.astype(np.float64).copy()
+        for i, y in enumerate(self.labels):
+            if y < 0:
+                continue
+            t = expected[i, y]
+            shifted = math.cos(math.acos(t) + m)
+            if easy_margin:
+                expected[i, y] = shifted if t > 0 else t
+            else:
+                expected[i, y] = shifted if t > math.cos(math.pi - m) else t - m * math.sin(m)
+        np.testing.assert_allclose(out, s * expected, rtol=1e-4, atol=1e-4)
+
+    def test_gradients_finite_at_the_poles_and_gsc_composes(self):
+        cosines = jnp.array([[1.0, 0.2, -1.0], [-1.0, 0.0, 1.0]])
+        labels = jnp.array([0, 0])
+        loss = gsc_jax.with_gsc(gsc_jax.cross_entropy, gamma=0.02, top_c=2)
+
+        def total(c):
+            return loss(gsc_jax.arcface_logits(c, labels), labels).sum()
+
+        chex.assert_tree_all_finite(jax.grad(total)(cosines))
