@@ -343,3 +343,12 @@ def test_module_cli_prints_table8(capsys):
     print(table8.table8_markdown())
     out = capsys.readouterr().out
     assert "| (0.90, 0.10) | 0.325 [0.325]" in out
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from gsc_jax import _gsc
+
+    result = doctest.testmod(_gsc, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 1 and result.failed == 0
