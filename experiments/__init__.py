@@ -1,0 +1,1 @@
+"""Experiments for gsc-jax: the offline quickstart and the CIFAR-10 paper experiments."""
