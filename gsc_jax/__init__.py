@@ -6,7 +6,9 @@
 
 from gsc_jax import metrics
 from gsc_jax._gsc import gsc_loss
+from gsc_jax._gsc import gsc_loss_reference
 from gsc_jax._gsc import gsc_term
+from gsc_jax._gsc import gsc_term_fused
 from gsc_jax._gsc import with_gsc
 from gsc_jax._losses import cross_entropy
 from gsc_jax._losses import entropy_regularized_cross_entropy
@@ -34,7 +36,9 @@ __all__ = [
     "fit_temperature",
     "focal_loss",
     "gsc_loss",
+    "gsc_loss_reference",
     "gsc_term",
+    "gsc_term_fused",
     "label_smoothing_cross_entropy",
     "metrics",
     "ols_batch_statistics",

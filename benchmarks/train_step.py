@@ -1,0 +1,117 @@
+r"""Cost of the GSC term in a whole training step: one jitted SGD step of a small CIFAR convnet.
+
+A Flax Linen convnet (conv 32-64-128, 3x3, ReLU, 2x2 average pooling, dense 10) on a batch of
+128 CIFAR-sized images (32x32x3), one `optax.sgd` step with momentum, timed for
+
+- ``ce``: `optax.softmax_cross_entropy_with_integer_labels`;
+- ``gsc_loss``: `gsc_jax.gsc_loss` (fused CE + gamma * GSC, gamma=0.05, top_c=2);
+- ``gsc_loss_reference``: `gsc_jax.gsc_loss_reference` (plain autodiff), for comparison;
+
+compiled first, then timed round-robin in one process (`benchmarks._timing.interleaved_medians`).
+The target of issue 3 is a ``gsc_loss`` / ``ce`` step-time ratio of at most 1.03.
+
+    python -m benchmarks.train_step [--repeats 40] [--batch 128] [--top-c 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+import gsc_jax
+from benchmarks import _timing
+
+NUM_CLASSES = 10
+TARGET_RATIO = 1.03
+
+
+class SmallConvNet(nn.Module):
+    """Three 3x3 conv blocks (32, 64, 128 channels) with average pooling, then a dense head."""
+
+    @nn.compact
+    def __call__(self, x):
+        for features in (32, 64, 128):
+            x = nn.relu(nn.Conv(features, (3, 3))(x))
+            x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+        return nn.Dense(NUM_CLASSES)(x.reshape(x.shape[0], -1))
+
+
+def make_step(model, tx, loss):
+    """A jitted SGD step ``(params, opt_state, images, labels) -> (params, opt_state, loss)``."""
+
+    @jax.jit
+    def step(params, opt_state, images, labels):
+        def objective(p):
+            return jnp.mean(loss(model.apply(p, images), labels))
+
+        value, grads = jax.value_and_grad(objective)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    return step
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--top-c", type=int, default=2)
+    parser.add_argument("--gamma", type=float, default=0.05)
+    parser.add_argument("--out", default="benchmarks/results/train_step.json")
+    args = parser.parse_args(argv)
+
+    model, tx = SmallConvNet(), optax.sgd(0.01, momentum=0.9)
+    key_params, key_images, key_labels = jax.random.split(jax.random.key(0), 3)
+    images = jax.random.normal(key_images, (args.batch, 32, 32, 3))
+    labels = jax.random.randint(key_labels, (args.batch,), 0, NUM_CLASSES)
+    params = model.init(key_params, images[:1])
+    opt_state = tx.init(params)
+    losses = {
+        "ce": optax.softmax_cross_entropy_with_integer_labels,
+        "gsc_loss": lambda z, y: gsc_jax.gsc_loss(z, y, gamma=args.gamma, top_c=args.top_c),
+        "gsc_loss_reference": lambda z, y: gsc_jax.gsc_loss_reference(
+            z, y, gamma=args.gamma, top_c=args.top_c
+        ),
+    }
+    steps = {name: make_step(model, tx, loss) for name, loss in losses.items()}
+    machine = _timing.machine_info()
+    print(f"machine: {machine}", file=sys.stderr)
+    timings = _timing.interleaved_medians(
+        {name: (lambda s=s: s(params, opt_state, images, labels)) for name, s in steps.items()},
+        repeats=args.repeats,
+    )
+    baseline = timings["ce"]["median_s"]
+    print("| loss | median step ms | min step ms | ratio to ce (median) |")
+    print("|---|---|---|---|")
+    for name, t in timings.items():
+        t["ratio_to_ce"] = t["median_s"] / baseline
+        print(
+            f"| {name} | {t['median_s'] * 1e3:.2f} | {t['min_s'] * 1e3:.2f} | "
+            f"{t['ratio_to_ce']:.3f} |"
+        )
+    ratio = timings["gsc_loss"]["ratio_to_ce"]
+    verdict = "met" if ratio <= TARGET_RATIO else "MISSED"
+    print(f"\ngsc_loss / ce step time = {ratio:.3f} (target <= {TARGET_RATIO}) {verdict}")
+    machine["load_average_end"] = _timing.machine_info()["load_average"]
+    _timing.write_json(
+        args.out,
+        {
+            "benchmark": "train_step",
+            "measure": "one jitted SGD (momentum 0.9) step, median seconds per step",
+            "model": "conv 32-64-128 3x3 + avg-pool, dense 10 (Flax Linen)",
+            "input": [args.batch, 32, 32, 3],
+            "machine": machine,
+            "args": vars(args),
+            "timings": timings,
+        },
+    )
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,275 @@
+r"""One-pass softmax statistics for cross-entropy + GSC, with a closed-form backward pass.
+
+`softmax_statistics` returns, per row of ``[..., num_classes]`` logits ``z``, everything the
+cross-entropy and the GSC term (Zhao et al. 2022, Sec. 3.2, Eq. 4-9) need:
+
+.. math::
+    \mathrm{CE} = \mathrm{lse}(z) - \sum_i y_i z_i \ (\text{times } \textstyle\sum_i y_i), \qquad
+    E = \log \Sigma + \sum_i S_i (m - z_i), \qquad K = \mathrm{top}_c(S),
+
+with :math:`m = \max_i z_i`, :math:`\Sigma = \sum_i e^{z_i - m}`,
+:math:`\mathrm{lse} = m + \log\Sigma` and :math:`S = e^{z - \mathrm{lse}}`. One exponential per
+element serves all three and the backward pass (the ``[..., num_classes]`` buffer of
+:math:`e^{z - m}` is the only residual besides the logits, as in autodiff cross-entropy):
+:math:`E` is a sum of non-negative terms (no cancellation) and needs no logarithm per element,
+and :math:`K` is read from the logits (softmax is monotone).
+
+The backward pass is a single elementwise pass. With cotangents :math:`\bar c, \bar E, \bar K`:
+
+.. math::
+    \frac{\partial \mathrm{CE}}{\partial z} &= (\textstyle\sum_j y_j) S - y, \qquad
+    \frac{\partial E}{\partial z} = -S \odot (\log S + E), \\
+    \sum_j \bar K_j \frac{\partial K_j}{\partial z} &= S \odot (g - \langle \bar K, K \rangle),
+    \qquad g_i = \textstyle\sum_j \bar K_j [i = \mathrm{idx}_j],
+
+the softmax Jacobian :math:`\mathrm{diag}(S) - S S^\top` applied to the gradient with respect to
+the probabilities, so no scatter and no ``[..., num_classes, num_classes]`` term. The GSC term
+itself (sigma, its floor, normalisation, ``stop_gradient_sigma``, ``mu``) is assembled from these
+statistics by ordinary autodiff on ``[...]``- and ``[..., c]``-shaped arrays in `gsc_jax._gsc`.
+
+Top-c selection follows `jax.lax.top_k` exactly on ties (the lower index first) and uses
+neither `lax.top_k` nor a sort (both are slow on XLA:CPU): ``c`` rounds of max and
+first-index-of-max. For ``num_classes >= 256`` these rounds run on chunk maxima and then on
+candidates: the top-c entries of a row lie in the ``c`` chunks with the largest maxima (ties to
+the lower chunk), so one max pass over the row (chunks of ``w ~ sqrt(num_classes)``) plus
+selections over ``num_classes / w`` chunk maxima and ``c * w`` candidates replace ``c`` passes
+over the whole row.
+
+Derivatives: first-order reverse mode (`jax.grad`, `jax.vjp`) of the logits, of soft labels and,
+through the caller, of ``gamma`` and ``mu``. Forward mode (`jax.jvp`, `jax.jacfwd`,
+`jax.hessian`) and higher-order derivatives are refused with an error that names the reference
+implementation, which supports them.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+
+CHUNKED_MIN_CLASSES = 256
+"""Rows at least this long select their top-c through chunk maxima; shorter rows directly."""
+
+SECOND_ORDER_ERROR = (
+    "The fused cross-entropy + GSC path (gsc_jax.gsc_loss, gsc_jax.gsc_term_fused, "
+    "gsc_jax.with_gsc(gsc_jax.cross_entropy, ...)) supports first-order reverse-mode derivatives "
+    "only (jax.grad, jax.vjp). For forward-mode or higher-order derivatives use "
+    "gsc_jax.gsc_loss_reference or gsc_jax.gsc_term."
+)
+
+
+def _chunk_width(num_classes: int, top_c: int) -> Optional[int]:
+    """Chunk width ``w`` dividing ``num_classes`` for the chunked top-c, or None to scan rows whole.
+
+    Aims at ``w ~ sqrt(num_classes)`` (few chunk maxima and few candidates) within
+    ``[16, num_classes / max(top_c, 4)]``; None for short rows or when no divisor fits.
+    """
+    if num_classes < CHUNKED_MIN_CLASSES:
+        return None
+    upper = num_classes // max(top_c, 4)
+    target = math.sqrt(num_classes)
+    divisors = [w for w in range(16, upper + 1) if num_classes % w == 0]
+    if not divisors:
+        return None
+    return min(divisors, key=lambda w: (abs(math.log(w / target)), w))
+
+
+def _select(values: Array, ids: Array, count: int, sentinel: int) -> tuple[Array, Array]:
+    """The ``count`` largest of ``values`` by repeated max, ties to the smallest id.
+
+    Args:
+      values: ``[..., n]`` with ``-inf`` for entries that take no part.
+      ids: ``[..., n]`` integers, distinct per row: reported, and compared on ties.
+      count: how many to select, ``<= n``.
+      sentinel: id reported once a row has only ``-inf`` left (such an entry has probability 0).
+
+    Returns:
+      ``(top_values, top_ids)``, both ``[..., count]``, values descending.
+    """
+    top_values, top_ids = [], []
+    for _ in range(count):
+        value = jnp.max(values, axis=-1, keepdims=True)
+        chosen = jnp.min(jnp.where(values == value, ids, sentinel), axis=-1, keepdims=True)
+        chosen = jnp.where(value == -jnp.inf, sentinel, chosen)
+        top_values.append(value)
+        top_ids.append(chosen)
+        values = jnp.where(ids == chosen, -jnp.inf, values)
+    return jnp.concatenate(top_values, axis=-1), jnp.concatenate(top_ids, axis=-1)
+
+
+def top_logits(logits: Array, top_c: int) -> tuple[Array, Array]:
+    """The ``top_c`` largest entries of each row and their indices, with `jax.lax.top_k`'s ties.
+
+    Args:
+      logits: ``[..., num_classes]``; masked classes already set to ``-inf``.
+      top_c: ``1 <= top_c <= num_classes``.
+
+    Returns:
+      ``(values, indices)``, both ``[..., top_c]``: values descending, equal values in increasing
+      index order. Where a row has fewer than ``top_c`` finite entries the rest have value
+      ``-inf`` and index ``num_classes`` (no class); `jax.lax.top_k` would name a masked class
+      there, which has probability 0 either way. ``-0.0`` and ``0.0`` are equal here, as their
+      probabilities are, whereas `jax.lax.top_k` on the logits ranks ``0.0`` first. Logits that
+      differ by less than the rounding of their probabilities tie in `gsc_term`'s `lax.top_k` over
+      probabilities but not here; either choice is a one-sided derivative of the term.
+    """
+    num_classes = logits.shape[-1]
+    class_ids = lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    width = _chunk_width(num_classes, top_c)
+    if width is None:
+        return _select(logits, class_ids, top_c, num_classes)
+    batch_shape = logits.shape[:-1]
+    num_chunks = num_classes // width
+    chunks = logits.reshape(batch_shape + (num_chunks, width))
+    chunk_ids = lax.broadcasted_iota(jnp.int32, batch_shape + (num_chunks,), len(batch_shape))
+    # The top-c entries lie in the c chunks with the largest maxima (ties to the lower chunk).
+    chunk_max, top_chunks = _select(jnp.max(chunks, axis=-1), chunk_ids, top_c, num_chunks)
+    gathered = jnp.take_along_axis(
+        chunks, jnp.minimum(top_chunks, num_chunks - 1)[..., None], axis=-2
+    )
+    candidates = jnp.where(chunk_max[..., None] == -jnp.inf, -jnp.inf, gathered)
+    offsets = lax.broadcasted_iota(jnp.int32, candidates.shape, candidates.ndim - 1)
+    candidate_ids = top_chunks[..., None] * width + offsets
+    flat_shape = batch_shape + (top_c * width,)
+    return _select(
+        candidates.reshape(flat_shape), candidate_ids.reshape(flat_shape), top_c, num_classes
+    )
+
+
+@jax.custom_jvp
+def _refuse_derivatives(x: Array) -> Array:
+    """Identity that raises when differentiated: guards the closed-form backward pass."""
+    return x
+
+
+@_refuse_derivatives.defjvp
+def _refuse_derivatives_jvp(primals, tangents):
+    del primals, tangents
+    raise NotImplementedError(SECOND_ORDER_ERROR)
+
+
+def _guard_float(x):
+    """`_refuse_derivatives` on floating-point arrays; integer and boolean arrays pass through."""
+    return _refuse_derivatives(x) if jnp.issubdtype(x.dtype, jnp.inexact) else x
+
+
+def _forward(logits, where, labels, label_kind, top_c):
+    """Statistics and residuals; see `softmax_statistics`."""
+    masked = logits if where is None else jnp.where(where, logits, -jnp.inf)
+    top_values, top_indices = top_logits(masked, top_c)
+    row_max = top_values[..., :1]
+    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
+    shifted = logits - row_max
+    exps = jnp.exp(shifted if where is None else jnp.where(where, shifted, -jnp.inf))
+    total = jnp.sum(exps, axis=-1, keepdims=True)
+    total = jnp.where(total > 0, total, 1.0)
+    log_total = jnp.log(total)
+    # E = log(Sigma) - sum_i S_i (z_i - m): every term >= 0 (masked: exps = 0, logits finite).
+    entropy = log_total - jnp.sum(exps * shifted, axis=-1, keepdims=True) / total
+    # Everything below uses z - m, exact near the top, never z - lse, which cancels at large |z|.
+    top_scores = jnp.exp((top_values - row_max) - log_total)
+    if label_kind == "int":
+        label_logits = jnp.take_along_axis(logits, labels[..., None], axis=-1)
+        cross_entropy = log_total - (label_logits - row_max)
+        if where is not None:
+            cross_entropy = jnp.where(jnp.any(where, axis=-1, keepdims=True), cross_entropy, 0.0)
+    elif label_kind == "soft":
+        active_labels = labels if where is None else jnp.where(where, labels, 0.0)
+        cross_entropy = log_total * jnp.sum(active_labels, axis=-1, keepdims=True) - jnp.sum(
+            active_labels * shifted, axis=-1, keepdims=True
+        )
+    else:
+        cross_entropy = jnp.zeros_like(entropy)
+    statistics = (cross_entropy[..., 0], entropy[..., 0], top_scores)
+    residuals = (logits, where, labels, exps, total, row_max, entropy, top_scores, top_indices)
+    return statistics, residuals
+
+
+def _backward(label_kind, top_c, residuals, cotangents):
+    """Closed-form VJP of `softmax_statistics`: one elementwise pass over the logits."""
+    del top_c
+    residuals, cotangents = jax.tree.map(_guard_float, (residuals, cotangents))
+    logits, where, labels, exps, total, row_max, entropy, top_scores, top_indices = residuals
+    iota = lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    ct_cross_entropy, ct_entropy, ct_top = cotangents
+    ct_cross_entropy = ct_cross_entropy[..., None]
+    ct_entropy = ct_entropy[..., None]
+    probs = exps * (1.0 / total)
+    # g_i = sum_j ct_top_j [i == idx_j]: one-hot compare masks, no scatter.
+    top_grad = sum(
+        jnp.where(iota == top_indices[..., j : j + 1], ct_top[..., j : j + 1], 0.0)
+        for j in range(top_indices.shape[-1])
+    )
+    # dL/dz = S * (ct_ce * sum(y) + g - <ct_top, K> - ct_E (log S + E)) - ct_ce * y, with
+    # log S = (z - m) - log(Sigma).
+    # <ct_top, K> as c explicit adds: a reduce here would pull this whole pass into a YNNPACK
+    # fusion on XLA:CPU, which materialises every broadcast operand as a [..., num_classes] buffer.
+    log_total = jnp.log(total)
+    row_coefficient = ct_entropy * (log_total - entropy) - sum(
+        ct_top[..., j : j + 1] * top_scores[..., j : j + 1] for j in range(top_scores.shape[-1])
+    )
+    labels_cotangent = None
+    if label_kind == "int":
+        if where is not None:
+            ct_cross_entropy = jnp.where(
+                jnp.any(where, axis=-1, keepdims=True), ct_cross_entropy, 0.0
+            )
+        row_coefficient = row_coefficient + ct_cross_entropy
+        targets = jnp.where(iota == labels[..., None], ct_cross_entropy, 0.0)
+    elif label_kind == "soft":
+        active_labels = labels if where is None else jnp.where(where, labels, 0.0)
+        row_coefficient = row_coefficient + ct_cross_entropy * jnp.sum(
+            active_labels, axis=-1, keepdims=True
+        )
+        targets = ct_cross_entropy * active_labels
+        log_probs = (logits - row_max) - log_total
+        if where is not None:
+            log_probs = jnp.where(where, log_probs, 0.0)
+        labels_cotangent = -ct_cross_entropy * log_probs
+    else:
+        targets = 0.0
+    logits_cotangent = probs * (row_coefficient + top_grad - ct_entropy * (logits - row_max))
+    logits_cotangent = logits_cotangent - targets
+    return logits_cotangent, None, labels_cotangent
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _statistics(logits, where, labels, label_kind, top_c):
+    return _forward(logits, where, labels, label_kind, top_c)[0]
+
+
+_statistics.defvjp(_forward, _backward)
+
+
+def softmax_statistics(
+    logits: Array,
+    where: Optional[Array],
+    labels: Optional[Array],
+    label_kind: Optional[str],
+    top_c: int,
+) -> tuple[Array, Array, Array]:
+    r"""Cross-entropy, softmax entropy and top-c softmax scores of validated last-axis logits.
+
+    Args:
+      logits: ``[..., num_classes]`` in the compute dtype (float32 or float64).
+      where: ``[..., num_classes]`` boolean class mask or None. Masked classes have probability 0;
+        a row with no class taking part gives cross-entropy 0, entropy 0 and scores 0.
+      labels: ``[...]`` integer ids (``label_kind='int'``), ``[..., num_classes]`` probability
+        vectors in the logits' dtype (``'soft'``), or None with ``label_kind=None`` (no
+        cross-entropy; the first output is then 0).
+      label_kind: ``'int'``, ``'soft'`` or None.
+      top_c: number of top scores, ``1 <= top_c <= num_classes``.
+
+    Returns:
+      ``(cross_entropy [...], entropy [...], top_scores [..., top_c])``: the cross-entropy as
+      `gsc_jax.cross_entropy` computes it, :math:`E(S)` in nats and :math:`\mathrm{top}_c(S)`.
+    """
+    if label_kind is None:
+        labels = None
+    return _statistics(logits, where, labels, label_kind, top_c)
