@@ -8,6 +8,7 @@ entropy. It needs no label, so it can be added to any classification loss.
 from __future__ import annotations
 
 import functools
+import numbers
 from typing import Callable, Optional, Union
 
 import jax
@@ -415,7 +416,7 @@ def with_gsc(
         checks of `gsc_term` when the returned function is traced.
     """
     _validation.check_non_negative("gamma", gamma)
-    if isinstance(top_c, bool) or not isinstance(top_c, int) or top_c < 1:
+    if isinstance(top_c, bool) or not isinstance(top_c, numbers.Integral) or top_c < 1:
         raise ValueError(f"`top_c` must be an int >= 1, got {top_c!r}.")
     _check_mu(mu)
     gsc_kwargs = dict(
