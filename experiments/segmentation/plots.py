@@ -1,11 +1,7 @@
 """Figures: input | baseline | GSC (| ground truth) side by side, and labels per iteration."""
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def colorize(labels: np.ndarray) -> np.ndarray:

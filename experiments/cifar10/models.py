@@ -1,0 +1,73 @@
+"""CIFAR-10 models in Flax Linen: AlexNet without BN (algorithms.md s. 4), ConvMixer (s. 5).
+
+Both use PyTorch's default initialisation, U(+-1/sqrt(fan_in)) for weights and biases
+(kaiming_uniform with a = sqrt(5)), since the reference recipes were tuned with it.
+"""
+
+import functools
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from experiments.common.layers import TorchConv, TorchDense
+
+class AlexNet(nn.Module):
+    """bearpaw CIFAR AlexNet: 5 convs with ReLU, 3 max-pools, one linear layer; no BN, no dropout.
+
+    [B, 32, 32, 3] -> conv11/s4 64 (8x8) -> pool (4x4) -> conv5 192 -> pool (2x2) -> conv3 384 ->
+    conv3 256 -> conv3 256 -> pool (1x1) -> linear -> [B, num_classes]. 2,472,266 parameters.
+    """
+
+    num_classes: int = 10
+    im2col: bool = True  # for convs 2-5 (4x4 and 2x2 maps), see TorchConv
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):  # pylint: disable=unused-argument
+        conv = functools.partial(TorchConv, im2col=self.im2col, dtype=self.dtype)
+        pool = lambda y: nn.max_pool(y, (2, 2), (2, 2))  # noqa: E731
+        x = pool(nn.relu(conv(64, 11, 4, 5, im2col=False)(x)))  # native conv is fast here
+        x = pool(nn.relu(conv(192, 5, 1, 2)(x)))
+        x = nn.relu(conv(384, 3, 1, 1)(x))
+        x = nn.relu(conv(256, 3, 1, 1)(x))
+        x = pool(nn.relu(conv(256, 3, 1, 1)(x)))
+        return TorchDense(self.num_classes, dtype=self.dtype)(x.reshape(x.shape[0], -1))
+
+
+class ConvMixer(nn.Module):
+    """ConvMixer-h/d (Trockman & Kolter): patch conv, d x [residual depthwise, pointwise], linear.
+
+    Every unit is conv -> GELU (exact) -> BatchNorm (PyTorch momentum 0.1, eps 1e-5).
+    CIFAR defaults h=256, d=8, kernel 5, patch 2: [B, 32, 32, 3] -> 16x16x256 tokens -> [B, K].
+    """
+
+    dim: int = 256
+    depth: int = 8
+    kernel_size: int = 5
+    patch_size: int = 2
+    num_classes: int = 10
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                                 epsilon=1e-5, dtype=self.dtype)
+        act = functools.partial(nn.gelu, approximate=False)
+        conv = functools.partial(TorchConv, dtype=self.dtype)
+        x = norm()(act(conv(self.dim, self.patch_size, self.patch_size)(x)))
+        for _ in range(self.depth):
+            x = x + norm()(act(conv(self.dim, self.kernel_size, padding="SAME",
+                                    groups=self.dim)(x)))
+            x = norm()(act(conv(self.dim, 1)(x)))
+        return TorchDense(self.num_classes, dtype=self.dtype)(jnp.mean(x, axis=(1, 2)))
+
+
+MODELS = {"alexnet": AlexNet, "convmixer": ConvMixer}
+
+
+def create_model(name: str, num_classes: int, bf16: bool = False, **overrides) -> nn.Module:
+    """Returns MODELS[name](num_classes=..., dtype=..., **overrides); raises on an unknown name."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}.")
+    dtype = jnp.bfloat16 if bf16 else jnp.float32
+    return MODELS[name](num_classes=num_classes, dtype=dtype, **overrides)

@@ -1,0 +1,1 @@
+"""Shared training harness: data, augmentation, losses, sharding, steps, checkpoints, reports."""

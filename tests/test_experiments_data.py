@@ -1,0 +1,80 @@
+"""Image-folder loading and caching, symmetric label noise, on-device augmentation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments.common import augment, data
+
+
+def _write_folder(root, sizes=(8, 8)):
+    """train: 3 cat (PNG) + 2 dog (JPEG); test: 1 of each. Returns the written arrays by path."""
+    rng = np.random.RandomState(0)
+    written = {}
+    for split, counts in (("train", {"cat": 3, "dog": 2}), ("test", {"cat": 1, "dog": 1})):
+        for cls, n in counts.items():
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                arr = rng.randint(0, 255, (*sizes, 3)).astype(np.uint8)
+                path = root / split / cls / f"{i}.{'png' if cls == 'cat' else 'jpg'}"
+                Image.fromarray(arr).save(path)
+                written[str(path)] = arr
+    return written
+
+
+def test_image_folder_loader_and_cache(tmp_path):
+    written = _write_folder(tmp_path / "imgs")
+    ds = data.load_image_folder(str(tmp_path / "imgs"), str(tmp_path / "cache"))
+    assert ds.class_names == ("cat", "dog")
+    assert ds.train_images.shape == (5, 8, 8, 3) and ds.train_images.dtype == np.uint8
+    assert sorted(ds.train_labels.tolist()) == [0, 0, 0, 1, 1]
+    assert ds.test_labels.tolist() == [0, 1]
+    png = written[str(tmp_path / "imgs/test/cat/0.png")]
+    np.testing.assert_array_equal(ds.test_images[0], png)  # PNG is lossless
+    assert (tmp_path / "cache" / "meta.json").exists()
+    again = data.load_image_folder(str(tmp_path / "imgs"), str(tmp_path / "cache"))
+    for a, b in zip(ds[:4], again[:4]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_image_folder_rejects_mixed_sizes(tmp_path):
+    _write_folder(tmp_path / "imgs")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "imgs/train/cat/odd.png")
+    with pytest.raises(data.DataError, match="different sizes"):
+        data.load_image_folder(str(tmp_path / "imgs"), str(tmp_path / "cache"))
+
+
+def test_symmetric_label_noise_protocol():
+    labels = np.repeat(np.arange(10), 100).astype(np.int32)
+    noisy = data.symmetric_label_noise(labels, 0.4, 10, seed=123)
+    flipped = noisy != labels
+    assert flipped.sum() == 400  # exact rate: the true class is never drawn
+    assert np.all(np.bincount(labels[flipped], minlength=10) == 40)  # class balanced
+    np.testing.assert_array_equal(noisy, data.symmetric_label_noise(labels, 0.4, 10, seed=123))
+    assert not np.array_equal(noisy, data.symmetric_label_noise(labels, 0.4, 10, seed=1))
+    np.testing.assert_array_equal(data.symmetric_label_noise(labels, 0.0, 10), labels)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        data.symmetric_label_noise(labels, 1.0, 10)
+
+
+def test_random_crop_flip():
+    images = jnp.arange(2 * 6 * 6 * 1, dtype=jnp.float32).reshape(2, 6, 6, 1) + 1.0
+    out = augment.random_crop_flip(jax.random.key(0), images, pad=2)
+    assert out.shape == images.shape
+    np.testing.assert_array_equal(out, augment.random_crop_flip(jax.random.key(0), images, pad=2))
+    same = augment.random_crop_flip(jax.random.key(3), images, pad=0)  # flip only
+    for i in range(2):
+        assert (np.array_equal(same[i], images[i])
+                or np.array_equal(same[i], images[i, :, ::-1]))
+    # A crop is a shifted window of the zero-padded image: its values are 0 or from the image.
+    values = set(np.unique(out).tolist())
+    assert values <= set(np.unique(images).tolist()) | {0.0}
+
+
+def test_digits_split():
+    ds = data.load_digits()
+    assert ds.train_images.shape[1:] == (8, 8, 1) and len(ds.train_labels) + len(ds.test_labels) \
+        == 1797
+    assert ds.num_classes == 10 and ds.train_images.max() == 255

@@ -1,0 +1,75 @@
+"""Bad input fails before training with a message that says what to do."""
+
+import dataclasses
+
+import pytest
+
+from experiments.common import data, losses
+from experiments.cifar10 import train
+
+from _experiments_util import run_module, synthetic_dataset, tiny_config
+
+L = losses.LossSpec
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"model": "vgg16"}, "unknown --model 'vgg16'; choose one of alexnet, convmixer"),
+    ({"loss": L("mse")}, "unknown loss 'mse'; choose one of ce, entropy, focal, ls, ols"),
+    ({"loss": L("ce", gsc_gamma=0.1, gsc_top_c=11)}, "gsc_top_c must be in [1, num_classes=10]"),
+    ({"loss": L("ce", gsc_gamma=0.1, gsc_top_c=0)}, "gsc_top_c must be in [1, num_classes=10]"),
+    ({"loss": L("ce", gsc_gamma=-0.05)}, "gsc_gamma must be >= 0 (0 turns GSC off)"),
+    ({"label_noise": 1.0}, "--label_noise must be in [0, 1), got 1.0"),
+    ({"label_noise": -0.2}, "--label_noise must be in [0, 1), got -0.2"),
+    ({"epochs": 0}, "--epochs must be positive"),
+])
+def test_bad_config_raises_before_training(changes, message, tmp_path):
+    config = dataclasses.replace(tiny_config(), **changes)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")
+                       .replace(")", r"\)")):
+        train.validate(config)
+    with pytest.raises(ValueError):
+        train.run(config, synthetic_dataset(), str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()  # failed before anything was trained
+
+
+def test_top_c_checked_against_the_dataset_classes(tmp_path):
+    config = tiny_config(L("ce", gsc_gamma=0.1, gsc_top_c=4))
+    with pytest.raises(ValueError, match="num_classes=3"):
+        train.run(config, synthetic_dataset(num_classes=3), str(tmp_path))
+
+
+def test_missing_data_dir(tmp_path):
+    with pytest.raises(data.DataError, match="does not exist. Extract the data first"):
+        train.check_data_source(str(tmp_path / "nowhere"), None)
+
+
+@pytest.mark.parametrize("layout, message", [
+    ((), "has no 'train' folder"),
+    (("train/cat",), "class folders without images"),
+    (("train/cat/a.png", "test/x.png"), "has no class sub-folders"),
+    (("train/cat/a.png", "test/dog/b.png"), "train and test class folders differ"),
+])
+def test_data_dir_without_image_folder_layout(tmp_path, layout, message):
+    for rel in layout:
+        path = tmp_path / rel
+        if path.suffix:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"")
+        else:
+            path.mkdir(parents=True)
+    with pytest.raises(data.DataError, match=message):
+        data.check_image_folder(str(tmp_path))
+
+
+def test_no_network_and_no_data_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "network_available", lambda *a, **k: False)
+    with pytest.raises(data.DataError, match="Pass --data_dir DIR with the image-folder layout"):
+        train.check_data_source(None, str(tmp_path / "empty_tfds"))
+
+
+def test_cli_reports_bad_flags_without_traceback(tmp_path):
+    proc = run_module(["experiments.cifar10", "--workdir", str(tmp_path / "w"), "--data_dir",
+                       str(tmp_path / "missing"), "--gsc_gamma", "0.1"])
+    assert proc.returncode != 0
+    assert "error: --data_dir" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "w").exists()
