@@ -21,6 +21,8 @@ L = losses.LossSpec
     ({"label_noise": 1.0}, "--label_noise must be in [0, 1), got 1.0"),
     ({"label_noise": -0.2}, "--label_noise must be in [0, 1), got -0.2"),
     ({"epochs": 0}, "--epochs must be positive"),
+    ({"num_train_examples": -1}, "--num_train_examples must be >= 0"),
+    ({"num_test_examples": -1}, "--num_test_examples must be >= 0"),
 ])
 def test_bad_config_raises_before_training(changes, message, tmp_path):
     config = dataclasses.replace(tiny_config(), **changes)
@@ -73,3 +75,12 @@ def test_cli_reports_bad_flags_without_traceback(tmp_path):
     assert proc.returncode != 0
     assert "error: --data_dir" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_num_test_examples_takes_the_first_test_images():
+    dataset = synthetic_dataset()
+    config = dataclasses.replace(tiny_config(), num_test_examples=3)
+    subset = train.prepare_data(dataset, config)
+    assert len(subset.test_labels) == 3
+    assert (subset.test_images == dataset.test_images[:3]).all()
+    assert len(subset.train_labels) == len(dataset.train_labels)

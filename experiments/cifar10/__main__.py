@@ -38,6 +38,7 @@ flags.DEFINE_float("learning_rate", None, "Base lr (default: recipe, 0.01 / 0.01
 flags.DEFINE_integer("eval_batch_size", 1000, "Global test batch (padded and masked).")
 flags.DEFINE_integer("seed", 0, "Seed of init, shuffling and augmentation.")
 flags.DEFINE_integer("num_train_examples", 0, "Use the first N training images (0 = all).")
+flags.DEFINE_integer("num_test_examples", 0, "Evaluate on the first N test images (0 = all).")
 flags.DEFINE_bool("bf16", False, "bfloat16 compute.")
 flags.DEFINE_integer("table", 0, "1: all Table 1 rows; 2: the noisy-label grid of Table 2.")
 flags.DEFINE_bool("sweep", False, "Fig. 5 sweep: gamma x top_c (and entropy lambda).")
@@ -56,7 +57,8 @@ def main(argv):
     config = train.RunConfig(F.model, loss, F.label_noise, epochs=F.epochs,
                              batch_size=F.batch_size, learning_rate=F.learning_rate,
                              eval_batch_size=F.eval_batch_size, seed=F.seed,
-                             num_train_examples=F.num_train_examples, bf16=F.bf16,
+                             num_train_examples=F.num_train_examples,
+                             num_test_examples=F.num_test_examples, bf16=F.bf16,
                              stop_after_steps=F.stop_after_steps)
     try:
         if F.table not in (0, 1, 2):

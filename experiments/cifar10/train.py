@@ -45,6 +45,7 @@ class RunConfig:
       eval_batch_size: test batch (padded + masked).
       seed: init / shuffle / augmentation seed.
       num_train_examples: use the first N training images (0 = all).
+      num_test_examples: evaluate on the first N test images (0 = all), for quick smoke runs.
       bf16: bfloat16 compute.
       stop_after_steps: checkpoint and stop after N steps in this invocation (0 = off).
       model_overrides: extra model fields, e.g. {'dim': 16, 'depth': 1} for a tiny ConvMixer.
@@ -60,6 +61,7 @@ class RunConfig:
     eval_batch_size: int = 1000
     seed: int = 0
     num_train_examples: int = 0
+    num_test_examples: int = 0
     bf16: bool = False
     stop_after_steps: int = 0
     progress: bool = True
@@ -78,6 +80,8 @@ def validate(config: RunConfig, num_classes: int = NUM_CLASSES) -> None:
         raise ValueError(f"--epochs must be positive, got {config.epochs}.")
     if config.num_train_examples < 0:
         raise ValueError("--num_train_examples must be >= 0 (0 = all).")
+    if config.num_test_examples < 0:
+        raise ValueError("--num_test_examples must be >= 0 (0 = all).")
 
 
 def resolved(config: RunConfig) -> dict:
@@ -128,11 +132,14 @@ def load_dataset(data_dir: str | None, tfds_data_dir: str | None, cache_dir: str
 
 
 def prepare_data(dataset: data.Dataset, config: RunConfig) -> data.Dataset:
-    """Takes the first N training images (if asked) and injects the run's label noise."""
+    """Takes the first N training / test images (if asked) and injects the run's label noise."""
     ds = dataset
     if config.num_train_examples:
         n = config.num_train_examples
         ds = ds._replace(train_images=ds.train_images[:n], train_labels=ds.train_labels[:n])
+    if config.num_test_examples:
+        n = config.num_test_examples
+        ds = ds._replace(test_images=ds.test_images[:n], test_labels=ds.test_labels[:n])
     if config.label_noise > 0:
         ds = ds._replace(train_labels=data.symmetric_label_noise(
             ds.train_labels, config.label_noise, ds.num_classes, seed=config.noise_seed))
@@ -154,6 +161,7 @@ def run(config: RunConfig, dataset: data.Dataset, workdir: str,
         progress=config.progress)
     info = {"model": config.model, "label_noise": config.label_noise,
             "num_train_examples": int(len(ds.train_labels)),
+            "num_test_examples": int(len(ds.test_labels)),
             "realised_noise_rate": float(np.mean(ds.train_labels != dataset.train_labels[
                 :len(ds.train_labels)])),
             "recipe": {k: v for k, v in recipe.items() if k != "std"}, **(run_info or {})}
