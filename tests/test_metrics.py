@@ -7,9 +7,7 @@ import sys
 import textwrap
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import pytest
 from absl.testing import parameterized
 
 import gsc_jax
