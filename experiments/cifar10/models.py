@@ -46,6 +46,7 @@ class ConvMixer(nn.Module):
     kernel_size: int = 5
     patch_size: int = 2
     num_classes: int = 10
+    im2col: bool = True  # depthwise convs as shift-and-add, see TorchConv
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -53,7 +54,7 @@ class ConvMixer(nn.Module):
         norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                                  epsilon=1e-5, dtype=self.dtype)
         act = functools.partial(nn.gelu, approximate=False)
-        conv = functools.partial(TorchConv, dtype=self.dtype)
+        conv = functools.partial(TorchConv, im2col=self.im2col, dtype=self.dtype)
         x = norm()(act(conv(self.dim, self.patch_size, self.patch_size)(x)))
         for _ in range(self.depth):
             x = x + norm()(act(conv(self.dim, self.kernel_size, padding="SAME",
