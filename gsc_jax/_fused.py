@@ -27,6 +27,12 @@ the probabilities, so no scatter and no ``[..., num_classes, num_classes]`` term
 itself (sigma, its floor, normalisation, ``stop_gradient_sigma``, ``mu``) is assembled from these
 statistics by ordinary autodiff on ``[...]``- and ``[..., c]``-shaped arrays in `gsc_jax._gsc`.
 
+On the CPU backend, float32 rows of at least `KERNEL_MIN_CLASSES` logits get the row statistics
+(max, exps, both sums, top-c) from one C++ kernel, `gsc_jax._cpu_kernel`, that sweeps each row
+while it is in cache; XLA:CPU compiles the same statistics to several passes over memory. Other
+backends, float64, short rows, and machines without a C++ compiler use the XLA operations below,
+with the same results to float32 rounding (`tests/test_cpu_kernel.py`).
+
 Top-c selection follows `jax.lax.top_k` exactly on ties (the lower index first) and uses
 neither `lax.top_k` nor a sort (both are slow on XLA:CPU): ``c`` rounds of max and
 first-index-of-max. For ``num_classes >= 256`` these rounds run on chunk maxima and then on
@@ -51,10 +57,16 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from gsc_jax import _cpu_kernel
+
 Array = jax.Array
 
 CHUNKED_MIN_CLASSES = 256
 """Rows at least this long select their top-c through chunk maxima; shorter rows directly."""
+
+KERNEL_MIN_CLASSES = 256
+"""Rows at least this long use the CPU kernel (`_cpu_kernel`); shorter rows cost little either way
+and the custom call's fixed cost (tens of microseconds) outweighs what it saves."""
 
 SECOND_ORDER_ERROR = (
     "The fused cross-entropy + GSC path (gsc_jax.gsc_loss, gsc_jax.gsc_term_fused, "
@@ -159,19 +171,41 @@ def _guard_float(x):
     return _refuse_derivatives(x) if jnp.issubdtype(x.dtype, jnp.inexact) else x
 
 
-def _forward(logits, where, labels, label_kind, top_c):
-    """Statistics and residuals; see `softmax_statistics`."""
-    masked = logits if where is None else jnp.where(where, logits, -jnp.inf)
+def _row_statistics_xla(masked, logits, where, top_c):
+    """exps, row max, sum of exps, sum_i exps_i (z_i - m), top-c values and indices, by XLA ops."""
     top_values, top_indices = top_logits(masked, top_c)
     row_max = top_values[..., :1]
     row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
     shifted = logits - row_max
     exps = jnp.exp(shifted if where is None else jnp.where(where, shifted, -jnp.inf))
     total = jnp.sum(exps, axis=-1, keepdims=True)
+    weighted = jnp.sum(exps * shifted, axis=-1, keepdims=True)
+    return exps, row_max, total, weighted, top_values, top_indices
+
+
+def _row_statistics(masked, logits, where, top_c):
+    """`_row_statistics_xla`, or on CPU for float32 the one-sweep kernel of `_cpu_kernel`."""
+    xla = functools.partial(_row_statistics_xla, where=where, top_c=top_c)
+    use_kernel = (masked.dtype == jnp.float32 and masked.shape[-1] >= KERNEL_MIN_CLASSES
+                  and jax.default_backend() == "cpu" and _cpu_kernel.available())
+    if not use_kernel:
+        return xla(masked, logits)
+    # The custom call has no derivative rules; the guard names the alternative first.
+    kernel = lambda masked, logits: _cpu_kernel.row_statistics(  # noqa: E731
+        _refuse_derivatives(masked), top_c)
+    return lax.platform_dependent(masked, logits, cpu=kernel, default=xla)
+
+
+def _forward(logits, where, labels, label_kind, top_c):
+    """Statistics and residuals; see `softmax_statistics`."""
+    masked = logits if where is None else jnp.where(where, logits, -jnp.inf)
+    exps, row_max, total, weighted, top_values, top_indices = _row_statistics(
+        masked, logits, where, top_c
+    )
     total = jnp.where(total > 0, total, 1.0)
     log_total = jnp.log(total)
     # E = log(Sigma) - sum_i S_i (z_i - m): every term >= 0 (masked: exps = 0, logits finite).
-    entropy = log_total - jnp.sum(exps * shifted, axis=-1, keepdims=True) / total
+    entropy = log_total - weighted / total
     # Everything below uses z - m, exact near the top, never z - lse, which cancels at large |z|.
     top_scores = jnp.exp((top_values - row_max) - log_total)
     if label_kind == "int":
@@ -182,7 +216,7 @@ def _forward(logits, where, labels, label_kind, top_c):
     elif label_kind == "soft":
         active_labels = labels if where is None else jnp.where(where, labels, 0.0)
         cross_entropy = log_total * jnp.sum(active_labels, axis=-1, keepdims=True) - jnp.sum(
-            active_labels * shifted, axis=-1, keepdims=True
+            active_labels * (logits - row_max), axis=-1, keepdims=True
         )
     else:
         cross_entropy = jnp.zeros_like(entropy)

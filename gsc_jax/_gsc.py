@@ -298,9 +298,10 @@ def gsc_loss(
             + \gamma\, S \odot \big(g - \langle g, S \rangle\big), \qquad
         g = \frac{\partial f}{\partial S},
 
-    see `gsc_jax._fused`. On a (shared) 2-core CPU its forward+backward measured 1.8-3.9x optax's
-    cross-entropy alone, against 4.5-11x for `gsc_loss_reference`
-    (``python -m benchmarks.loss_overhead``). Values and first derivatives
+    see `gsc_jax._fused`; on CPU, rows of at least 256 float32 logits go through a one-sweep
+    C++ kernel built on first use (`gsc_jax._cpu_kernel`). Its cost relative to optax's
+    cross-entropy alone is measured by ``python -m benchmarks.loss_overhead`` (README,
+    Performance). Values and first derivatives
     (logits, soft labels, ``gamma``, ``mu``) equal `gsc_loss_reference`'s to rounding. Only
     first-order reverse mode is supported (`jax.grad`, `jax.vjp`, under `jax.jit`, `jax.vmap` and
     sharding); forward-mode and second derivatives raise an error naming `gsc_loss_reference`,

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import gsc_jax
-from gsc_jax import _fused
+from gsc_jax import _cpu_kernel, _fused
 
 F32_RTOL = 1e-5
 F64_RTOL = 1e-10
@@ -82,6 +82,17 @@ def _check(
     return fused
 
 
+@pytest.fixture(params=("cpu_kernel", "xla"))
+def row_path(request, monkeypatch):
+    """Runs a test on both row-statistics paths: the CPU kernel and the XLA operations (which
+    every other backend uses)."""
+    if request.param == "xla":
+        monkeypatch.setattr(_cpu_kernel, "available", lambda: False)
+    elif not _cpu_kernel.available():
+        pytest.skip("no C++ compiler: the CPU kernel is not built (tests/test_cpu_kernel.py)")
+    return request.param
+
+
 def _int_labels(shape, num_classes, seed=1):
     return jax.random.randint(jax.random.key(seed), shape, 0, num_classes)
 
@@ -93,7 +104,7 @@ def _logits(shape, scale=3.0, seed=0, dtype=jnp.float32):
 # Class counts that exercise the three selection paths: short rows (whole-row selection),
 # chunked rows (300 = 15 chunks of 20) and a prime length without a divisor (whole row).
 @pytest.mark.parametrize("num_classes, top_c", ((2, 1), (10, 2), (300, 5), (4099, 3)))
-def test_matches_reference_float32(num_classes, top_c):
+def test_matches_reference_float32(num_classes, top_c, row_path):
     logits = _logits((6, num_classes))
     _check(logits, _int_labels((6,), num_classes), top_c=top_c)
 
@@ -121,7 +132,7 @@ def test_soft_labels_and_their_gradient():
 
 
 @pytest.mark.parametrize("num_classes", (10, 300))
-def test_all_equal_logits_pick_what_top_k_picks(num_classes):
+def test_all_equal_logits_pick_what_top_k_picks(num_classes, row_path):
     logits = jnp.zeros((3, num_classes))
     values, indices = _fused.top_logits(logits, 5)
     np.testing.assert_array_equal(indices, jax.lax.top_k(logits, 5)[1])
@@ -130,7 +141,7 @@ def test_all_equal_logits_pick_what_top_k_picks(num_classes):
     _check(logits, _int_labels((3,), num_classes), top_c=5)
 
 
-def test_repeated_maxima_across_chunks():
+def test_repeated_maxima_across_chunks(row_path):
     # 300 classes = 15 chunks of 20; equal top values inside one chunk and across chunks.
     logits = _logits((4, 300), scale=1.0)
     logits = logits.at[:, [7, 45, 46, 299]].set(5.0).at[:, [3, 120]].set(4.0)
@@ -142,7 +153,7 @@ def test_repeated_maxima_across_chunks():
         _check(logits, _int_labels((4,), 300), top_c=top_c)
 
 
-def test_masked_classes_and_rows_with_fewer_than_two_classes():
+def test_masked_classes_and_rows_with_fewer_than_two_classes(row_path):
     logits = _logits((6, 300))
     where = jax.random.bernoulli(jax.random.key(3), 0.3, (6, 300))
     where = where.at[0].set(False)  # no class
@@ -240,8 +251,9 @@ def test_with_gsc_dispatches_cross_entropy_to_the_fused_path():
     jax.jvp(lambda z: wrapped(z, labels).sum(), (logits,), (logits,))  # the reference path
 
 
-def test_second_derivatives_are_refused_with_a_clear_error():
-    logits, labels = _logits((3, 10)), _int_labels((3,), 10)
+@pytest.mark.parametrize("num_classes", (10, 300))  # 300: through the CPU kernel
+def test_second_derivatives_are_refused_with_a_clear_error(num_classes):
+    logits, labels = _logits((3, num_classes)), _int_labels((3,), num_classes)
     loss = lambda z: gsc_jax.gsc_loss(z, labels, gamma=0.5, top_c=2).sum()  # noqa: E731
     with pytest.raises(NotImplementedError, match="gsc_loss_reference"):
         jax.hessian(loss)(logits)

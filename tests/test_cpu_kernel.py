@@ -1,0 +1,132 @@
+"""The CPU row kernel (`gsc_jax._cpu_kernel`) against the XLA operations it replaces.
+
+Per row: exp(z - m) and its sums to float32 rounding, the row max and the top-c values and
+indices exactly (`jax.lax.top_k`'s order on ties), for rows that end in a partial block, top_c
+above the kernel's bounded path, masked (-inf) classes, rows with fewer finite values than top_c
+and rows with none. Then the fallback: with GSC_JAX_CPU_KERNEL=0 the loss is unchanged.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gsc_jax
+from gsc_jax import _cpu_kernel, _fused
+
+pytestmark = pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "c++")) is None,
+    reason="no C++ compiler: the CPU kernel is not built and the XLA path is used",
+)
+
+
+def _kernel_and_xla(logits, top_c):
+    kernel = jax.jit(lambda z: _cpu_kernel.row_statistics(z, top_c))(logits)
+    xla = jax.jit(lambda z: _fused._row_statistics_xla(z, z, None, top_c))(logits)
+    return kernel, xla
+
+
+def _assert_rows_equal(logits, top_c):
+    (exps, row_max, total, weighted, values, indices), expected = _kernel_and_xla(logits, top_c)
+    e_exps, e_max, e_total, e_weighted, e_values, e_indices = expected
+    np.testing.assert_array_equal(values, e_values)
+    np.testing.assert_array_equal(indices, e_indices)
+    np.testing.assert_array_equal(row_max, e_max)
+    np.testing.assert_allclose(exps, e_exps, rtol=1e-6, atol=1e-30)
+    np.testing.assert_allclose(total, e_total, rtol=1e-5)
+    np.testing.assert_allclose(weighted, e_weighted, rtol=1e-5, atol=1e-6)
+    return indices
+
+
+def test_the_kernel_builds_where_a_compiler_exists():
+    assert _cpu_kernel.available()
+
+
+@pytest.mark.parametrize("num_classes", (256, 1000, 4099, 40000))
+@pytest.mark.parametrize("top_c", (1, 2, 5, 70))
+def test_equals_xla_statistics(num_classes, top_c):
+    logits = 4.0 * jax.random.normal(jax.random.key(num_classes + top_c), (3, num_classes))
+    _assert_rows_equal(logits, top_c)
+
+
+def test_ties_follow_top_k():
+    num_classes = 1000
+    rng = np.random.default_rng(0)
+    logits = np.round(rng.normal(size=(5, num_classes)), 1).astype(np.float32)  # many ties
+    logits[1] = 0.0  # all equal
+    logits[2, [5, 300, 999]] = 9.0  # the maximum in three blocks, one the partial last block
+    logits[3, [998, 999]] = 9.0  # the maximum only in the partial last block
+    logits[4, ::37] = 9.0
+    logits = jnp.asarray(logits)
+    for top_c in (1, 2, 3, 7):
+        indices = _assert_rows_equal(logits, top_c)
+        np.testing.assert_array_equal(indices, jax.lax.top_k(logits, top_c)[1])
+
+
+def test_masked_classes_and_short_rows():
+    logits = jax.random.normal(jax.random.key(1), (4, 300))
+    where = jax.random.bernoulli(jax.random.key(2), 0.2, logits.shape)
+    where = where.at[0].set(False)  # nothing left: m = 0, sums 0, top values -inf at index 300
+    where = where.at[1].set(False).at[1, [3, 290]].set(True)  # fewer than top_c
+    masked = jnp.where(where, logits, -jnp.inf)
+    kernel = jax.jit(lambda z: _cpu_kernel.row_statistics(z, 5))(masked)
+    xla = jax.jit(lambda z: _fused._row_statistics_xla(z, logits, where, 5))(masked)
+    for got, want in zip(kernel, xla):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(kernel[5][0], 300)
+    np.testing.assert_array_equal(kernel[5][1], [3, 290, 300, 300, 300])
+
+
+def test_batch_dimensions_and_vmap():
+    logits = jax.random.normal(jax.random.key(3), (2, 3, 512))
+    direct = jax.jit(lambda z: _cpu_kernel.row_statistics(z, 3))(logits)
+    mapped = jax.jit(jax.vmap(lambda z: _cpu_kernel.row_statistics(z, 3)))(logits)
+    for got, want in zip(mapped, direct):
+        np.testing.assert_array_equal(got, want)
+    assert direct[0].shape == (2, 3, 512) and direct[4].shape == (2, 3, 3)
+
+
+FALLBACK_SCRIPT = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp, numpy as np
+    import gsc_jax
+    from gsc_jax import _cpu_kernel
+    assert not _cpu_kernel.available()
+    z = 3.0 * jax.random.normal(jax.random.key(0), (4, 300))
+    y = jnp.arange(4)
+    fused = jax.value_and_grad(lambda z: gsc_jax.gsc_loss(z, y, gamma=0.5, top_c=3).sum())(z)
+    hlo = jax.jit(lambda z: gsc_jax.gsc_loss(z, y, gamma=0.5, top_c=3)).lower(z).as_text()
+    assert "gsc_jax_row_statistics" not in hlo
+    ref = jax.value_and_grad(lambda z: gsc_jax.gsc_loss_reference(z, y, gamma=0.5, top_c=3).sum())(z)
+    for a, b in zip(fused, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    print("fallback ok")
+    """
+)
+
+
+def test_disabled_kernel_falls_back_to_xla_operations():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, GSC_JAX_CPU_KERNEL="0")
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fallback ok" in result.stdout
+
+
+def test_the_loss_uses_the_kernel_on_cpu_for_long_rows():
+    labels = jnp.arange(2)
+    for num_classes, expected in ((300, True), (10, False)):
+        logits = jnp.zeros((2, num_classes))
+        hlo = jax.jit(
+            jax.grad(lambda z: gsc_jax.gsc_loss(z, labels, gamma=0.1, top_c=2).sum())
+        ).lower(logits).as_text()
+        assert ("gsc_jax_row_statistics" in hlo) == expected, num_classes
+
