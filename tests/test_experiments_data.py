@@ -78,3 +78,50 @@ def test_digits_split():
     assert ds.train_images.shape[1:] == (8, 8, 1) and len(ds.train_labels) + len(ds.test_labels) \
         == 1797
     assert ds.num_classes == 10 and ds.train_images.max() == 255
+
+
+def test_load_tfds_on_mocked_cifar10(tmp_path):
+    """load_tfds reads both splits of (mocked) TFDS cifar10 into uint8/int32 arrays."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
+        ds = data.load_tfds("cifar10", str(tmp_path / "tfds"), chunk_size=5)
+    assert ds.train_images.shape == (12, 32, 32, 3) and ds.train_images.dtype == np.uint8
+    assert ds.test_images.shape == (12, 32, 32, 3) and ds.test_images.dtype == np.uint8
+    assert ds.train_labels.shape == (12,) and ds.train_labels.dtype == np.int32
+    assert ds.test_labels.shape == (12,) and ds.test_labels.dtype == np.int32
+    assert ds.num_classes == 10  # the names are '0'..'9' here: label.txt is metadata, not mocked
+    assert ds.train_labels.min() >= 0 and ds.train_labels.max() < 10
+    assert len(np.unique(ds.train_images)) > 1  # real (random) pixels, not padding
+
+
+def test_load_tfds_reads_each_split_in_order_across_chunks(tmp_path):
+    """Split-specific fake data: the train and test arrays come from their own split, every example
+    once and in order, whether or not the number of examples is a multiple of the chunk size."""
+    tf = pytest.importorskip("tensorflow")
+    tfds = pytest.importorskip("tensorflow_datasets")
+    sizes = {"train": 13, "test": 7}
+
+    def fake_split(split):
+        n = sizes[str(split)]
+        offset = 100 if str(split) == "test" else 0
+        images = np.zeros((n, 32, 32, 3), np.uint8)
+        images[:, 0, 0, 0] = offset + np.arange(n)
+        labels = (np.arange(n) * 3 + (str(split) == "test")) % 10
+        return images, labels.astype(np.int64)
+
+    def as_dataset_fn(self, split, **kwargs):
+        del self, kwargs
+        images, labels = fake_split(split)
+        return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
+
+    for chunk_size in (4, 7, 10_000):
+        with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
+                                    as_dataset_fn=as_dataset_fn):
+            ds = data.load_tfds("cifar10", str(tmp_path / "tfds"), chunk_size=chunk_size)
+        for split, images, labels in (("train", ds.train_images, ds.train_labels),
+                                      ("test", ds.test_images, ds.test_labels)):
+            want_images, want_labels = fake_split(split)
+            np.testing.assert_array_equal(images, want_images)
+            np.testing.assert_array_equal(labels, want_labels.astype(np.int32))
+            assert images.dtype == np.uint8 and labels.dtype == np.int32
+        assert ds.num_classes == 10

@@ -179,18 +179,32 @@ def check_tfds_available(name: str, tfds_data_dir: str | None) -> None:
         )
 
 
-def load_tfds(name: str = "cifar10", tfds_data_dir: str | None = None) -> Dataset:
-    """Loads TFDS `name` (train/test splits, 'image'/'label' features) as whole numpy arrays."""
+def load_tfds(name: str = "cifar10", tfds_data_dir: str | None = None,
+              chunk_size: int = 10_000) -> Dataset:
+    """Loads TFDS `name` (train/test splits, 'image'/'label' features) as whole numpy arrays.
+
+    Each split is read in batches of `chunk_size` examples (in file order, unshuffled) and
+    concatenated. This gives the same arrays as `as_dataset(batch_size=-1)`, which pads one batch
+    to `info.splits.total_num_examples` and so aborts the process (std::length_error) when the split
+    sizes are unknown, as under `tfds.testing.mock_data` without metadata files.
+    """
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
     builder = tfds.builder(name, data_dir=tfds_data_dir)
     builder.download_and_prepare()
-    splits = [tfds.as_numpy(builder.as_dataset(split=s, batch_size=-1, as_supervised=True))
-              for s in ("train", "test")]
-    (xtr, ytr), (xte, yte) = splits
-    names = tuple(builder.info.features["label"].names)
-    return Dataset(xtr.astype(np.uint8), ytr.astype(np.int32), xte.astype(np.uint8),
-                   yte.astype(np.int32), names)
+    features = builder.info.features
+
+    def split_arrays(split):
+        ds = builder.as_dataset(split=split, batch_size=chunk_size, as_supervised=True,
+                                shuffle_files=False)
+        chunks = list(tfds.as_numpy(ds))
+        if not chunks:
+            raise DataError(f"TFDS '{name}' split '{split}' is empty.")
+        return (np.concatenate([c[0] for c in chunks]).astype(np.uint8),
+                np.concatenate([c[1] for c in chunks]).astype(np.int32))
+
+    (xtr, ytr), (xte, yte) = (split_arrays(s) for s in ("train", "test"))
+    return Dataset(xtr, ytr, xte, yte, tuple(features["label"].names))
 
 
 def load_digits(test_fraction: float = 0.3, seed: int = 0) -> Dataset:
