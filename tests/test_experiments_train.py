@@ -2,13 +2,16 @@
 
 import json
 import os
+import shutil
 import signal
 
+import gsc_jax
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.common import checkpoint, losses
+from experiments.common import checkpoint, losses, steps
 from experiments.cifar10 import train
 
 from _experiments_util import synthetic_dataset, tiny_config
@@ -80,3 +83,70 @@ def test_sigterm_sets_stop_request_and_handlers_are_restored():
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.requested and stop.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("name", losses.LOSS_NAMES)
+def test_loss_parts_add_up_to_the_trained_loss(name):
+    logits = jax.random.normal(jax.random.key(0), (6, 10)) * 3.0
+    labels = jnp.arange(6) % 10
+    soft = gsc_jax.ols_init(10).soft_labels
+    spec = L(name, gsc_gamma=0.5, gsc_top_c=3)
+    parts = losses.make_loss_parts_fn(spec)(logits, labels, soft)
+    assert set(parts) == {"base_loss", "gsc_term"}
+    total = losses.make_loss_fn(spec)(logits, labels, soft)
+    np.testing.assert_allclose(parts["base_loss"] + 0.5 * parts["gsc_term"], total, rtol=1e-5,
+                               atol=1e-6)
+    assert np.all(np.abs(0.5 * parts["gsc_term"]) > 1e-3)  # the check above sees the GSC part
+    off = L(name)  # gamma 0: the base loss is the loss, and no GSC term
+    parts = losses.make_loss_parts_fn(off)(logits, labels, soft)
+    assert set(parts) == {"base_loss"}
+    np.testing.assert_allclose(parts["base_loss"], losses.make_loss_fn(off)(logits, labels, soft),
+                               rtol=1e-6)
+
+
+def _records(workdir):
+    return [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+
+
+@pytest.mark.parametrize("spec", [L("ce", gsc_gamma=0.5, gsc_top_c=2),  # fused CE+GSC
+                                  L("ls", gsc_gamma=0.5, gsc_top_c=3)],  # base + gsc_term
+                         ids=lambda s: s.label)
+def test_metrics_log_base_loss_and_gsc_term(spec, tmp_path):
+    train.run(tiny_config(spec), synthetic_dataset(), str(tmp_path))
+    records = _records(tmp_path)
+    assert len(records) == 2
+    for r in records:
+        gsc_part = spec.gsc_gamma * r["train_gsc_term"]
+        assert gsc_part > 1e-2  # large against the tolerance below: the sum tests something
+        np.testing.assert_allclose(r["train_base_loss"] + gsc_part, r["train_loss"], rtol=1e-5)
+
+
+def test_metrics_without_gsc_log_base_loss_only(tmp_path):
+    train.run(tiny_config(L("focal")), synthetic_dataset(), str(tmp_path))
+    for r in _records(tmp_path):
+        assert "train_gsc_term" not in r
+        assert r["train_base_loss"] == pytest.approx(r["train_loss"], rel=1e-6)
+
+
+def test_resume_from_a_checkpoint_without_the_loss_parts(tmp_path):
+    """A checkpoint whose epoch_sums hold only 'loss' and 'count' (older harness) still resumes;
+    the resumed epoch lacks the parts (they would cover only part of it), the next has them."""
+    spec = L("ce", gsc_gamma=0.5, gsc_top_c=2)
+    ds = synthetic_dataset()  # 4 steps per epoch, 2 epochs
+    part = train.run(tiny_config(spec, stop_after_steps=3), ds, str(tmp_path))
+    sums = part.state.epoch_sums
+    legacy = part.state.replace(epoch_sums={k: sums[k] for k in ("loss", "count")})
+    shutil.rmtree(tmp_path / "checkpoints")
+    manager = checkpoint.make_manager(str(tmp_path))
+    checkpoint.save(manager, legacy)
+    manager.wait_until_finished()
+    assert set(manager.item_metadata(3).tree["epoch_sums"]) == {"loss", "count"}
+    resumed = train.run(tiny_config(spec), ds, str(tmp_path))
+    assert int(resumed.state.step) == 8
+    assert set(resumed.state.epoch_sums) == set(steps.EPOCH_SUM_KEYS)
+    first, second = _records(tmp_path)
+    assert "train_base_loss" not in first and "train_gsc_term" not in first
+    # Epoch 1 averages the 3 restored step losses with the 4th: the restored sum was used.
+    assert first["train_loss"] * 4 > float(sums["loss"]) > 0
+    np.testing.assert_allclose(second["train_base_loss"] + 0.5 * second["train_gsc_term"],
+                               second["train_loss"], rtol=1e-5)

@@ -13,6 +13,7 @@ def make_manager(workdir: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, "checkpoints")),
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        item_handlers=ocp.StandardCheckpointHandler(),  # so item_metadata works before a restore
     )
 
 
@@ -24,12 +25,22 @@ def save(manager: ocp.CheckpointManager, state) -> None:
 
 
 def restore_latest(manager: ocp.CheckpointManager, state):
-    """Returns the latest checkpoint restored into the shapes/shardings of `state`, or `state`."""
+    """Returns the latest checkpoint restored into the shapes/shardings of `state`, or `state`.
+
+    `state.epoch_sums` entries that the checkpoint lacks (it was written by an older harness that
+    summed fewer quantities) keep their values in `state` (zeros for a freshly initialised one).
+    """
     step = manager.latest_step()
     if step is None:
         return state
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    return manager.restore(step, args=ocp.args.StandardRestore(target))
+    tree = getattr(manager.item_metadata(step), "tree", None)
+    saved = tree.get("epoch_sums") if isinstance(tree, dict) else None
+    sums = state.epoch_sums
+    kept = {k: v for k, v in sums.items() if saved is None or k in saved}
+    target = state.replace(epoch_sums=kept)
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+    return restored.replace(epoch_sums={**sums, **restored.epoch_sums})
 
 
 class StopOnSignal:

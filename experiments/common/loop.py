@@ -61,6 +61,23 @@ class RunResult:
     interrupted_by: int | None = None
 
 
+def epoch_loss_parts(sums: dict, use_gsc: bool) -> dict:
+    """The epoch means of the training loss's parts, for metrics.jsonl.
+
+    train_base_loss: the loss without GSC (CE / entropy / focal / LS / OLS); train_gsc_term: the GSC
+    term unscaled by gamma, present only when gamma > 0. So train_loss = train_base_loss + gamma *
+    train_gsc_term (up to float rounding), and train_base_loss = train_loss when gamma = 0. Both
+    are omitted for an epoch resumed from a checkpoint that did not sum them (older harness).
+    """
+    n = float(sums["count"])
+    if n == 0 or float(sums["parts_count"]) != n:
+        return {}
+    parts = {"train_base_loss": float(sums["base_loss"]) / n}
+    if use_gsc:
+        parts["train_gsc_term"] = float(sums["gsc_term"]) / n
+    return parts
+
+
 def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Dataset,
                        workdir: str, run_info: dict | None = None) -> RunResult:
     """Trains `model` on `dataset`, evaluating and checkpointing every epoch; resumes from workdir.
@@ -71,6 +88,9 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
       make_tx: `make_tx(steps_per_epoch) -> (optax transformation, lr_fn(step))`.
       dataset: in-memory data (labels possibly noisy already).
       workdir: holds checkpoints/, metrics.jsonl, summary.json, curves.png, reliability.png.
+        metrics.jsonl has one record per epoch: epoch, step, train_loss, train_base_loss,
+        train_gsc_term (only when gamma > 0; see `epoch_loss_parts`), test_top1, test_top5,
+        test_nll, test_ece, learning_rate, epoch_time_s.
       run_info: extra fields copied into summary.json (model name, data source, ...).
 
     Returns:
@@ -154,6 +174,7 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
             sums = jax.device_get(state.epoch_sums)
             record = {"epoch": epoch + 1, "step": step,
                       "train_loss": float(sums["loss"] / max(sums["count"], 1.0)),
+                      **epoch_loss_parts(sums, config.loss.gsc_gamma > 0),
                       "test_top1": ev["top1"], "test_top5": ev["top5"], "test_nll": ev["nll"],
                       "test_ece": ev["ece"], "learning_rate": float(lr_fn(step - 1)),
                       "epoch_time_s": time.time() - t0}

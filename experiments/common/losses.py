@@ -56,13 +56,8 @@ def validate_loss_spec(spec: LossSpec, num_classes: int) -> None:
         raise ValueError("need entropy_weight >= 0, focal_eta >= 0 and 0 <= ls_alpha <= 1.")
 
 
-def make_loss_fn(spec: LossSpec) -> Callable:
-    """Builds the per-example loss `fn(logits [B, K], labels [B], soft_labels [K, K] | None)`.
-
-    The result has shape [B].
-
-    `soft_labels` is the OLS state's matrix (`gsc_jax.ols_*`); the other losses ignore it.
-    """
+def _base_loss_fn(spec: LossSpec) -> Callable:
+    """The per-example base loss `fn(logits, labels, soft_labels)` of `spec`, without GSC."""
     base = {
         "ce": gsc_jax.cross_entropy,
         "entropy": lambda lg, y, **kw: gsc_jax.entropy_regularized_cross_entropy(
@@ -72,13 +67,47 @@ def make_loss_fn(spec: LossSpec) -> Callable:
             lg, y, alpha=spec.ls_alpha, **kw),
         "ols": gsc_jax.online_label_smoothing_loss,
     }[spec.name]
+    return base
+
+
+def _call(spec: LossSpec, fn: Callable, logits, labels, soft_labels):
+    if spec.name == "ols":
+        return fn(logits, labels, soft_labels=soft_labels)
+    return fn(logits, labels)
+
+
+def make_loss_fn(spec: LossSpec) -> Callable:
+    """Builds the per-example loss `fn(logits [B, K], labels [B], soft_labels [K, K] | None)`.
+
+    The result has shape [B].
+
+    `soft_labels` is the OLS state's matrix (`gsc_jax.ols_*`); the other losses ignore it.
+    """
+    base = _base_loss_fn(spec)
     if spec.gsc_gamma > 0:
         base = gsc_jax.with_gsc(base, gamma=spec.gsc_gamma, top_c=spec.gsc_top_c)
 
     def loss_fn(logits: jax.Array, labels: jax.Array, soft_labels=None) -> jax.Array:
-        if spec.name == "ols":
-            return base(logits, labels, soft_labels=soft_labels)
-        return base(logits, labels)
+        return _call(spec, base, logits, labels, soft_labels)
 
     return loss_fn
 
+
+def make_loss_parts_fn(spec: LossSpec) -> Callable:
+    """Builds `fn(logits, labels, soft_labels) -> {'base_loss': [B], 'gsc_term': [B]}`.
+
+    The two parts of the `make_loss_fn` loss, computed separately for logging: base_loss is the
+    loss without GSC (CE / entropy / focal / LS / OLS) and gsc_term the GSC term *unscaled* by
+    gamma, so that loss = base_loss + gamma * gsc_term up to float rounding (the trained 'ce'+GSC
+    loss is the fused `gsc_jax.gsc_loss`, these parts are computed apart). 'gsc_term' is omitted
+    when gamma = 0 (GSC off: the term is neither trained nor computed).
+    """
+    base = _base_loss_fn(spec)
+
+    def parts_fn(logits: jax.Array, labels: jax.Array, soft_labels=None) -> dict:
+        parts = {"base_loss": _call(spec, base, logits, labels, soft_labels)}
+        if spec.gsc_gamma > 0:
+            parts["gsc_term"] = gsc_jax.gsc_term(logits, top_c=spec.gsc_top_c)
+        return parts
+
+    return parts_fn

@@ -17,6 +17,9 @@ from gsc_jax import metrics
 from experiments.common import augment, losses, parallel
 
 
+EPOCH_SUM_KEYS = ("loss", "count", "base_loss", "gsc_term", "parts_count")
+
+
 @flax.struct.dataclass
 class TrainState:
     """Everything a checkpoint holds.
@@ -27,7 +30,10 @@ class TrainState:
       batch_stats: BatchNorm statistics ({} for models without BN).
       opt_state: optax state.
       ols: gsc_jax OnlineLabelSmoothingState for the 'ols' loss, else None.
-      epoch_sums: float32 {'loss', 'count'} of the current epoch's training loss.
+      epoch_sums: float32 sums over the current epoch's steps (EPOCH_SUM_KEYS): 'loss' (the trained
+        loss), 'base_loss' and 'gsc_term' (its parts, see `make_train_step`), 'count' (steps) and
+        'parts_count' (steps whose parts were summed; less than 'count' only in an epoch resumed
+        from a checkpoint written before the parts were logged).
     """
 
     step: jax.Array
@@ -49,7 +55,7 @@ def init_state(model, tx, sample: jax.Array, key: jax.Array, num_classes: int,
         batch_stats=variables.get("batch_stats", {}),
         opt_state=tx.init(params),
         ols=gsc_jax.ols_init(num_classes) if use_ols else None,
-        epoch_sums={"loss": jnp.zeros((), jnp.float32), "count": jnp.zeros((), jnp.float32)},
+        epoch_sums={k: jnp.zeros((), jnp.float32) for k in EPOCH_SUM_KEYS},
     )
 
 
@@ -79,8 +85,16 @@ def make_train_step(*, model, tx, loss_spec: losses.LossSpec, lr_fn: Callable,
     epoch is dropped), augmented with key fold_in(aug_key, s). The batch mean of the per-example
     loss is minimised. For 'ols', the OLS accumulators are updated every step and finalised on the
     last step of each epoch (gsc_jax.ols_update / ols_finalize_epoch).
+
+    The loss's parts are logged too (batch means, summed in `state.epoch_sums`): 'base_loss' (the
+    loss without GSC) and, when gamma > 0, 'gsc_term' (unscaled by gamma), computed from the
+    logits under stop_gradient by `losses.make_loss_parts_fn`: the gradient and the trained loss
+    are unchanged. With gamma = 0 the base loss is the trained loss itself (nothing is recomputed)
+    and 'gsc_term' stays 0 in the sums and absent from the metrics.
     """
     loss_fn = losses.make_loss_fn(loss_spec)
+    parts_fn = losses.make_loss_parts_fn(loss_spec)
+    use_gsc = loss_spec.gsc_gamma > 0
     use_ols = loss_spec.name == "ols"
 
     def train_step(state: TrainState, images_all, labels_all, perm):
@@ -99,6 +113,10 @@ def make_train_step(*, model, tx, loss_spec: losses.LossSpec, lr_fn: Callable,
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
             state.params)
+        if use_gsc:
+            parts = jax.tree.map(jnp.mean, parts_fn(jax.lax.stop_gradient(logits), labels, soft))
+        else:
+            parts = {"base_loss": loss}
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         ols = state.ols
         if use_ols:
@@ -107,13 +125,14 @@ def make_train_step(*, model, tx, loss_spec: losses.LossSpec, lr_fn: Callable,
             ols = jax.tree.map(lambda a, b: jnp.where(last, a, b),
                                gsc_jax.ols_finalize_epoch(ols), ols)
         keep = (i > 0).astype(jnp.float32)
-        sums = {"loss": state.epoch_sums["loss"] * keep + loss,
-                "count": state.epoch_sums["count"] * keep + 1.0}
+        step_values = {"loss": loss, "count": 1.0, "base_loss": parts["base_loss"],
+                       "gsc_term": parts.get("gsc_term", 0.0), "parts_count": 1.0}
+        sums = {k: state.epoch_sums[k] * keep + step_values[k] for k in EPOCH_SUM_KEYS}
         new_state = state.replace(step=state.step + 1,
                                   params=optax.apply_updates(state.params, updates),
                                   batch_stats=batch_stats, opt_state=opt_state, ols=ols,
                                   epoch_sums=sums)
-        return new_state, {"loss": loss, "learning_rate": lr_fn(state.step)}
+        return new_state, {"loss": loss, **parts, "learning_rate": lr_fn(state.step)}
 
     return train_step
 
