@@ -28,12 +28,15 @@ F32_RTOL = 1e-5
 F64_RTOL = 1e-10
 
 
-def _assert_close(actual, expected, rtol):
-    """Elementwise within ``rtol`` of the largest magnitude (normwise relative error)."""
+def _assert_close(actual, expected, rtol, scale_floor=np.finfo(np.float32).tiny):
+    """Elementwise within ``rtol`` of the largest magnitude (normwise relative error).
+
+    ``scale_floor`` bounds the scale from below where the result is a difference of larger terms.
+    """
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     assert actual.shape == expected.shape
     assert np.all(np.isfinite(actual)), actual
-    scale = max(float(np.max(np.abs(expected), initial=0.0)), np.finfo(np.float32).tiny)
+    scale = max(float(np.max(np.abs(expected), initial=0.0)), scale_floor)
     error = float(np.max(np.abs(actual - expected), initial=0.0))
     assert error <= rtol * scale, f"max error {error:.3g} > {rtol:g} * {scale:.3g}"
 
@@ -320,7 +323,11 @@ def test_property_random_classes_scales_and_ties(num_classes, top_c, scale, inte
     labels = _int_labels((3,), num_classes, seed=seed)
     fused, reference = _compiled_pair(top_c)
     for actual, expected in zip(fused(logits, labels), reference(logits, labels)):
-        _assert_close(actual, expected, F32_RTOL)
+        # Errors are relative to max(|expected|, 1). In a saturated row the logits' gradient is
+        # S - y with S_label ~ 1, a difference of O(1) terms (times weights < 2), and the GSC term
+        # is exp(-a) with a ~ 50, whose relative error is a times sigma's; both are float32
+        # rounding of O(1) quantities, not a relative error the difference or the tiny term keeps.
+        _assert_close(actual, expected, F32_RTOL, scale_floor=1.0)
 
 
 @hypothesis.settings(max_examples=30, deadline=None)
@@ -340,7 +347,7 @@ def test_property_arbitrary_logits(logits, top_c):
     labels = jnp.arange(3)
     fused, reference = _compiled_pair(top_c)
     for actual, expected in zip(fused(logits, labels), reference(logits, labels)):
-        _assert_close(actual, expected, F32_RTOL)
+        _assert_close(actual, expected, F32_RTOL, scale_floor=1.0)  # see the test above
 
 
 SHARDED_SCRIPT = textwrap.dedent(
