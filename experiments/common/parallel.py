@@ -13,16 +13,27 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 MULTIHOST_ENV = "GSC_JAX_MULTIHOST"
 
 
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else None
+
+
 def maybe_initialize_distributed(multihost: bool) -> None:
     """Calls `jax.distributed.initialize()` for a multi-host launch.
 
     A launch is multi-host when `multihost` is true or the environment variable GSC_JAX_MULTIHOST=1
-    is set; the coordinator address, process count and id come from the cluster environment (SLURM,
-    TPU pods, or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID) as `initialize`
-    documents.
+    is set. The coordinator address, process count and process id come from the cluster
+    environment that `initialize` detects (SLURM, Open MPI, TPU pods, ...) or from the variables
+    JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID. JAX
+    itself reads only the first of these three (jax 0.10), so the other two are passed here.
+
+    Every process runs the same program on the same data (the dataset is loaded by each and
+    replicated; each global batch is split over all processes' devices); only process 0 writes
+    metrics.jsonl, summary.json and the plots, and all processes take part in checkpointing.
     """
     if multihost or os.environ.get(MULTIHOST_ENV) == "1":
-        jax.distributed.initialize()
+        jax.distributed.initialize(num_processes=_env_int("JAX_NUM_PROCESSES"),
+                                   process_id=_env_int("JAX_PROCESS_ID"))
 
 
 def make_mesh() -> Mesh:
