@@ -7,6 +7,8 @@ re-evaluated) and the grid writes a markdown table (ours beside the paper's) or 
 import dataclasses
 import os
 
+import jax
+
 from experiments.common import losses, report
 from experiments.cifar10 import train
 
@@ -98,17 +100,19 @@ def run_sweep(base: train.RunConfig, dataset, workdir: str, gammas: tuple,
     curves["Entropy (x = lambda)"] = [_run_point(
         base, dataset, os.path.join(sweep_dir, f"entropy_l{g:g}"),
         loss=L("entropy", entropy_weight=g))["test_accuracy"] for g in gammas]
-    report.write_json(os.path.join(workdir, "fig5.json"),
-                      {"gammas": list(gammas), "ce": ce["test_accuracy"], "curves": curves})
     path = os.path.join(workdir, "fig5.png")
-    report.plot_sweep(list(gammas), curves, ce["test_accuracy"], path)
+    if jax.process_index() == 0:  # multi-host: every process has the results, process 0 writes
+        report.write_json(os.path.join(workdir, "fig5.json"),
+                          {"gammas": list(gammas), "ce": ce["test_accuracy"], "curves": curves})
+        report.plot_sweep(list(gammas), curves, ce["test_accuracy"], path)
     return path
 
 
 def _write_table(workdir: str, name: str, lines: list, rows: list) -> str:
     """Writes the lines to WORKDIR/<name>.md and the rows to <name>.json; returns the text."""
     text = "\n".join(lines) + "\n"
-    with open(os.path.join(workdir, f"{name}.md"), "w") as f:
-        f.write(text)
-    report.write_json(os.path.join(workdir, f"{name}.json"), rows)
+    if jax.process_index() == 0:  # multi-host: every process has the rows, process 0 writes
+        with open(os.path.join(workdir, f"{name}.md"), "w") as f:
+            f.write(text)
+        report.write_json(os.path.join(workdir, f"{name}.json"), rows)
     return text

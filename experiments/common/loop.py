@@ -7,6 +7,8 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from experiments.common import checkpoint, losses, parallel, report, steps
@@ -53,12 +55,32 @@ class RunResult:
     Attributes:
       state: final (or interrupted) TrainState.
       summary: the summary.json contents ({} when interrupted).
-      interrupted_by: signal number, 0 for `stop_after_steps`, None when training completed.
+      interrupted_by: signal number (received by any process of a multi-host run), 0 for
+        `stop_after_steps`, None when training completed.
     """
 
     state: steps.TrainState
     summary: dict
     interrupted_by: int | None = None
+
+
+STOP_SYNC_EVERY = 10  # steps between the processes' agreements on a stop request (multi-host)
+
+
+def agreed_stop_signal(stop: checkpoint.StopOnSignal, step: int) -> int | None:
+    """The signal to stop on after `step`, the same on every process; None to go on.
+
+    In a single process this is just `stop.signum`. In a multi-host run a signal may reach only
+    some processes, or reach them at different steps, while every train step and checkpoint save
+    is collective: so every STOP_SYNC_EVERY steps the processes all-gather their requests and all
+    stop if any got a signal (the largest signal number is reported).
+    """
+    if jax.process_count() == 1:
+        return stop.signum
+    if step % STOP_SYNC_EVERY:
+        return None
+    signums = multihost_utils.process_allgather(np.int32(stop.signum or 0))
+    return int(np.max(signums)) or None
 
 
 def epoch_loss_parts(sums: dict, use_gsc: bool) -> dict:
@@ -152,6 +174,7 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
     with checkpoint.StopOnSignal() as stop, tqdm(
             total=total, initial=start, disable=not (config.progress and is_main),
             desc=config.loss.label, unit="step", dynamic_ncols=True) as bar:
+        log = bar.write if is_main else (lambda message: None)  # process 0 speaks for all
         while step < total:
             epoch = step // steps_per_epoch
             perm = permute(shuffle_key, epoch, n_train)
@@ -164,12 +187,13 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
                     bar.set_postfix(loss=f"{float(m['loss']):.4f}",
                                     lr=f"{float(m['learning_rate']):.2g}")
                 limit_hit = config.stop_after_steps and step - start >= config.stop_after_steps
-                if (stop.requested or limit_hit) and step < total:
+                signum = agreed_stop_signal(stop, step)
+                if (signum or limit_hit) and step < total:
                     checkpoint.save(manager, state)
                     manager.wait_until_finished()
-                    bar.write(f"Stopped at step {step}/{total}; checkpoint saved in {workdir}. "
-                              "Run the same command again to resume.")
-                    return RunResult(state, {}, stop.signum if stop.requested else 0)
+                    log(f"Stopped at step {step}/{total}; checkpoint saved in {workdir}. "
+                        "Run the same command again to resume.")
+                    return RunResult(state, {}, signum or 0)
             ev = evaluate(state)
             sums = jax.device_get(state.epoch_sums)
             record = {"epoch": epoch + 1, "step": step,
@@ -181,10 +205,10 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
             records.append(record)
             if is_main:
                 report.append_jsonl(metrics_path, record)
-            bar.write(f"epoch {epoch + 1}/{config.epochs}: train_loss {record['train_loss']:.4f} "
-                      f"top1 {ev['top1']:.4f} top5 {ev['top5']:.4f} nll {ev['nll']:.4f} "
-                      f"ece {ev['ece']:.4f} lr {record['learning_rate']:.3g} "
-                      f"({record['epoch_time_s']:.0f}s)")
+            log(f"epoch {epoch + 1}/{config.epochs}: train_loss {record['train_loss']:.4f} "
+                f"top1 {ev['top1']:.4f} top5 {ev['top5']:.4f} nll {ev['nll']:.4f} "
+                f"ece {ev['ece']:.4f} lr {record['learning_rate']:.3g} "
+                f"({record['epoch_time_s']:.0f}s)")
             checkpoint.save(manager, state)
     manager.wait_until_finished()
     if ev is None:  # resumed an already finished run

@@ -15,9 +15,15 @@ def read_jsonl(path: str) -> list:
 
 
 def write_jsonl(path: str, records: list) -> None:
-    """Writes the records as a JSON-lines file (on resume: drops records past the checkpoint)."""
-    with open(path, "w") as f:
+    """Writes the records as a JSON-lines file (on resume: drops records past the checkpoint).
+
+    The file is replaced atomically, so that a reader (another process of a multi-host run reading
+    it on resume) sees either the old or the new file, never a truncated one.
+    """
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
+    os.replace(tmp, path)
 
 
 def append_jsonl(path: str, record: dict) -> None:
