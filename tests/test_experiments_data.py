@@ -30,13 +30,30 @@ def test_image_folder_loader_and_cache(tmp_path):
     assert ds.class_names == ("cat", "dog")
     assert ds.train_images.shape == (5, 8, 8, 3) and ds.train_images.dtype == np.uint8
     assert sorted(ds.train_labels.tolist()) == [0, 0, 0, 1, 1]
-    assert ds.test_labels.tolist() == [0, 1]
+    assert sorted(ds.test_labels.tolist()) == [0, 1]
     png = written[str(tmp_path / "imgs/test/cat/0.png")]
-    np.testing.assert_array_equal(ds.test_images[0], png)  # PNG is lossless
+    cat = ds.test_labels.tolist().index(0)
+    np.testing.assert_array_equal(ds.test_images[cat], png)  # PNG is lossless
     assert (tmp_path / "cache" / "meta.json").exists()
     again = data.load_image_folder(str(tmp_path / "imgs"), str(tmp_path / "cache"))
     for a, b in zip(ds[:4], again[:4]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_image_folder_splits_are_mixed_so_a_prefix_holds_every_class(tmp_path):
+    # --num_train_examples / --num_test_examples take a prefix: class-sorted splits would give
+    # one class (a smoke run once "evaluated" on 1,000 airplanes).
+    rng = np.random.RandomState(0)
+    for split in ("train", "test"):
+        for cls in ("a", "b", "c"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(8):
+                Image.fromarray(rng.randint(0, 255, (4, 4, 3)).astype(np.uint8)).save(
+                    tmp_path / split / cls / f"{i}.png")
+    ds = data.load_image_folder(str(tmp_path), str(tmp_path / "cache"))
+    for labels in (ds.train_labels, ds.test_labels):
+        assert sorted(labels.tolist()) == [0] * 8 + [1] * 8 + [2] * 8
+        assert set(labels[:8].tolist()) == {0, 1, 2}
 
 
 def test_image_folder_rejects_mixed_sizes(tmp_path):

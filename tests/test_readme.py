@@ -5,7 +5,7 @@ import pathlib
 from gsc_jax import table8
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TEST_COMMAND = 'pip install -e ".[dev]" && python -m pytest -q'
+TEST_COMMAND = 'pip install -e ".[dev]" && python -m pytest -q -n 2'
 
 
 def test_readme_test_command_is_what_ci_runs():

@@ -45,7 +45,8 @@ class RunConfig:
       eval_batch_size: test batch (padded + masked).
       seed: init / shuffle / augmentation seed.
       num_train_examples: use the first N training images (0 = all).
-      num_test_examples: evaluate on the first N test images (0 = all), for quick smoke runs.
+      num_test_examples: evaluate on the first N test images (0 = all; the loaders' test order
+        mixes the classes), for quick smoke runs.
       bf16: bfloat16 compute.
       stop_after_steps: checkpoint and stop after N steps in this invocation (0 = off).
       model_overrides: extra model fields, e.g. {'dim': 16, 'depth': 1} for a tiny ConvMixer.

@@ -126,16 +126,17 @@ def load_image_folder(data_dir: str, cache_dir: str | None = None) -> Dataset:
       cache_dir: where to keep the .npy cache; default DIR/.npy_cache (if writable).
 
     Returns:
-      A `Dataset` with labels given by the alphabetical order of the class folders. The training
-      examples are put in one fixed random order (numpy seed 0), so that "the first N training
-      images" is a class-balanced subset rather than the first classes.
+      A `Dataset` with labels given by the alphabetical order of the class folders. Each split is
+      put in one fixed random order (numpy seeds 0 for train, 1 for test), so that "the first N
+      training (test) images" is a class-mixed subset rather than the first classes.
     """
     class_names = check_image_folder(data_dir)
     cache_dir = cache_dir or cache_dir_for(data_dir, os.path.join(os.getcwd(), ".npy_cache"))
     counts = {s: sum(len(v) for v in _list_split(os.path.join(data_dir, s)).values())
               for s in ("train", "test")}
     meta = {"source": os.path.abspath(data_dir), "class_names": list(class_names),
-            "counts": counts, "train_order": "numpy RandomState(0) permutation"}
+            "counts": counts, "train_order": "numpy RandomState(0) permutation",
+            "test_order": "numpy RandomState(1) permutation"}
     meta_path = os.path.join(cache_dir, "meta.json")
     arrays = ("train_images", "train_labels", "test_images", "test_labels")
     if os.path.exists(meta_path):
@@ -148,6 +149,8 @@ def load_image_folder(data_dir: str, cache_dir: str | None = None) -> Dataset:
     order = np.random.RandomState(0).permutation(len(train[1]))
     train = (train[0][order], train[1][order])
     test = _decode_split(os.path.join(data_dir, "test"), class_names)
+    order = np.random.RandomState(1).permutation(len(test[1]))
+    test = (test[0][order], test[1][order])
     os.makedirs(cache_dir, exist_ok=True)
     for name, arr in zip(arrays, (*train, *test)):
         np.save(os.path.join(cache_dir, name + ".npy"), arr)
