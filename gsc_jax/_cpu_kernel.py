@@ -13,6 +13,9 @@ the source, the compiler command and the jaxlib version. Without a compiler, or 
 ``GSC_JAX_CPU_KERNEL=0`` in the environment, `available` is False and `gsc_jax._fused` computes
 the same statistics with XLA operations (the path every non-CPU backend takes). A failed build
 logs one warning and falls back the same way.
+
+The custom call has no sharding rule: under a multi-device CPU mesh XLA all-gathers the rows
+before it (correct, not data-parallel).
 """
 
 from __future__ import annotations
