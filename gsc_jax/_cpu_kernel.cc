@@ -95,16 +95,10 @@ inline float BlockMax(const float* block, int64_t size) {
 // The top_c-th largest of values[0:n] (-inf if n < top_c); top_c <= kMaxTopC.
 float KthLargest(const float* values, int64_t n, int64_t top_c) {
   float largest[kMaxTopC];
+  int32_t unused_indices[kMaxTopC];
   for (int64_t k = 0; k < top_c; ++k) largest[k] = -std::numeric_limits<float>::infinity();
   for (int64_t i = 0; i < n; ++i) {
-    const float value = values[i];
-    if (!(value > largest[top_c - 1])) continue;
-    int64_t position = top_c - 1;
-    while (position > 0 && value > largest[position - 1]) {
-      largest[position] = largest[position - 1];
-      --position;
-    }
-    largest[position] = value;
+    Insert(values[i], static_cast<int32_t>(i), top_c, largest, unused_indices);
   }
   return largest[top_c - 1];
 }

@@ -93,12 +93,15 @@ def available() -> bool:
 
 
 def row_statistics(logits: jax.Array, top_c: int):
-    """The kernel on float32 ``[..., C]`` logits (masked entries -inf); call only if `available`.
+    """The kernel on float32 ``[..., C]`` logits (masked entries -inf); builds it if needed.
 
     Returns:
       ``(exps [..., C], row_max [..., 1], total [..., 1], weighted [..., 1],
       top_values [..., top_c], top_indices [..., top_c] int32)`` as defined in ``_cpu_kernel.cc``.
     """
+    if not available():
+        raise RuntimeError("the gsc_jax CPU kernel is not available (no C++ compiler, a failed "
+                           "build, or GSC_JAX_CPU_KERNEL=0); see the log's warning.")
     batch = logits.shape[:-1]
     shapes = (
         jax.ShapeDtypeStruct(logits.shape, jnp.float32),
