@@ -23,6 +23,7 @@
 #include <limits>
 #include <memory>
 #include <thread>
+#include <type_traits>
 
 #ifdef __AVX__
 #include <immintrin.h>
@@ -40,50 +41,95 @@ constexpr int64_t kMaxTopC = 64;
 constexpr int64_t kChunk = 1024;
 constexpr int64_t kMinElementsPerTask = 1 << 15;
 
-// exp(x) for x <= 88, Cephes' expf polynomial (about 1 ulp); 0 below -87.3 (and for -inf).
-inline float ExpNonPositive(float x) {
-  const float clamped = std::min(std::max(x, -87.3f), 88.0f);
-  const float n = std::floor(clamped * 1.44269504088896341f + 0.5f);
-  const float r = clamped - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
+// Lower end of ExpNonPositive's range: below it exp(x) < 2^-126.9, returned as 0.
+constexpr float kExpFloor = -88.0f;
+
+// kLanes floats or int32s (GCC/Clang vector extension, any target): one row per lane in
+// ShortRows, a block's vertical maxima in BlockMax.
+typedef float FloatLanes __attribute__((vector_size(kLanes * sizeof(float))));
+typedef int32_t IntLanes __attribute__((vector_size(kLanes * sizeof(int32_t))));
+
+inline int32_t BitsOf(float x) {
+  int32_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  return bits;
+}
+inline IntLanes BitsOf(FloatLanes x) { return reinterpret_cast<IntLanes>(x); }
+inline float FromBits(int32_t bits) {
+  float x;
+  std::memcpy(&x, &bits, sizeof(x));
+  return x;
+}
+inline FloatLanes FromBits(IntLanes bits) { return reinterpret_cast<FloatLanes>(bits); }
+inline float Max(float a, float b) { return std::max(a, b); }
+inline FloatLanes Max(FloatLanes a, FloatLanes b) { return a > b ? a : b; }
+
+// exp(x) for x <= 0 given max(x, kExpFloor), on a float or on FloatLanes: Cephes' expf
+// polynomial (about 1 ulp) times 2^n. n = round(x / log 2) comes from the rounding of
+// x / log 2 + 1.5 * 2^23, whose low bits are n; at x = kExpFloor n is -127 and 2^n's bits are 0,
+// so the result is exactly 0 there (and for -inf).
+template <typename Float>
+inline Float ExpNonPositive(Float clamped) {
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23
+  const Float rounded = clamped * 1.44269504088896341f + kRound;
+  const Float n = rounded - kRound;
+  const Float r = clamped - n * 0.693359375f + n * 2.12194440e-4f;
+  Float p = r * 1.9875691500e-4f + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return x < -87.3f ? 0.0f : p * scale;
+  // BitsOf(rounded) = BitsOf(kRound) + n; the exponent field of 2^n holds n + 127.
+  return p * FromBits((BitsOf(rounded) - 0x4B400000 + 127) << 23);
 }
 
-inline void Insert(float value, int32_t index, int64_t top_c, float* top_values,
-                   int32_t* top_indices) {
-  if (!(value > top_values[top_c - 1])) return;  // ties keep the earlier index
-  int64_t position = top_c - 1;
-  while (position > 0 && value > top_values[position - 1]) {
-    top_values[position] = top_values[position - 1];
-    top_indices[position] = top_indices[position - 1];
-    --position;
+// Inserts `value` into descending top[0:top_c] (values only) without branches: a chain of
+// compare-exchanges.
+template <int64_t kTopC>
+inline void InsertValue(float value, int64_t top_c, float* top) {
+  const int64_t count = kTopC > 0 ? kTopC : top_c;
+  for (int64_t k = 0; k < count; ++k) {
+    const float larger = std::max(top[k], value);
+    value = std::min(top[k], value);
+    top[k] = larger;
   }
-  top_values[position] = value;
-  top_indices[position] = index;
 }
 
-// Values per block for rows of num_classes: ~sqrt(num_classes), a multiple of kLanes.
+// Inserts (value, index) into top_values/top_indices[0:top_c], ordered by value descending, then
+// index ascending (jax.lax.top_k's order): compare-exchanges in that total order, no branches.
+template <int64_t kTopC>
+inline void InsertPair(float value, int32_t index, int64_t top_c, float* top_values,
+                       int32_t* top_indices) {
+  const int64_t count = kTopC > 0 ? kTopC : top_c;
+  // Values arrive in increasing index order, so one not above the last entry stays out; for a
+  // long list (top_c not fixed) this test saves the chain.
+  if (kTopC == 0 && !(value > top_values[count - 1])) return;
+  for (int64_t k = 0; k < count; ++k) {
+    const bool ahead =
+        (value > top_values[k]) | ((value == top_values[k]) & (index < top_indices[k]));
+    const float kept_value = ahead ? value : top_values[k];
+    const int32_t kept_index = ahead ? index : top_indices[k];
+    value = ahead ? top_values[k] : value;
+    index = ahead ? top_indices[k] : index;
+    top_values[k] = kept_value;
+    top_indices[k] = kept_index;
+  }
+}
+
+// Values per block for rows of num_classes: ~sqrt(num_classes), a multiple of kLanes (rows of up
+// to 256 values: kLanes, so that top_c <= 8 leaves at least top_c blocks).
 inline int64_t BlockSize(int64_t num_classes) {
+  if (num_classes <= 256) return 8;
   return num_classes <= 4096 ? 32 : (num_classes <= 32768 ? 64 : 128);
 }
 
-// max of `size` values (a multiple of kLanes): vertical maxima in a kLanes-wide vector (GCC/Clang
-// vector extension, any target), then across its lanes.
+// max of `size` values (a multiple of kLanes): vertical maxima in FloatLanes, then across lanes.
 inline float BlockMax(const float* block, int64_t size) {
-  typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
-  Lanes maxima;
+  FloatLanes maxima;
   std::memcpy(&maxima, block, sizeof(maxima));
   for (int64_t j = kLanes; j < size; j += kLanes) {
-    Lanes values;
+    FloatLanes values;
     std::memcpy(&values, block + j, sizeof(values));
     maxima = maxima > values ? maxima : values;
   }
@@ -92,41 +138,63 @@ inline float BlockMax(const float* block, int64_t size) {
   return value;
 }
 
-// The top_c-th largest of values[0:n] (-inf if n < top_c); top_c <= kMaxTopC.
-float KthLargest(const float* values, int64_t n, int64_t top_c) {
-  float largest[kMaxTopC];
-  int32_t unused_indices[kMaxTopC];
-  for (int64_t k = 0; k < top_c; ++k) largest[k] = -std::numeric_limits<float>::infinity();
-  for (int64_t i = 0; i < n; ++i) {
-    Insert(values[i], static_cast<int32_t>(i), top_c, largest, unused_indices);
-  }
-  return largest[top_c - 1];
-}
+// Values a row keeps as top-c candidates between insertions: at least the values of one block
+// plus one vector's overrun.
+constexpr int64_t kCandidates = 256;
 
-// Inserts the values of z[begin:end] that are >= lower, in index order. Below `lower` a value has
-// top_c larger ones (block maxima) and cannot enter; few values pass, so the test runs on whole
-// vectors where AVX is available.
-inline void InsertAtLeast(const float* z, int64_t begin, int64_t end, float lower, int64_t top_c,
-                          float* top_values, int32_t* top_indices) {
-  int64_t i = begin;
-#ifdef __AVX__
-  const __m256 bound = _mm256_set1_ps(lower);
-  for (; i + 8 <= end; i += 8) {
-    int hits = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(z + i), bound, _CMP_GE_OQ));
-    while (hits != 0) {
-      const int lane = __builtin_ctz(hits);
-      hits &= hits - 1;
-      Insert(z[i + lane], static_cast<int32_t>(i + lane), top_c, top_values, top_indices);
+#ifdef __AVX2__
+// For each 8-bit mask, the lanes whose bit is set, first, in order: a permutation for
+// _mm256_permutevar8x32 that packs the selected lanes of a vector to its front.
+struct PackTable {
+  alignas(32) int32_t lanes[256][8];
+  PackTable() {
+    for (int mask = 0; mask < 256; ++mask) {
+      int32_t count = 0;
+      for (int32_t lane = 0; lane < 8; ++lane) {
+        if (mask & (1 << lane)) lanes[mask][count++] = lane;
+      }
+      while (count < 8) lanes[mask][count++] = 0;
     }
+  }
+};
+const PackTable kPackTable;
+#endif
+
+// Appends the values of z[begin:end) that are >= lower and > -inf, with their indices, in index
+// order, to values/indices[count:]; returns the new count. No branch depends on the data, so the
+// few values that pass cost no mispredictions. Needs end - begin + kLanes free slots.
+inline int64_t AppendAtLeast(const float* z, int64_t begin, int64_t end, float lower,
+                             float* values, int32_t* indices, int64_t count) {
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  int64_t i = begin;
+#ifdef __AVX2__
+  const __m256 bound = _mm256_set1_ps(lower);
+  const __m256 floor = _mm256_set1_ps(neg_inf);
+  const __m256i lane_ids = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (; i + 8 <= end; i += 8) {
+    const __m256 block = _mm256_loadu_ps(z + i);
+    const int mask = _mm256_movemask_ps(
+        _mm256_and_ps(_mm256_cmp_ps(block, bound, _CMP_GE_OQ), _mm256_cmp_ps(block, floor, _CMP_GT_OQ)));
+    const __m256i order = _mm256_load_si256(reinterpret_cast<const __m256i*>(kPackTable.lanes[mask]));
+    const __m256i ids = _mm256_add_epi32(lane_ids, _mm256_set1_epi32(static_cast<int32_t>(i)));
+    _mm256_storeu_ps(values + count, _mm256_permutevar8x32_ps(block, order));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(indices + count),
+                        _mm256_permutevar8x32_epi32(ids, order));
+    count += __builtin_popcount(mask);
   }
 #endif
   for (; i < end; ++i) {
-    if (z[i] >= lower) Insert(z[i], static_cast<int32_t>(i), top_c, top_values, top_indices);
+    values[count] = z[i];
+    indices[count] = static_cast<int32_t>(i);
+    count += (z[i] >= lower) & (z[i] > neg_inf);
   }
+  return count;
 }
 
-// Top-c of a row with lax.top_k's order. Blocks are visited only if their maximum reaches the
-// top_c-th largest block maximum (top_c blocks hold values at least that large).
+// Top-c of a row with lax.top_k's order (kTopC: top_c fixed at compile time, or 0). Within each
+// run of up to kMaxBlocks blocks, only values at least the top_c-th largest block maximum can
+// enter (top_c blocks hold values at least that large), so only blocks reaching it are read again.
+template <int64_t kTopC>
 void TopC(const float* z, int64_t num_classes, int64_t top_c, float* top_values,
           int32_t* top_indices) {
   const float neg_inf = -std::numeric_limits<float>::infinity();
@@ -138,6 +206,10 @@ void TopC(const float* z, int64_t num_classes, int64_t top_c, float* top_values,
   const int64_t block_size = BlockSize(num_classes);
   const int64_t num_blocks = (num_classes + block_size - 1) / block_size;
   float block_max[kMaxBlocks];
+  int32_t visited[kMaxBlocks];
+  float largest_maxima[kMaxTopC];
+  float candidate_values[kCandidates];
+  int32_t candidate_indices[kCandidates];
   for (int64_t start = 0; start < num_blocks; start += kMaxBlocks) {
     const int64_t count = std::min(kMaxBlocks, num_blocks - start);
     for (int64_t b = 0; b < count; ++b) {
@@ -149,20 +221,53 @@ void TopC(const float* z, int64_t num_classes, int64_t top_c, float* top_values,
         for (int64_t i = offset + 1; i < num_classes; ++i) block_max[b] = std::max(block_max[b], z[i]);
       }
     }
-    const float lower = top_c <= kMaxTopC ? KthLargest(block_max, count, top_c) : neg_inf;
+    float lower = neg_inf;
+    if (top_c <= kMaxTopC) {
+      for (int64_t k = 0; k < top_c; ++k) largest_maxima[k] = neg_inf;
+      for (int64_t b = 0; b < count; ++b) InsertValue<kTopC>(block_max[b], top_c, largest_maxima);
+      lower = largest_maxima[top_c - 1];
+    }
+    lower = std::max(lower, top_values[top_c - 1]);
+    // The blocks that reach `lower`, listed without branches, then their values that do.
+    int64_t num_visited = 0;
     for (int64_t b = 0; b < count; ++b) {
-      if (block_max[b] >= lower && block_max[b] >= top_values[top_c - 1]) {
-        const int64_t offset = (start + b) * block_size;
-        InsertAtLeast(z, offset, std::min(num_classes, offset + block_size), lower, top_c,
-                      top_values, top_indices);
+      visited[num_visited] = static_cast<int32_t>(b);
+      num_visited += block_max[b] >= lower;
+    }
+    int64_t num_candidates = 0;
+    for (int64_t v = 0; v < num_visited; ++v) {
+      const int64_t offset = (start + visited[v]) * block_size;
+      num_candidates = AppendAtLeast(z, offset, std::min(num_classes, offset + block_size), lower,
+                                     candidate_values, candidate_indices, num_candidates);
+      if (num_candidates > kCandidates - block_size - kLanes || v + 1 == num_visited) {
+        for (int64_t k = 0; k < num_candidates; ++k) {
+          InsertPair<kTopC>(candidate_values[k], candidate_indices[k], top_c, top_values,
+                            top_indices);
+        }
+        num_candidates = 0;
       }
     }
   }
 }
 
+void TopCAnyCount(const float* z, int64_t num_classes, int64_t top_c, float* top_values,
+                  int32_t* top_indices) {
+  switch (top_c) {
+    case 1: return TopC<1>(z, num_classes, top_c, top_values, top_indices);
+    case 2: return TopC<2>(z, num_classes, top_c, top_values, top_indices);
+    case 3: return TopC<3>(z, num_classes, top_c, top_values, top_indices);
+    case 4: return TopC<4>(z, num_classes, top_c, top_values, top_indices);
+    case 5: return TopC<5>(z, num_classes, top_c, top_values, top_indices);
+    case 6: return TopC<6>(z, num_classes, top_c, top_values, top_indices);
+    case 7: return TopC<7>(z, num_classes, top_c, top_values, top_indices);
+    case 8: return TopC<8>(z, num_classes, top_c, top_values, top_indices);
+    default: return TopC<0>(z, num_classes, top_c, top_values, top_indices);
+  }
+}
+
 void Row(const float* z, int64_t num_classes, int64_t top_c, float* exps, float* row_max,
          float* total, float* weighted, float* top_values, int32_t* top_indices) {
-  TopC(z, num_classes, top_c, top_values, top_indices);
+  TopCAnyCount(z, num_classes, top_c, top_values, top_indices);
   const float m = top_values[0] > -std::numeric_limits<float>::infinity() ? top_values[0] : 0.0f;
   // Sums over chunks of kChunk values (vectorised, in float) are added up in double.
   double sum = 0.0;
@@ -173,11 +278,11 @@ void Row(const float* z, int64_t num_classes, int64_t top_c, float* exps, float*
     float chunk_weighted = 0.0f;
 #pragma omp simd reduction(+ : chunk_sum, chunk_weighted)
     for (int64_t j = start; j < end; ++j) {
-      const float shifted = z[j] - m;
+      const float shifted = std::max(z[j] - m, kExpFloor);  // -inf (masked) included: e = 0
       const float e = ExpNonPositive(shifted);
       exps[j] = e;
       chunk_sum += e;
-      chunk_weighted += e * std::max(shifted, -104.0f);  // e = 0 below -87.3 and at -inf
+      chunk_weighted += e * shifted;
     }
     sum += chunk_sum;
     weighted_sum += chunk_weighted;
@@ -185,6 +290,94 @@ void Row(const float* z, int64_t num_classes, int64_t top_c, float* exps, float*
   *row_max = m;
   *total = static_cast<float>(sum);
   *weighted = static_cast<float>(weighted_sum);
+}
+
+// Rows of at most kShortRow values go kLanes at a time, one row per lane, through ShortRows: the
+// per-row work (a few values each) then runs on whole vectors.
+constexpr int64_t kShortRow = 64;
+
+// `Row` for kLanes rows of num_classes <= kShortRow values with top_c = kTopC (1 to 8): the same
+// top-c insertion (compare-exchanges in lax.top_k's order), exps and sums, lane by lane.
+template <int64_t kTopC>
+void ShortRows(const float* z, int64_t num_classes, float* exps, float* row_max, float* total,
+               float* weighted, float* top_values, int32_t* top_indices) {
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  FloatLanes columns[kShortRow];  // columns[j][l] = z[l * num_classes + j]
+  for (int64_t l = 0; l < kLanes; ++l) {
+    for (int64_t j = 0; j < num_classes; ++j) columns[j][l] = z[l * num_classes + j];
+  }
+  FloatLanes values[kTopC];
+  IntLanes indices[kTopC];
+  for (int64_t k = 0; k < kTopC; ++k) {
+    values[k] = FloatLanes{} + neg_inf;
+    indices[k] = IntLanes{} + static_cast<int32_t>(num_classes);
+  }
+  for (int64_t j = 0; j < num_classes; ++j) {
+    FloatLanes value = columns[j];
+    // -inf never enters: behind the (-inf, num_classes) entries it starts from.
+    IntLanes index = value > neg_inf ? IntLanes{} + static_cast<int32_t>(j)
+                                     : IntLanes{} + std::numeric_limits<int32_t>::max();
+    for (int64_t k = 0; k < kTopC; ++k) {
+      const IntLanes ahead = (value > values[k]) | ((value == values[k]) & (index < indices[k]));
+      const FloatLanes kept_value = ahead ? value : values[k];
+      const IntLanes kept_index = ahead ? index : indices[k];
+      value = ahead ? values[k] : value;
+      index = ahead ? indices[k] : index;
+      values[k] = kept_value;
+      indices[k] = kept_index;
+    }
+  }
+  const FloatLanes m = values[0] > neg_inf ? values[0] : FloatLanes{};
+  FloatLanes sum = {};
+  FloatLanes weighted_sum = {};
+  for (int64_t j = 0; j < num_classes; ++j) {
+    const FloatLanes shifted = Max(columns[j] - m, FloatLanes{} + kExpFloor);
+    const FloatLanes e = ExpNonPositive(shifted);
+    columns[j] = e;
+    sum += e;
+    weighted_sum += e * shifted;
+  }
+  for (int64_t l = 0; l < kLanes; ++l) {
+    for (int64_t j = 0; j < num_classes; ++j) exps[l * num_classes + j] = columns[j][l];
+    row_max[l] = m[l];
+    total[l] = sum[l];
+    weighted[l] = weighted_sum[l];
+    for (int64_t k = 0; k < kTopC; ++k) {
+      top_values[l * kTopC + k] = values[k][l];
+      top_indices[l * kTopC + k] = indices[k][l];
+    }
+  }
+}
+
+// Rows [begin, end) of the arrays RowStatistics hands out: ShortRows where it applies, else Row.
+void Rows(const float* z, int64_t num_classes, int64_t top_c, int64_t begin, int64_t end,
+          float* exps, float* row_max, float* total, float* weighted, float* top_values,
+          int32_t* top_indices) {
+  int64_t r = begin;
+  if (num_classes <= kShortRow && top_c <= 8) {
+    auto short_rows = [&](auto top_c_constant) {
+      constexpr int64_t kTopC = decltype(top_c_constant)::value;
+      for (; r + kLanes <= end; r += kLanes) {
+        ShortRows<kTopC>(z + r * num_classes, num_classes, exps + r * num_classes, row_max + r,
+                         total + r, weighted + r, top_values + r * kTopC,
+                         top_indices + r * kTopC);
+      }
+    };
+    switch (top_c) {
+      case 1: short_rows(std::integral_constant<int64_t, 1>()); break;
+      case 2: short_rows(std::integral_constant<int64_t, 2>()); break;
+      case 3: short_rows(std::integral_constant<int64_t, 3>()); break;
+      case 4: short_rows(std::integral_constant<int64_t, 4>()); break;
+      case 5: short_rows(std::integral_constant<int64_t, 5>()); break;
+      case 6: short_rows(std::integral_constant<int64_t, 6>()); break;
+      case 7: short_rows(std::integral_constant<int64_t, 7>()); break;
+      default: short_rows(std::integral_constant<int64_t, 8>()); break;
+    }
+  }
+  for (; r < end; ++r) {
+    Row(z + r * num_classes, num_classes, top_c, exps + r * num_classes, row_max + r, total + r,
+        weighted + r, top_values + r * top_c, top_indices + r * top_c);
+  }
 }
 
 struct Progress {
@@ -213,15 +406,13 @@ ffi::Error RowStatistics(ffi::ThreadPool thread_pool, ffi::Buffer<ffi::F32> logi
   float* tv = top_values->typed_data();
   int32_t* ti = top_indices->typed_data();
 
+  // Whole groups of kLanes rows per task, for ShortRows.
   const int64_t rows_per_task =
-      std::max<int64_t>(1, kMinElementsPerTask / std::max<int64_t>(num_classes, 1));
+      (std::max<int64_t>(1, kMinElementsPerTask / num_classes) + kLanes - 1) / kLanes * kLanes;
   const int64_t num_tasks = (num_rows + rows_per_task - 1) / rows_per_task;
   auto run_task = [=](int64_t task) {
-    const int64_t end = std::min(num_rows, (task + 1) * rows_per_task);
-    for (int64_t r = task * rows_per_task; r < end; ++r) {
-      Row(z + r * num_classes, num_classes, top_c, e + r * num_classes, m + r, s + r, w + r,
-          tv + r * top_c, ti + r * top_c);
-    }
+    Rows(z, num_classes, top_c, task * rows_per_task,
+         std::min(num_rows, (task + 1) * rows_per_task), e, m, s, w, tv, ti);
   };
   const int64_t helpers = std::min<int64_t>(thread_pool.num_threads(), num_tasks - 1);
   if (helpers <= 0) {

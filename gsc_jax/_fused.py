@@ -27,15 +27,16 @@ the softmax Jacobian :math:`\mathrm{diag}(S) - S S^\top` applied to the gradient
 the probabilities, so no ``[..., num_classes, num_classes]`` term. :math:`g` is non-zero at the
 ``top_c`` selected indices only and :math:`y` (integer labels) at one: the elementwise pass
 computes every entry without them, and those ``top_c + 1`` entries per row are then rewritten in
-place (measured: cheaper on XLA:CPU than ``top_c + 1`` compare-and-select terms per element). The GSC term
+place (measured on XLA:CPU: cheaper than ``top_c + 1`` compare-and-select terms per element, except
+in rows of at most `SELECT_MAX_CLASSES`, which take the selects). The GSC term
 itself (sigma, its floor, normalisation, ``stop_gradient_sigma``, ``mu``) is assembled from these
 statistics by ordinary autodiff on ``[...]``- and ``[..., c]``-shaped arrays in `gsc_jax._gsc`.
 
-On the CPU backend, float32 rows of at least `KERNEL_MIN_CLASSES` logits get the row statistics
-(max, exps, both sums, top-c) from one C++ kernel, `gsc_jax._cpu_kernel`, that sweeps each row
-while it is in cache; XLA:CPU compiles the same statistics to several passes over memory. Other
-backends, float64, short rows, and machines without a C++ compiler use the XLA operations below,
-with the same results to float32 rounding (`tests/test_cpu_kernel.py`).
+On the CPU backend, float32 logits get the row statistics (max, exps, both sums, top-c) from one
+C++ kernel, `gsc_jax._cpu_kernel`, that sweeps each row while it is in cache (short rows eight at
+a time); XLA:CPU compiles the same statistics to several passes over memory, or for short rows to
+dozens of small operations. Other backends, float64, and machines without a C++ compiler use the
+XLA operations below, with the same results to float32 rounding (`tests/test_cpu_kernel.py`).
 
 Top-c selection follows `jax.lax.top_k` exactly on ties (the lower index first) and uses
 neither `lax.top_k` nor a sort (both are slow on XLA:CPU): ``c`` rounds of max and
@@ -68,9 +69,9 @@ Array = jax.Array
 CHUNKED_MIN_CLASSES = 256
 """Rows at least this long select their top-c through chunk maxima; shorter rows directly."""
 
-KERNEL_MIN_CLASSES = 256
-"""Rows at least this long use the CPU kernel (`_cpu_kernel`); shorter rows cost little either way
-and the custom call's fixed cost (tens of microseconds) outweighs what it saves."""
+SELECT_MAX_CLASSES = 16
+"""Rows at most this long get the backward pass's top_c + 1 written entries by compare-and-select
+(fused into the elementwise pass); longer rows by an in-place scatter, cheaper there."""
 
 SECOND_ORDER_ERROR = (
     "The fused cross-entropy + GSC path (gsc_jax.gsc_loss, gsc_jax.gsc_term_fused, "
@@ -190,8 +191,8 @@ def _row_statistics_xla(masked, logits, where, top_c):
 def _row_statistics(masked, logits, where, top_c):
     """`_row_statistics_xla`, or on CPU for float32 the one-sweep kernel of `_cpu_kernel`."""
     xla = functools.partial(_row_statistics_xla, where=where, top_c=top_c)
-    use_kernel = (masked.dtype == jnp.float32 and masked.shape[-1] >= KERNEL_MIN_CLASSES
-                  and jax.default_backend() == "cpu" and _cpu_kernel.available())
+    use_kernel = (masked.dtype == jnp.float32 and jax.default_backend() == "cpu"
+                  and _cpu_kernel.available())
     if not use_kernel:
         return xla(masked, logits)
     # The custom call has no derivative rules; the guard names the alternative first.
@@ -233,8 +234,18 @@ def _forward(logits, where, labels, label_kind, top_c):
 def _update_at_indices(x, indices, values, how):
     """x[..., indices[..., k]] set to / plus values[..., k] (`how` 'set' or 'add') on the last axis.
 
-    Out-of-range indices are dropped; ``indices`` and ``values`` are ``[..., k]``.
+    Out-of-range indices are dropped; ``indices`` and ``values`` are ``[..., k]``. Rows shorter
+    than `SELECT_MAX_CLASSES` compare every entry with the k indices (selects that fuse into the
+    pass that computes ``x``); longer rows scatter in place.
     """
+    if x.shape[-1] <= SELECT_MAX_CLASSES:
+        class_ids = lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+        values = values.astype(x.dtype)
+        for k in range(indices.shape[-1]):
+            hit = class_ids == indices[..., k : k + 1]
+            entry = values[..., k : k + 1]
+            x = jnp.where(hit, entry if how == "set" else x + entry, x)
+        return x
     rows = x.reshape(-1, x.shape[-1])
     row_ids = jnp.arange(rows.shape[0])[:, None]
     flat_indices = indices.reshape(rows.shape[0], -1)

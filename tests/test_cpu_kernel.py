@@ -58,6 +58,32 @@ def test_equals_xla_statistics(num_classes, top_c):
     _assert_rows_equal(logits, top_c)
 
 
+@pytest.mark.parametrize(
+    "num_rows, num_classes, top_c",
+    # Rows of up to 64 values go eight at a time (13 rows: one group of 8, then 5 one by one);
+    # top_c above 8 and rows above 64 take the one-row path; 100 and 200: blocks of 8 values.
+    ((13, 2, 1), (13, 10, 5), (16, 10, 10), (13, 64, 8), (9, 64, 20), (13, 65, 3), (13, 100, 8),
+     (5, 200, 5)),
+)
+def test_equals_xla_statistics_on_short_rows(num_rows, num_classes, top_c):
+    logits = 4.0 * jax.random.normal(jax.random.key(num_classes), (num_rows, num_classes))
+    _assert_rows_equal(logits, top_c)
+    rounded = jnp.round(logits) + 0.0  # ties; + 0.0 turns -0.0, which lax.top_k ranks below 0.0, into 0.0
+    indices = _assert_rows_equal(rounded, top_c)
+    np.testing.assert_array_equal(indices, jax.lax.top_k(rounded, top_c)[1])
+
+
+def test_exp_matches_float64_over_its_whole_range():
+    # exp(z - m) for z - m from -90 (0 below -88) to 0, against float64: about 1 ulp.
+    shifted = np.linspace(-90.0, 0.0, 1000 * 1000, dtype=np.float32).reshape(1000, 1000)
+    shifted[:, 0] = 0.0  # each row's max
+    exps = np.asarray(jax.jit(lambda z: _cpu_kernel.row_statistics(z, 2))(shifted)[0])
+    expected = np.exp(shifted.astype(np.float64))
+    normal = expected > np.finfo(np.float32).tiny
+    np.testing.assert_allclose(exps[normal], expected[normal], rtol=2e-7)
+    np.testing.assert_allclose(exps[~normal], expected[~normal], rtol=0, atol=2e-38)
+
+
 def test_ties_follow_top_k():
     num_classes = 1000
     rng = np.random.default_rng(0)
@@ -72,18 +98,20 @@ def test_ties_follow_top_k():
         np.testing.assert_array_equal(indices, jax.lax.top_k(logits, top_c)[1])
 
 
-def test_masked_classes_and_short_rows():
-    logits = jax.random.normal(jax.random.key(1), (4, 300))
+@pytest.mark.parametrize("num_classes", (300, 40))
+def test_masked_classes_and_short_rows(num_classes):
+    logits = jax.random.normal(jax.random.key(1), (9, num_classes))
     where = jax.random.bernoulli(jax.random.key(2), 0.2, logits.shape)
-    where = where.at[0].set(False)  # nothing left: m = 0, sums 0, top values -inf at index 300
-    where = where.at[1].set(False).at[1, [3, 290]].set(True)  # fewer than top_c
+    where = where.at[0].set(False)  # nothing left: m = 0, sums 0, top values -inf at index C
+    where = where.at[1].set(False).at[1, [3, 29]].set(True)  # fewer than top_c
     masked = jnp.where(where, logits, -jnp.inf)
     kernel = jax.jit(lambda z: _cpu_kernel.row_statistics(z, 5))(masked)
     xla = jax.jit(lambda z: _fused._row_statistics_xla(z, logits, where, 5))(masked)
     for got, want in zip(kernel, xla):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(kernel[5][0], 300)
-    np.testing.assert_array_equal(kernel[5][1], [3, 290, 300, 300, 300])
+    np.testing.assert_array_equal(kernel[5][0], num_classes)
+    by_value = sorted([3, 29], key=lambda i: -float(logits[1, i]))
+    np.testing.assert_array_equal(kernel[5][1], by_value + [num_classes] * 3)
 
 
 def test_batch_dimensions_and_vmap():
@@ -124,12 +152,13 @@ def test_disabled_kernel_falls_back_to_xla_operations():
     assert "fallback ok" in result.stdout
 
 
-def test_the_loss_uses_the_kernel_on_cpu_for_long_rows():
+def test_the_loss_uses_the_kernel_on_cpu_for_float32_rows_only():
     labels = jnp.arange(2)
-    for num_classes, expected in ((300, True), (10, False)):
-        logits = jnp.zeros((2, num_classes))
-        hlo = jax.jit(
-            jax.grad(lambda z: gsc_jax.gsc_loss(z, labels, gamma=0.1, top_c=2).sum())
-        ).lower(logits).as_text()
-        assert ("gsc_jax_row_statistics" in hlo) == expected, num_classes
-
+    with jax.enable_x64(True):
+        for num_classes, dtype, expected in ((300, jnp.float32, True), (10, jnp.float32, True),
+                                             (10, jnp.bfloat16, True), (10, jnp.float64, False)):
+            logits = jnp.zeros((2, num_classes), dtype)
+            hlo = jax.jit(
+                jax.grad(lambda z: gsc_jax.gsc_loss(z, labels, gamma=0.1, top_c=2).sum())
+            ).lower(logits).as_text()
+            assert ("gsc_jax_row_statistics" in hlo) == expected, (num_classes, dtype)

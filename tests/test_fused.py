@@ -96,11 +96,6 @@ def row_path(request, monkeypatch):
     return request.param
 
 
-def _skip_duplicate_short_rows(num_classes, row_path):
-    if row_path == "xla" and num_classes < _fused.KERNEL_MIN_CLASSES:
-        pytest.skip("rows this short take the XLA path in the cpu_kernel case already")
-
-
 def _int_labels(shape, num_classes, seed=1):
     return jax.random.randint(jax.random.key(seed), shape, 0, num_classes)
 
@@ -113,7 +108,6 @@ def _logits(shape, scale=3.0, seed=0, dtype=jnp.float32):
 # chunked rows (300 = 15 chunks of 20) and a prime length without a divisor (whole row).
 @pytest.mark.parametrize("num_classes, top_c", ((2, 1), (10, 2), (300, 5), (4099, 3)))
 def test_matches_reference_float32(num_classes, top_c, row_path):
-    _skip_duplicate_short_rows(num_classes, row_path)
     logits = _logits((6, num_classes))
     _check(logits, _int_labels((6,), num_classes), top_c=top_c)
 
@@ -142,7 +136,6 @@ def test_soft_labels_and_their_gradient():
 
 @pytest.mark.parametrize("num_classes", (10, 300))
 def test_all_equal_logits_pick_what_top_k_picks(num_classes, row_path):
-    _skip_duplicate_short_rows(num_classes, row_path)
     logits = jnp.zeros((3, num_classes))
     values, indices = _fused.top_logits(logits, 5)
     np.testing.assert_array_equal(indices, jax.lax.top_k(logits, 5)[1])
