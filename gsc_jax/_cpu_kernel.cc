@@ -385,6 +385,33 @@ struct Progress {
   std::atomic<int64_t> done{0};
 };
 
+// Runs run_task(0), ..., run_task(num_tasks - 1) on the caller and XLA's intra-op threads.
+template <typename Task>
+void ParallelFor(ffi::ThreadPool& thread_pool, int64_t num_tasks, Task run_task) {
+  const int64_t helpers = std::min<int64_t>(thread_pool.num_threads(), num_tasks - 1);
+  if (helpers <= 0) {
+    for (int64_t task = 0; task < num_tasks; ++task) run_task(task);
+    return;
+  }
+  // Tasks are claimed from a shared counter, so the caller finishes the work even if a helper
+  // starts late; a late helper finds nothing to claim and touches only `progress`.
+  auto progress = std::make_shared<Progress>();
+  auto work = [progress, run_task, num_tasks]() {
+    for (int64_t task; (task = progress->next.fetch_add(1)) < num_tasks;) {
+      run_task(task);
+      progress->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  for (int64_t h = 0; h < helpers; ++h) thread_pool.Schedule(decltype(work)(work));
+  work();
+  while (progress->done.load(std::memory_order_acquire) < num_tasks) std::this_thread::yield();
+}
+
+// Rows per task: about kMinElementsPerTask values, whole groups of kLanes rows (for ShortRows).
+inline int64_t RowsPerTask(int64_t num_classes) {
+  return (std::max<int64_t>(1, kMinElementsPerTask / num_classes) + kLanes - 1) / kLanes * kLanes;
+}
+
 ffi::Error RowStatistics(ffi::ThreadPool thread_pool, ffi::Buffer<ffi::F32> logits,
                          ffi::ResultBuffer<ffi::F32> exps, ffi::ResultBuffer<ffi::F32> row_max,
                          ffi::ResultBuffer<ffi::F32> total, ffi::ResultBuffer<ffi::F32> weighted,
@@ -405,32 +432,75 @@ ffi::Error RowStatistics(ffi::ThreadPool thread_pool, ffi::Buffer<ffi::F32> logi
   float* w = weighted->typed_data();
   float* tv = top_values->typed_data();
   int32_t* ti = top_indices->typed_data();
-
-  // Whole groups of kLanes rows per task, for ShortRows.
-  const int64_t rows_per_task =
-      (std::max<int64_t>(1, kMinElementsPerTask / num_classes) + kLanes - 1) / kLanes * kLanes;
-  const int64_t num_tasks = (num_rows + rows_per_task - 1) / rows_per_task;
-  auto run_task = [=](int64_t task) {
+  const int64_t rows_per_task = RowsPerTask(num_classes);
+  ParallelFor(thread_pool, (num_rows + rows_per_task - 1) / rows_per_task, [=](int64_t task) {
     Rows(z, num_classes, top_c, task * rows_per_task,
          std::min(num_rows, (task + 1) * rows_per_task), e, m, s, w, tv, ti);
-  };
-  const int64_t helpers = std::min<int64_t>(thread_pool.num_threads(), num_tasks - 1);
-  if (helpers <= 0) {
-    for (int64_t task = 0; task < num_tasks; ++task) run_task(task);
-    return ffi::Error::Success();
+  });
+  return ffi::Error::Success();
+}
+
+// The backward pass of gsc_jax/_fused.py for one row (see RowGradient).
+void GradientRow(const float* z, const float* exps, float scale, float slope, float m,
+                 const int32_t* entry_indices, const float* entries, int64_t num_entries,
+                 int32_t label, float label_entry, int64_t num_classes, float* gradient) {
+#pragma omp simd
+  for (int64_t j = 0; j < num_classes; ++j) {
+    gradient[j] = exps[j] * (scale - slope * std::max(z[j] - m, kExpFloor));
   }
-  // Tasks are claimed from a shared counter, so the caller finishes the work even if a helper
-  // starts late; a late helper finds nothing to claim and touches only `progress`.
-  auto progress = std::make_shared<Progress>();
-  auto work = [progress, run_task, num_tasks]() {
-    for (int64_t task; (task = progress->next.fetch_add(1)) < num_tasks;) {
-      run_task(task);
-      progress->done.fetch_add(1, std::memory_order_release);
+  for (int64_t k = 0; k < num_entries; ++k) {
+    const int32_t index = entry_indices[k];
+    if (index >= 0 && index < num_classes) gradient[index] = entries[k];
+  }
+  if (label >= 0 && label < num_classes) gradient[label] += label_entry;
+}
+
+// Per row, with e = exps and every [rows, 1] operand read at its row:
+//   gradient[i] = e_i * (scale - slope * (z_i - m))      (z_i - m floored at kExpFloor: e_i = 0)
+// then gradient[entry_indices[k]] = entries[k] for the row's num_entries entries, then
+// gradient[label] += label_entry. Indices outside [0, num_classes) are skipped. gradient may be
+// exps' buffer (aliased by the caller).
+ffi::Error RowGradient(ffi::ThreadPool thread_pool, ffi::Buffer<ffi::F32> logits,
+                       ffi::Buffer<ffi::F32> exps, ffi::Buffer<ffi::F32> scale,
+                       ffi::Buffer<ffi::F32> slope, ffi::Buffer<ffi::F32> row_max,
+                       ffi::Buffer<ffi::S32> entry_indices, ffi::Buffer<ffi::F32> entries,
+                       ffi::Buffer<ffi::S32> labels, ffi::Buffer<ffi::F32> label_entries,
+                       ffi::ResultBuffer<ffi::F32> gradient) {
+  const auto dims = logits.dimensions();
+  if (dims.size() == 0) return ffi::Error::InvalidArgument("logits must have a class axis");
+  const int64_t num_classes = dims[dims.size() - 1];
+  if (num_classes == 0) return ffi::Error::Success();
+  const int64_t num_rows = static_cast<int64_t>(logits.element_count()) / num_classes;
+  const auto entry_dims = entry_indices.dimensions();
+  const int64_t num_entries = entry_dims.size() == 0 ? 0 : entry_dims[entry_dims.size() - 1];
+  if (static_cast<int64_t>(scale.element_count()) != num_rows ||
+      static_cast<int64_t>(slope.element_count()) != num_rows ||
+      static_cast<int64_t>(row_max.element_count()) != num_rows ||
+      static_cast<int64_t>(labels.element_count()) != num_rows ||
+      static_cast<int64_t>(label_entries.element_count()) != num_rows ||
+      static_cast<int64_t>(entry_indices.element_count()) != num_rows * num_entries ||
+      static_cast<int64_t>(entries.element_count()) != num_rows * num_entries) {
+    return ffi::Error::InvalidArgument("row operands must have one value (entries: a row) a row");
+  }
+  const float* z = logits.typed_data();
+  const float* e = exps.typed_data();
+  const float* a = scale.typed_data();
+  const float* b = slope.typed_data();
+  const float* m = row_max.typed_data();
+  const int32_t* ei = entry_indices.typed_data();
+  const float* ev = entries.typed_data();
+  const int32_t* y = labels.typed_data();
+  const float* yv = label_entries.typed_data();
+  float* g = gradient->typed_data();
+  const int64_t rows_per_task = RowsPerTask(num_classes);
+  ParallelFor(thread_pool, (num_rows + rows_per_task - 1) / rows_per_task, [=](int64_t task) {
+    const int64_t end = std::min(num_rows, (task + 1) * rows_per_task);
+    for (int64_t r = task * rows_per_task; r < end; ++r) {
+      GradientRow(z + r * num_classes, e + r * num_classes, a[r], b[r], m[r],
+                  ei + r * num_entries, ev + r * num_entries, num_entries, y[r], yv[r],
+                  num_classes, g + r * num_classes);
     }
-  };
-  for (int64_t h = 0; h < helpers; ++h) thread_pool.Schedule(decltype(work)(work));
-  work();
-  while (progress->done.load(std::memory_order_acquire) < num_tasks) std::this_thread::yield();
+  });
   return ffi::Error::Success();
 }
 
@@ -447,3 +517,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GscRowStatistics, RowStatistics,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::S32>>()
                                   .Attr<int64_t>("top_c"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GscRowGradient, RowGradient,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // logits
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // exps
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // scale
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // slope
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // row_max
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // entry_indices
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // entries
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // labels
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // label_entries
+                                  .Ret<ffi::Buffer<ffi::F32>>());

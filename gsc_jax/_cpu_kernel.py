@@ -1,10 +1,13 @@
-"""The CPU row kernel of the fused cross-entropy + GSC path: built on first use, optional.
+"""The CPU row kernels of the fused cross-entropy + GSC path: built on first use, optional.
 
-`row_statistics` runs ``_cpu_kernel.cc`` (an XLA FFI custom call) on float32 logits: per row the
-max ``m``, ``exp(z - m)``, its sum, ``sum_i exp(z_i - m) (z_i - m)`` and the top-c logits with
-`jax.lax.top_k`'s tie order, in one sweep over the row while it is in cache. XLA:CPU compiles the
-same statistics to several passes over memory (its reduction fusions do not share a pass), which
-made the fused loss 2-4x the cost of cross-entropy on CPU; see ``benchmarks/loss_overhead.py``.
+``_cpu_kernel.cc`` holds two XLA FFI custom calls on float32 rows. `row_statistics` (the forward
+pass): per row the max ``m``, ``exp(z - m)``, its sum, ``sum_i exp(z_i - m) (z_i - m)`` and the
+top-c logits with `jax.lax.top_k`'s tie order, in one sweep over the row while it is in cache.
+`row_gradient` (the backward pass): ``exp(z - m) (a - b (z - m))`` per entry with per-row ``a``,
+``b``, then the few entries per row where the top-c and label terms enter written in place. XLA:CPU
+compiles the same work to several passes over memory (its reduction fusions do not share a pass)
+or, for short rows, to dozens of small operations, which made the fused loss 2-4x the cost of
+cross-entropy on CPU; see ``benchmarks/loss_overhead.py``.
 
 The kernel is compiled once per machine with the system C++ compiler (``$CXX``, else ``c++``)
 against the XLA FFI headers that ship with jaxlib (`jax.ffi.include_dir`), with
@@ -14,7 +17,7 @@ the source, the compiler command and the jaxlib version. Without a compiler, or 
 the same statistics with XLA operations (the path every non-CPU backend takes). A failed build
 logs one warning and falls back the same way.
 
-The custom call has no sharding rule: under a multi-device CPU mesh XLA all-gathers the rows
+The custom calls have no sharding rule: under a multi-device CPU mesh XLA all-gathers the rows
 before it (correct, not data-parallel).
 """
 
@@ -36,6 +39,7 @@ import numpy as np
 
 _SOURCE = os.path.join(os.path.dirname(__file__), "_cpu_kernel.cc")
 _TARGET = "gsc_jax_row_statistics"
+_GRADIENT_TARGET = "gsc_jax_row_gradient"
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fopenmp-simd",
           "-fno-math-errno", "-fno-trapping-math", "-w")
 _log = logging.getLogger(__name__)
@@ -84,6 +88,9 @@ def available() -> bool:
         jax.ffi.register_ffi_target(
             _TARGET, jax.ffi.pycapsule(library.GscRowStatistics), platform="cpu"
         )
+        jax.ffi.register_ffi_target(
+            _GRADIENT_TARGET, jax.ffi.pycapsule(library.GscRowGradient), platform="cpu"
+        )
     except (OSError, RuntimeError, subprocess.CalledProcessError, AttributeError) as error:
         detail = getattr(error, "stderr", "") or error
         _log.warning("gsc_jax: CPU kernel unavailable, using XLA operations instead: %s",
@@ -111,3 +118,28 @@ def row_statistics(logits: jax.Array, top_c: int):
     )
     call = jax.ffi.ffi_call(_TARGET, shapes, vmap_method="broadcast_all")
     return call(logits, top_c=np.int64(top_c))
+
+
+def row_gradient(logits, exps, scale, slope, row_max, entry_indices, entries, labels,
+                 label_entries):
+    """The backward kernel on float32 ``[..., C]`` rows; builds it if needed.
+
+    Args:
+      logits, exps: ``[..., C]``; ``exps`` as `row_statistics` returned it (its buffer is reused
+        for the result).
+      scale, slope, row_max: ``[..., 1]`` per-row ``a``, ``b`` and ``m``.
+      entry_indices, entries: ``[..., k]`` int32 and float32: entries written over the result.
+      labels, label_entries: ``[..., 1]`` int32 and float32: added at ``labels`` afterwards.
+        Indices outside ``[0, C)`` are skipped.
+
+    Returns:
+      ``[..., C]``: ``exps * (scale - slope * max(logits - row_max, -88))``, then
+      ``[entry_indices] = entries``, then ``[labels] += label_entries``.
+    """
+    if not available():
+        raise RuntimeError("the gsc_jax CPU kernel is not available (no C++ compiler, a failed "
+                           "build, or GSC_JAX_CPU_KERNEL=0); see the log's warning.")
+    call = jax.ffi.ffi_call(_GRADIENT_TARGET, jax.ShapeDtypeStruct(logits.shape, jnp.float32),
+                            vmap_method="broadcast_all", input_output_aliases={1: 0})
+    return call(logits, exps, scale, slope, row_max, entry_indices.astype(jnp.int32), entries,
+                labels.astype(jnp.int32), label_entries)

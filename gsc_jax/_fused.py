@@ -188,12 +188,16 @@ def _row_statistics_xla(masked, logits, where, top_c):
     return exps, row_max, total, weighted, top_values, top_indices
 
 
+def _uses_kernel(logits):
+    """Whether rows of ``logits`` go through `_cpu_kernel`: float32 on the CPU backend."""
+    return (logits.dtype == jnp.float32 and jax.default_backend() == "cpu"
+            and _cpu_kernel.available())
+
+
 def _row_statistics(masked, logits, where, top_c):
     """`_row_statistics_xla`, or on CPU for float32 the one-sweep kernel of `_cpu_kernel`."""
     xla = functools.partial(_row_statistics_xla, where=where, top_c=top_c)
-    use_kernel = (masked.dtype == jnp.float32 and jax.default_backend() == "cpu"
-                  and _cpu_kernel.available())
-    if not use_kernel:
+    if not _uses_kernel(masked):
         return xla(masked, logits)
     # The custom call has no derivative rules; the guard names the alternative first.
     kernel = lambda masked, logits: _cpu_kernel.row_statistics(  # noqa: E731
@@ -254,6 +258,45 @@ def _update_at_indices(x, indices, values, how):
     return updated.reshape(x.shape)
 
 
+def _logits_cotangent_xla(logits, exps, total, row_max, row_coefficient, ct_entropy,
+                          top_indices, top_entries, label_indices, label_entries):
+    """`_logits_cotangent` by XLA operations: one elementwise pass, then the written entries."""
+    probs = exps * (1.0 / total)
+    cotangent = probs * (row_coefficient - ct_entropy * (logits - row_max))
+    cotangent = _update_at_indices(cotangent, top_indices, top_entries, "set")
+    if label_indices is None:
+        return cotangent
+    return _update_at_indices(cotangent, label_indices, label_entries, "add")
+
+
+def _logits_cotangent_kernel(logits, exps, total, row_max, row_coefficient, ct_entropy,
+                             top_indices, top_entries, label_indices, label_entries):
+    """`_logits_cotangent` in one pass of `_cpu_kernel.row_gradient` (float32, CPU)."""
+    if label_indices is None:
+        label_indices = jnp.full(row_max.shape, logits.shape[-1], jnp.int32)  # out of range
+        label_entries = jnp.zeros_like(row_max)
+    inverse_total = 1.0 / total
+    return _cpu_kernel.row_gradient(
+        logits, exps, row_coefficient * inverse_total, ct_entropy * inverse_total, row_max,
+        top_indices, top_entries, label_indices, label_entries,
+    )
+
+
+def _logits_cotangent(logits, exps, total, row_max, row_coefficient, ct_entropy, top_indices,
+                      top_entries, label_indices, label_entries):
+    """S * (row_coefficient - ct_entropy (z - m)) with S = exps / total, then per row the
+    entries at ``top_indices`` set to ``top_entries`` and, unless ``label_indices`` is None,
+    ``label_entries`` added at ``label_indices`` (indices outside the row are dropped)."""
+    def bound(fn):
+        return functools.partial(fn, label_indices=label_indices, label_entries=label_entries)
+
+    args = (logits, exps, total, row_max, row_coefficient, ct_entropy, top_indices, top_entries)
+    if not _uses_kernel(logits):
+        return bound(_logits_cotangent_xla)(*args)
+    return lax.platform_dependent(*args, cpu=bound(_logits_cotangent_kernel),
+                                  default=bound(_logits_cotangent_xla))
+
+
 def _backward(label_kind, top_c, residuals, cotangents):
     """Closed-form VJP of `softmax_statistics`: one elementwise pass, then top_c + 1 entries a row."""
     del top_c
@@ -263,7 +306,6 @@ def _backward(label_kind, top_c, residuals, cotangents):
     ct_cross_entropy, ct_entropy, ct_top = cotangents
     ct_cross_entropy = ct_cross_entropy[..., None]
     ct_entropy = ct_entropy[..., None]
-    probs = exps * (1.0 / total)
     # dL/dz = S * (ct_ce * sum(y) + g - <ct_top, K> - ct_E (log S + E)) - ct_ce * y, with
     # log S = (z - m) - log(Sigma).
     # <ct_top, K> as c explicit adds: a reduce here would pull this whole pass into a YNNPACK
@@ -289,18 +331,18 @@ def _backward(label_kind, top_c, residuals, cotangents):
         if where is not None:
             log_probs = jnp.where(where, log_probs, 0.0)
         labels_cotangent = -ct_cross_entropy * log_probs
-    logits_cotangent = probs * (row_coefficient - ct_entropy * (logits - row_max))
     # g is non-zero at the top_c indices only: there the entry is recomputed with g's term inside
     # the bracket (added outside it would cancel in saturated rows) and written in place; a
     # missing entry's sentinel index num_classes is dropped.
     top_shifted = jnp.where(top_scores > 0, top_values - row_max, 0.0)  # -inf: a missing entry
     top_entries = top_scores * (row_coefficient + ct_top - ct_entropy * top_shifted)
-    logits_cotangent = _update_at_indices(logits_cotangent, top_indices, top_entries, "set")
-    if label_kind == "int":
-        logits_cotangent = _update_at_indices(
-            logits_cotangent, labels[..., None], -ct_cross_entropy, "add"
-        )
-    elif label_kind == "soft":
+    label_indices, label_entries = (labels[..., None], -ct_cross_entropy) if label_kind == "int" \
+        else (None, None)
+    logits_cotangent = _logits_cotangent(
+        logits, exps, total, row_max, row_coefficient, ct_entropy, top_indices, top_entries,
+        label_indices, label_entries,
+    )
+    if label_kind == "soft":
         logits_cotangent = logits_cotangent - targets
     return logits_cotangent, None, labels_cotangent
 

@@ -114,6 +114,35 @@ def test_masked_classes_and_short_rows(num_classes):
     np.testing.assert_array_equal(kernel[5][1], by_value + [num_classes] * 3)
 
 
+@pytest.mark.parametrize("num_classes, top_c", ((10, 3), (1000, 5)))
+def test_gradient_kernel_equals_xla_operations(num_classes, top_c):
+    keys = jax.random.split(jax.random.key(num_classes), 6)
+    shape = (2, 3, num_classes)
+    logits = 3.0 * jax.random.normal(keys[0], shape)
+    logits = logits.at[0, 0, :4].set(-jnp.inf)  # e = 0 there: 0, not NaN
+    row_max = jnp.max(logits, axis=-1, keepdims=True)
+    exps = jnp.exp(logits - row_max)
+    total = jnp.sum(exps, axis=-1, keepdims=True)
+    coefficient, slope = (jax.random.normal(k, shape[:-1] + (1,)) for k in keys[1:3])
+    top_indices = jax.random.randint(keys[3], shape[:-1] + (top_c,), 0, num_classes)
+    top_indices = top_indices.at[1, 2, -1].set(num_classes)  # a missing entry: dropped
+    top_entries = jax.random.normal(keys[4], shape[:-1] + (top_c,))
+    labels = jax.random.randint(keys[5], shape[:-1] + (1,), 0, num_classes)
+    labels = labels.at[0, 1].set(top_indices[0, 1, 0])  # added after the entry is set
+    label_entries = -jnp.abs(slope)
+    args = (exps, total, row_max, coefficient, slope, top_indices, top_entries, labels,
+            label_entries)
+    finite = jnp.where(jnp.isfinite(logits), logits, -1e30)  # the XLA pass would make 0 * inf
+    kernel = jax.jit(_fused._logits_cotangent_kernel)
+    xla = jax.jit(_fused._logits_cotangent_xla)
+    np.testing.assert_allclose(kernel(finite, *args), xla(finite, *args), rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(kernel(logits, *args), kernel(finite, *args))
+    no_labels = args[:-2] + (None, None)
+    np.testing.assert_allclose(
+        kernel(logits, *no_labels), xla(finite, *no_labels), rtol=1e-5, atol=1e-7
+    )
+
+
 def test_batch_dimensions_and_vmap():
     logits = jax.random.normal(jax.random.key(3), (2, 3, 512))
     direct = jax.jit(lambda z: _cpu_kernel.row_statistics(z, 3))(logits)
