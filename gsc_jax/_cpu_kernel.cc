@@ -265,6 +265,27 @@ void TopCAnyCount(const float* z, int64_t num_classes, int64_t top_c, float* top
   }
 }
 
+// bfloat16 logits, read as their bits: the upper half of a float32's.
+struct BFloat16 {
+  uint16_t bits;
+};
+
+// z[0:n) as floats: z itself for float input, else converted into `scratch` (n floats).
+inline const float* AsFloats(const float* z, int64_t n, float* scratch) { return z; }
+inline const float* AsFloats(const BFloat16* z, int64_t n, float* scratch) {
+  for (int64_t j = 0; j < n; ++j) {
+    const uint32_t bits = static_cast<uint32_t>(z[j].bits) << 16;
+    std::memcpy(scratch + j, &bits, sizeof(bits));
+  }
+  return scratch;
+}
+
+// Room for AsFloats of rows of num_classes values: none for float input.
+template <typename Input>
+inline std::unique_ptr<float[]> Scratch(int64_t num_values) {
+  return std::is_same<Input, float>::value ? nullptr : std::make_unique<float[]>(num_values);
+}
+
 void Row(const float* z, int64_t num_classes, int64_t top_c, float* exps, float* row_max,
          float* total, float* weighted, float* top_values, int32_t* top_indices) {
   TopCAnyCount(z, num_classes, top_c, top_values, top_indices);
@@ -350,17 +371,19 @@ void ShortRows(const float* z, int64_t num_classes, float* exps, float* row_max,
 }
 
 // Rows [begin, end) of the arrays RowStatistics hands out: ShortRows where it applies, else Row.
-void Rows(const float* z, int64_t num_classes, int64_t top_c, int64_t begin, int64_t end,
+template <typename Input>
+void Rows(const Input* z, int64_t num_classes, int64_t top_c, int64_t begin, int64_t end,
           float* exps, float* row_max, float* total, float* weighted, float* top_values,
           int32_t* top_indices) {
   int64_t r = begin;
   if (num_classes <= kShortRow && top_c <= 8) {
+    float scratch[kLanes * kShortRow];
     auto short_rows = [&](auto top_c_constant) {
       constexpr int64_t kTopC = decltype(top_c_constant)::value;
       for (; r + kLanes <= end; r += kLanes) {
-        ShortRows<kTopC>(z + r * num_classes, num_classes, exps + r * num_classes, row_max + r,
-                         total + r, weighted + r, top_values + r * kTopC,
-                         top_indices + r * kTopC);
+        ShortRows<kTopC>(AsFloats(z + r * num_classes, kLanes * num_classes, scratch),
+                         num_classes, exps + r * num_classes, row_max + r, total + r,
+                         weighted + r, top_values + r * kTopC, top_indices + r * kTopC);
       }
     };
     switch (top_c) {
@@ -374,9 +397,11 @@ void Rows(const float* z, int64_t num_classes, int64_t top_c, int64_t begin, int
       default: short_rows(std::integral_constant<int64_t, 8>()); break;
     }
   }
+  const auto scratch = Scratch<Input>(num_classes);
   for (; r < end; ++r) {
-    Row(z + r * num_classes, num_classes, top_c, exps + r * num_classes, row_max + r, total + r,
-        weighted + r, top_values + r * top_c, top_indices + r * top_c);
+    Row(AsFloats(z + r * num_classes, num_classes, scratch.get()), num_classes, top_c,
+        exps + r * num_classes, row_max + r, total + r, weighted + r, top_values + r * top_c,
+        top_indices + r * top_c);
   }
 }
 
@@ -412,7 +437,7 @@ inline int64_t RowsPerTask(int64_t num_classes) {
   return (std::max<int64_t>(1, kMinElementsPerTask / num_classes) + kLanes - 1) / kLanes * kLanes;
 }
 
-ffi::Error RowStatistics(ffi::ThreadPool thread_pool, ffi::Buffer<ffi::F32> logits,
+ffi::Error RowStatistics(ffi::ThreadPool thread_pool, ffi::AnyBuffer logits,
                          ffi::ResultBuffer<ffi::F32> exps, ffi::ResultBuffer<ffi::F32> row_max,
                          ffi::ResultBuffer<ffi::F32> total, ffi::ResultBuffer<ffi::F32> weighted,
                          ffi::ResultBuffer<ffi::F32> top_values,
@@ -425,7 +450,6 @@ ffi::Error RowStatistics(ffi::ThreadPool thread_pool, ffi::Buffer<ffi::F32> logi
     return ffi::Error::InvalidArgument("top_c must be in [1, num_classes]");
   }
   const int64_t num_rows = static_cast<int64_t>(logits.element_count()) / num_classes;
-  const float* z = logits.typed_data();
   float* e = exps->typed_data();
   float* m = row_max->typed_data();
   float* s = total->typed_data();
@@ -433,10 +457,18 @@ ffi::Error RowStatistics(ffi::ThreadPool thread_pool, ffi::Buffer<ffi::F32> logi
   float* tv = top_values->typed_data();
   int32_t* ti = top_indices->typed_data();
   const int64_t rows_per_task = RowsPerTask(num_classes);
-  ParallelFor(thread_pool, (num_rows + rows_per_task - 1) / rows_per_task, [=](int64_t task) {
-    Rows(z, num_classes, top_c, task * rows_per_task,
-         std::min(num_rows, (task + 1) * rows_per_task), e, m, s, w, tv, ti);
-  });
+  const int64_t num_tasks = (num_rows + rows_per_task - 1) / rows_per_task;
+  auto run = [&](auto* z) {
+    ParallelFor(thread_pool, num_tasks, [=](int64_t task) {
+      Rows(z, num_classes, top_c, task * rows_per_task,
+           std::min(num_rows, (task + 1) * rows_per_task), e, m, s, w, tv, ti);
+    });
+  };
+  switch (logits.element_type()) {
+    case ffi::DataType::F32: run(static_cast<const float*>(logits.untyped_data())); break;
+    case ffi::DataType::BF16: run(static_cast<const BFloat16*>(logits.untyped_data())); break;
+    default: return ffi::Error::InvalidArgument("logits must be float32 or bfloat16");
+  }
   return ffi::Error::Success();
 }
 
@@ -460,7 +492,7 @@ void GradientRow(const float* z, const float* exps, float scale, float slope, fl
 // then gradient[entry_indices[k]] = entries[k] for the row's num_entries entries, then
 // gradient[label] += label_entry. Indices outside [0, num_classes) are skipped. gradient may be
 // exps' buffer (aliased by the caller).
-ffi::Error RowGradient(ffi::ThreadPool thread_pool, ffi::Buffer<ffi::F32> logits,
+ffi::Error RowGradient(ffi::ThreadPool thread_pool, ffi::AnyBuffer logits,
                        ffi::Buffer<ffi::F32> exps, ffi::Buffer<ffi::F32> scale,
                        ffi::Buffer<ffi::F32> slope, ffi::Buffer<ffi::F32> row_max,
                        ffi::Buffer<ffi::S32> entry_indices, ffi::Buffer<ffi::F32> entries,
@@ -482,7 +514,6 @@ ffi::Error RowGradient(ffi::ThreadPool thread_pool, ffi::Buffer<ffi::F32> logits
       static_cast<int64_t>(entries.element_count()) != num_rows * num_entries) {
     return ffi::Error::InvalidArgument("row operands must have one value (entries: a row) a row");
   }
-  const float* z = logits.typed_data();
   const float* e = exps.typed_data();
   const float* a = scale.typed_data();
   const float* b = slope.typed_data();
@@ -493,14 +524,25 @@ ffi::Error RowGradient(ffi::ThreadPool thread_pool, ffi::Buffer<ffi::F32> logits
   const float* yv = label_entries.typed_data();
   float* g = gradient->typed_data();
   const int64_t rows_per_task = RowsPerTask(num_classes);
-  ParallelFor(thread_pool, (num_rows + rows_per_task - 1) / rows_per_task, [=](int64_t task) {
-    const int64_t end = std::min(num_rows, (task + 1) * rows_per_task);
-    for (int64_t r = task * rows_per_task; r < end; ++r) {
-      GradientRow(z + r * num_classes, e + r * num_classes, a[r], b[r], m[r],
-                  ei + r * num_entries, ev + r * num_entries, num_entries, y[r], yv[r],
-                  num_classes, g + r * num_classes);
-    }
-  });
+  const int64_t num_tasks = (num_rows + rows_per_task - 1) / rows_per_task;
+  auto run = [&](auto* z) {
+    using Input = std::remove_const_t<std::remove_pointer_t<decltype(z)>>;
+    ParallelFor(thread_pool, num_tasks, [=](int64_t task) {
+      const auto scratch = Scratch<Input>(num_classes);
+      const int64_t end = std::min(num_rows, (task + 1) * rows_per_task);
+      for (int64_t r = task * rows_per_task; r < end; ++r) {
+        GradientRow(AsFloats(z + r * num_classes, num_classes, scratch.get()),
+                    e + r * num_classes, a[r], b[r], m[r], ei + r * num_entries,
+                    ev + r * num_entries, num_entries, y[r], yv[r], num_classes,
+                    g + r * num_classes);
+      }
+    });
+  };
+  switch (logits.element_type()) {
+    case ffi::DataType::F32: run(static_cast<const float*>(logits.untyped_data())); break;
+    case ffi::DataType::BF16: run(static_cast<const BFloat16*>(logits.untyped_data())); break;
+    default: return ffi::Error::InvalidArgument("logits must be float32 or bfloat16");
+  }
   return ffi::Error::Success();
 }
 
@@ -509,7 +551,7 @@ ffi::Error RowGradient(ffi::ThreadPool thread_pool, ffi::Buffer<ffi::F32> logits
 XLA_FFI_DEFINE_HANDLER_SYMBOL(GscRowStatistics, RowStatistics,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()  // logits: float32 or bfloat16
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
@@ -521,7 +563,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GscRowStatistics, RowStatistics,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(GscRowGradient, RowGradient,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // logits
+                                  .Arg<ffi::AnyBuffer>()  // logits: float32 or bfloat16
                                   .Arg<ffi::Buffer<ffi::F32>>()  // exps
                                   .Arg<ffi::Buffer<ffi::F32>>()  // scale
                                   .Arg<ffi::Buffer<ffi::F32>>()  // slope

@@ -63,6 +63,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from gsc_jax import _cpu_kernel
+from gsc_jax import _validation
 
 Array = jax.Array
 
@@ -189,14 +190,21 @@ def _row_statistics_xla(masked, logits, where, top_c):
 
 
 def _uses_kernel(logits):
-    """Whether rows of ``logits`` go through `_cpu_kernel`: float32 on the CPU backend."""
-    return (logits.dtype == jnp.float32 and jax.default_backend() == "cpu"
+    """Whether rows of ``logits`` go through `_cpu_kernel`: float32 or bfloat16 on the CPU backend."""
+    return (logits.dtype in (jnp.float32, jnp.bfloat16) and jax.default_backend() == "cpu"
             and _cpu_kernel.available())
+
+
+def _upcast(x):
+    """``x`` in its compute dtype: float32 for 16-bit floats (which only the kernel reads)."""
+    return x.astype(_validation.compute_dtype(x.dtype))
 
 
 def _row_statistics(masked, logits, where, top_c):
     """`_row_statistics_xla`, or on CPU for float32 the one-sweep kernel of `_cpu_kernel`."""
-    xla = functools.partial(_row_statistics_xla, where=where, top_c=top_c)
+    def xla(masked, logits):
+        return _row_statistics_xla(_upcast(masked), _upcast(logits), where, top_c)
+
     if not _uses_kernel(masked):
         return xla(masked, logits)
     # The custom call has no derivative rules; the guard names the alternative first.
@@ -261,6 +269,7 @@ def _update_at_indices(x, indices, values, how):
 def _logits_cotangent_xla(logits, exps, total, row_max, row_coefficient, ct_entropy,
                           top_indices, top_entries, label_indices, label_entries):
     """`_logits_cotangent` by XLA operations: one elementwise pass, then the written entries."""
+    logits = _upcast(logits)
     probs = exps * (1.0 / total)
     cotangent = probs * (row_coefficient - ct_entropy * (logits - row_max))
     cotangent = _update_at_indices(cotangent, top_indices, top_entries, "set")
@@ -344,7 +353,7 @@ def _backward(label_kind, top_c, residuals, cotangents):
     )
     if label_kind == "soft":
         logits_cotangent = logits_cotangent - targets
-    return logits_cotangent, None, labels_cotangent
+    return logits_cotangent.astype(logits.dtype), None, labels_cotangent
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -365,7 +374,9 @@ def softmax_statistics(
     r"""Cross-entropy, softmax entropy and top-c softmax scores of validated last-axis logits.
 
     Args:
-      logits: ``[..., num_classes]`` in the compute dtype (float32 or float64).
+      logits: ``[..., num_classes]`` float logits. 16-bit floats are computed in float32: upcast
+        here, except bfloat16 rows that the CPU kernel reads as they are (no float32 copy of the
+        logits; the gradient comes back in bfloat16, as for an upcast).
       where: ``[..., num_classes]`` boolean class mask or None. Masked classes have probability 0;
         a row with no class taking part gives cross-entropy 0, entropy 0 and scores 0.
       labels: ``[...]`` integer ids (``label_kind='int'``), ``[..., num_classes]`` probability
@@ -380,4 +391,6 @@ def softmax_statistics(
     """
     if label_kind is None:
         labels = None
+    if not (logits.dtype == jnp.bfloat16 and _uses_kernel(logits)):
+        logits = _upcast(logits)
     return _statistics(logits, where, labels, label_kind, top_c)

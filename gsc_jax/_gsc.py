@@ -226,7 +226,8 @@ def _fused_gsc_last_axis(
     term = gsc_from_statistics(
         entropy,
         top_scores,
-        _softmax.num_active_classes(logits_last, where_last),
+        # in the statistics' dtype: bfloat16 logits may reach here (read by the CPU kernel)
+        _softmax.num_active_classes(logits_last, where_last).astype(entropy.dtype),
         mu=mu,
         normalize_entropy=normalize_entropy,
         stop_gradient_sigma=stop_gradient_sigma,
@@ -257,7 +258,9 @@ def gsc_term_fused(
     `jax.jacfwd`) and second derivatives (`jax.hessian`, grad of grad) raise an error; use
     `gsc_term` for those.
     """
-    logits_last, where_last, _, num_classes = _validation.prepare_logits(logits, axis, where)
+    logits_last, where_last, _, num_classes = _validation.prepare_logits(
+        logits, axis, where, upcast=False
+    )
     top_c = _validation.check_top_c(top_c, num_classes)
     mu = _check_mu(mu)
     _, term = _fused_gsc_last_axis(
@@ -324,12 +327,14 @@ def gsc_loss(
     """
     _validation.check_non_negative("gamma", gamma)
     logits_shape = jnp.shape(logits)
-    logits_last, where_last, axis, num_classes = _validation.prepare_logits(logits, axis, where)
+    logits_last, where_last, axis, num_classes = _validation.prepare_logits(
+        logits, axis, where, upcast=False
+    )
     top_c = _validation.check_top_c(top_c, num_classes)
     mu = _check_mu(mu)
     labels_last, label_kind = _validation.prepare_labels(labels, logits_shape, axis)
     if label_kind == "soft":
-        labels_last = labels_last.astype(logits_last.dtype)
+        labels_last = labels_last.astype(_validation.compute_dtype(logits_last.dtype))
     cross_entropy, term = _fused_gsc_last_axis(
         logits_last,
         where_last,

@@ -136,13 +136,14 @@ def label_kind(labels: jax.Array, logits: jax.Array, axis: int) -> str:
 
 
 def prepare_logits(
-    logits: ArrayLike, axis: int, where: Optional[ArrayLike]
+    logits: ArrayLike, axis: int, where: Optional[ArrayLike], *, upcast: bool = True
 ) -> tuple[jax.Array, Optional[jax.Array], int, int]:
     """Validates logits, class axis and mask; returns them in compute dtype with the axis moved last.
 
     Returns:
       ``(logits_last, where_last, axis, num_classes)`` with ``logits_last`` of shape
-      ``[..., num_classes]`` in float32 (16-bit inputs) or the input's float dtype.
+      ``[..., num_classes]`` in float32 (16-bit inputs) or the input's float dtype; with
+      ``upcast=False`` in the input's dtype (the caller upcasts).
     """
     logits = check_float_array("logits", logits)
     if logits.ndim == 0:
@@ -150,7 +151,9 @@ def prepare_logits(
     axis = normalize_axis(axis, logits.ndim)
     num_classes = check_num_classes(logits, axis)
     where = check_class_mask(where, logits)
-    logits_last = jnp.moveaxis(logits, axis, -1).astype(compute_dtype(logits.dtype))
+    logits_last = jnp.moveaxis(logits, axis, -1)
+    if upcast:
+        logits_last = logits_last.astype(compute_dtype(logits.dtype))
     where_last = None if where is None else jnp.moveaxis(where, axis, -1)
     return logits_last, where_last, axis, num_classes
 

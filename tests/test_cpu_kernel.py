@@ -143,6 +143,42 @@ def test_gradient_kernel_equals_xla_operations(num_classes, top_c):
     )
 
 
+@pytest.mark.parametrize("num_classes", (10, 300))
+@pytest.mark.parametrize("kind", ("int", "soft", "masked"))
+def test_bfloat16_logits_are_read_as_they_are(num_classes, kind):
+    logits = (3.0 * jax.random.normal(jax.random.key(0), (16, num_classes))).astype(jnp.bfloat16)
+    labels = jax.random.randint(jax.random.key(1), (16,), 0, num_classes)
+    kwargs = {}
+    if kind == "soft":
+        labels = jax.nn.softmax(jax.random.normal(jax.random.key(2), logits.shape))
+    if kind == "masked":
+        kwargs["where"] = jax.random.bernoulli(jax.random.key(3), 0.7, logits.shape).at[:, 0].set(
+            True)
+        labels = jnp.zeros(16, jnp.int32)
+
+    def value_and_grad(z):
+        return jax.value_and_grad(
+            lambda z: gsc_jax.gsc_loss(z, labels, gamma=0.5, top_c=3, **kwargs).sum())(z)
+
+    value, grad = jax.jit(value_and_grad)(logits)
+    value_f32, grad_f32 = jax.jit(value_and_grad)(logits.astype(jnp.float32))
+    assert grad.dtype == jnp.bfloat16
+    # The same float32 arithmetic on the same values; the gradient rounded to bfloat16 once.
+    np.testing.assert_allclose(value, value_f32, rtol=1e-6)
+    np.testing.assert_array_equal(grad, grad_f32.astype(jnp.bfloat16))
+
+
+def test_bfloat16_logits_need_no_float32_copy():
+    logits = jnp.zeros((256, 1000), jnp.bfloat16)
+    labels = jnp.zeros(256, jnp.int32)
+    step = jax.jit(jax.value_and_grad(
+        lambda z: gsc_jax.gsc_loss(z, labels, gamma=0.5, top_c=3).mean()))
+    temp = step.lower(logits).compile().memory_analysis().temp_size_in_bytes
+    # exp(z - m) in float32 (the backward pass's residual, then the float32 gradient) and
+    # per-row vectors; an upcast copy of the logits would add another 1 MB.
+    assert temp <= 4 * logits.size + 64 * 1024, temp
+
+
 def test_batch_dimensions_and_vmap():
     logits = jax.random.normal(jax.random.key(3), (2, 3, 512))
     direct = jax.jit(lambda z: _cpu_kernel.row_statistics(z, 3))(logits)

@@ -107,7 +107,7 @@ def make_loss_parts_fn(spec: LossSpec) -> Callable:
     def parts_fn(logits: jax.Array, labels: jax.Array, soft_labels=None) -> dict:
         parts = {"base_loss": _call(spec, base, logits, labels, soft_labels)}
         if spec.gsc_gamma > 0:
-            parts["gsc_term"] = gsc_jax.gsc_term(logits, top_c=spec.gsc_top_c)
+            parts["gsc_term"] = gsc_jax.gsc_term_fused(logits, top_c=spec.gsc_top_c)
         return parts
 
     return parts_fn
