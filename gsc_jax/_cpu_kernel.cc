@@ -1,7 +1,9 @@
-// One pass per row of float32 logits: everything cross-entropy + GSC needs (gsc_jax/_fused.py).
+// The row kernels of the fused cross-entropy + GSC path on CPU (gsc_jax/_fused.py), two XLA FFI
+// custom calls on float32 or bfloat16 logits (bfloat16 rows are converted to float32 a row at a
+// time, in cache).
 //
-// For each row z of length C (masked classes already -inf), with m = max_i z_i (0 if the row is
-// all -inf) and e_i = exp(z_i - m):
+// GscRowStatistics, the forward pass. For each row z of length C (masked classes already -inf),
+// with m = max_i z_i (0 if the row is all -inf) and e_i = exp(z_i - m):
 //   exps[i]      = e_i                                   [rows, C]  (the backward pass's residual)
 //   row_max      = m                                     [rows, 1]
 //   total        = sum_i e_i                             [rows, 1]
@@ -9,11 +11,16 @@
 //   top_values   = the top_c largest z_i, descending     [rows, top_c]
 //   top_indices  = their indices; equal values in increasing index order, as jax.lax.top_k; an
 //                  entry past the row's finite values is (-inf, C).
-// Both sweeps over a row run while it is in cache: block maxima (then an insertion sort over the
-// few blocks that can hold the top values) and a sweep of exp with two sums.
-// Rows are split over XLA's intra-op thread pool.
+// Both sweeps over a row run while it is in cache: block maxima, from which the top_c-th largest
+// bounds the values that can enter the top c (the few that reach it are packed and inserted
+// without branches), then a sweep of exp with two sums. Rows of at most 64 values go eight at a
+// time, one row per vector lane.
 //
-// Built on first use by gsc_jax/_cpu_kernel.py with the system C++ compiler; see there.
+// GscRowGradient, the backward pass: exps * (a - b (z - m)) per entry with per-row a, b, then
+// the row's top-c entries set and its label entry added (see RowGradient), in exps' buffer.
+//
+// Rows are split over XLA's intra-op thread pool. Built on first use by gsc_jax/_cpu_kernel.py
+// with the system C++ compiler; see there.
 
 #include <algorithm>
 #include <atomic>

@@ -1,6 +1,7 @@
 """The CPU row kernels of the fused cross-entropy + GSC path: built on first use, optional.
 
-``_cpu_kernel.cc`` holds two XLA FFI custom calls on float32 rows. `row_statistics` (the forward
+``_cpu_kernel.cc`` holds two XLA FFI custom calls on float32 or bfloat16 rows (computing in
+float32; bfloat16 needs no float32 copy of the logits). `row_statistics` (the forward
 pass): per row the max ``m``, ``exp(z - m)``, its sum, ``sum_i exp(z_i - m) (z_i - m)`` and the
 top-c logits with `jax.lax.top_k`'s tie order, in one sweep over the row while it is in cache.
 `row_gradient` (the backward pass): ``exp(z - m) (a - b (z - m))`` per entry with per-row ``a``,
@@ -99,16 +100,22 @@ def available() -> bool:
     return True
 
 
+def _require_kernel():
+    if not available():
+        raise RuntimeError("the gsc_jax CPU kernel is not available (no C++ compiler, a failed "
+                           "build, or GSC_JAX_CPU_KERNEL=0); see the log's warning.")
+
+
 def row_statistics(logits: jax.Array, top_c: int):
-    """The kernel on float32 ``[..., C]`` logits (masked entries -inf); builds it if needed.
+    """The forward kernel on float32 or bfloat16 ``[..., C]`` logits (masked entries -inf).
+
+    Builds the kernel if needed.
 
     Returns:
       ``(exps [..., C], row_max [..., 1], total [..., 1], weighted [..., 1],
       top_values [..., top_c], top_indices [..., top_c] int32)`` as defined in ``_cpu_kernel.cc``.
     """
-    if not available():
-        raise RuntimeError("the gsc_jax CPU kernel is not available (no C++ compiler, a failed "
-                           "build, or GSC_JAX_CPU_KERNEL=0); see the log's warning.")
+    _require_kernel()
     batch = logits.shape[:-1]
     shapes = (
         jax.ShapeDtypeStruct(logits.shape, jnp.float32),
@@ -122,11 +129,11 @@ def row_statistics(logits: jax.Array, top_c: int):
 
 def row_gradient(logits, exps, scale, slope, row_max, entry_indices, entries, labels,
                  label_entries):
-    """The backward kernel on float32 ``[..., C]`` rows; builds it if needed.
+    """The backward kernel on ``[..., C]`` rows; builds it if needed.
 
     Args:
-      logits, exps: ``[..., C]``; ``exps`` as `row_statistics` returned it (its buffer is reused
-        for the result).
+      logits, exps: ``[..., C]``, float32 or bfloat16 logits; float32 ``exps`` as
+        `row_statistics` returned it (its buffer is reused for the float32 result).
       scale, slope, row_max: ``[..., 1]`` per-row ``a``, ``b`` and ``m``.
       entry_indices, entries: ``[..., k]`` int32 and float32: entries written over the result.
       labels, label_entries: ``[..., 1]`` int32 and float32: added at ``labels`` afterwards.
@@ -136,9 +143,7 @@ def row_gradient(logits, exps, scale, slope, row_max, entry_indices, entries, la
       ``[..., C]``: ``exps * (scale - slope * max(logits - row_max, -88))``, then
       ``[entry_indices] = entries``, then ``[labels] += label_entries``.
     """
-    if not available():
-        raise RuntimeError("the gsc_jax CPU kernel is not available (no C++ compiler, a failed "
-                           "build, or GSC_JAX_CPU_KERNEL=0); see the log's warning.")
+    _require_kernel()
     call = jax.ffi.ffi_call(_GRADIENT_TARGET, jax.ShapeDtypeStruct(logits.shape, jnp.float32),
                             vmap_method="broadcast_all", input_output_aliases={1: 0})
     return call(logits, exps, scale, slope, row_max, entry_indices.astype(jnp.int32), entries,

@@ -32,11 +32,13 @@ in rows of at most `SELECT_MAX_CLASSES`, which take the selects). The GSC term
 itself (sigma, its floor, normalisation, ``stop_gradient_sigma``, ``mu``) is assembled from these
 statistics by ordinary autodiff on ``[...]``- and ``[..., c]``-shaped arrays in `gsc_jax._gsc`.
 
-On the CPU backend, float32 logits get the row statistics (max, exps, both sums, top-c) from one
-C++ kernel, `gsc_jax._cpu_kernel`, that sweeps each row while it is in cache (short rows eight at
-a time); XLA:CPU compiles the same statistics to several passes over memory, or for short rows to
-dozens of small operations. Other backends, float64, and machines without a C++ compiler use the
-XLA operations below, with the same results to float32 rounding (`tests/test_cpu_kernel.py`).
+On the CPU backend, float32 and bfloat16 logits get the row statistics (max, exps, both sums,
+top-c) from one C++ kernel, `gsc_jax._cpu_kernel`, that sweeps each row while it is in cache
+(short rows eight at a time), and the backward pass's elementwise pass and written entries from a
+second one; XLA:CPU compiles the same work to several passes over memory, or for short rows to
+dozens of small operations. The kernels read bfloat16 as it is (the XLA path upcasts it to a
+float32 copy). Other backends, float64, float16, and machines without a C++ compiler use the XLA
+operations below, with the same results to float32 rounding (`tests/test_cpu_kernel.py`).
 
 Top-c selection follows `jax.lax.top_k` exactly on ties (the lower index first) and uses
 neither `lax.top_k` nor a sort (both are slow on XLA:CPU): ``c`` rounds of max and
