@@ -18,8 +18,11 @@ the source, the compiler command and the jaxlib version. Without a compiler, or 
 the same statistics with XLA operations (the path every non-CPU backend takes). A failed build
 logs one warning and falls back the same way.
 
-The custom calls have no sharding rule: under a multi-device CPU mesh XLA all-gathers the rows
-before it (correct, not data-parallel).
+Rows are independent, so both calls are wrapped to stay data-parallel: a
+`custom_partitioning` rule lets XLA shard every leading (row) axis and keeps the class axis whole
+on each device (a logits array sharded along its classes is gathered along them first), and a
+`custom_vmap` rule (`custom_partitioning` has no batching rule) treats a vmapped axis as one more
+row axis.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
+from jax.custom_batching import custom_vmap
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding, PartitionSpec
 
 _SOURCE = os.path.join(os.path.dirname(__file__), "_cpu_kernel.cc")
 _TARGET = "gsc_jax_row_statistics"
@@ -106,6 +112,71 @@ def _require_kernel():
                            "build, or GSC_JAX_CPU_KERNEL=0); see the log's warning.")
 
 
+def _row_sharding(mesh, sharding, ndim):
+    """``sharding``'s split of the leading (row) axes on ``mesh``, the class axis whole."""
+    spec = tuple(sharding.spec) + (None,) * (ndim - len(sharding.spec))
+    return NamedSharding(mesh, PartitionSpec(*spec[:-1], None))
+
+
+def _row_parallel(call, rule: str, num_results: int):
+    """``call`` (an FFI call on arrays of rows) sharded and vmapped along its row axes.
+
+    Args:
+      call: ``f(*operands)`` on operands whose last axis is per row (classes, top-c entries or a
+        single value) and whose leading axes are the rows, all with the same leading shape.
+      rule: its Shardy sharding rule, e.g. ``'... c -> ... c, ... o'``; the factor ``c`` (the
+        class axis) must stay whole on each device.
+      num_results: how many arrays ``call`` returns (1: a single array, not a tuple).
+    """
+
+    def partition(mesh, arg_shapes, result_shape):
+        sharding = _row_sharding(mesh, arg_shapes[0].sharding, len(arg_shapes[0].shape))
+        results = sharding if num_results == 1 else (sharding,) * num_results
+        return mesh, call, results, (sharding,) * len(arg_shapes)
+
+    sharded = custom_partitioning(call)
+    sharded.def_partition(partition, sharding_rule=rule, need_replication_factors=("c",))
+
+    @custom_vmap
+    def batched(*operands):
+        return sharded(*operands)
+
+    @batched.def_vmap
+    def _vmap_rule(axis_size, in_batched, *operands):
+        # The vmapped axis (first, where batched) becomes one more leading row axis.
+        operands = [x if b else jnp.broadcast_to(x, (axis_size,) + x.shape)
+                    for x, b in zip(operands, in_batched)]
+        return batched(*operands), True if num_results == 1 else (True,) * num_results
+
+    return batched
+
+
+@functools.cache
+def _statistics_call(top_c: int):
+    def call(logits):
+        batch = logits.shape[:-1]
+        shapes = (
+            jax.ShapeDtypeStruct(logits.shape, jnp.float32),
+            *(jax.ShapeDtypeStruct(batch + (1,), jnp.float32) for _ in range(3)),
+            jax.ShapeDtypeStruct(batch + (top_c,), jnp.float32),
+            jax.ShapeDtypeStruct(batch + (top_c,), jnp.int32),
+        )
+        return jax.ffi.ffi_call(_TARGET, shapes)(logits, top_c=np.int64(top_c))
+
+    return _row_parallel(call, "... c -> ... c, ... o, ... o, ... o, ... k, ... k", 6)
+
+
+@functools.cache
+def _gradient_call():
+    def call(logits, exps, scale, slope, row_max, entry_indices, entries, labels, label_entries):
+        result = jax.ShapeDtypeStruct(logits.shape, jnp.float32)
+        return jax.ffi.ffi_call(_GRADIENT_TARGET, result, input_output_aliases={1: 0})(
+            logits, exps, scale, slope, row_max, entry_indices, entries, labels, label_entries)
+
+    return _row_parallel(call, "... c, ... c, ... o, ... o, ... o, ... k, ... k, ... o, ... o "
+                               "-> ... c", 1)
+
+
 def row_statistics(logits: jax.Array, top_c: int):
     """The forward kernel on float32 or bfloat16 ``[..., C]`` logits (masked entries -inf).
 
@@ -116,15 +187,7 @@ def row_statistics(logits: jax.Array, top_c: int):
       top_values [..., top_c], top_indices [..., top_c] int32)`` as defined in ``_cpu_kernel.cc``.
     """
     _require_kernel()
-    batch = logits.shape[:-1]
-    shapes = (
-        jax.ShapeDtypeStruct(logits.shape, jnp.float32),
-        *(jax.ShapeDtypeStruct(batch + (1,), jnp.float32) for _ in range(3)),
-        jax.ShapeDtypeStruct(batch + (top_c,), jnp.float32),
-        jax.ShapeDtypeStruct(batch + (top_c,), jnp.int32),
-    )
-    call = jax.ffi.ffi_call(_TARGET, shapes, vmap_method="broadcast_all")
-    return call(logits, top_c=np.int64(top_c))
+    return _statistics_call(int(top_c))(logits)
 
 
 def row_gradient(logits, exps, scale, slope, row_max, entry_indices, entries, labels,
@@ -144,7 +207,6 @@ def row_gradient(logits, exps, scale, slope, row_max, entry_indices, entries, la
       ``[entry_indices] = entries``, then ``[labels] += label_entries``.
     """
     _require_kernel()
-    call = jax.ffi.ffi_call(_GRADIENT_TARGET, jax.ShapeDtypeStruct(logits.shape, jnp.float32),
-                            vmap_method="broadcast_all", input_output_aliases={1: 0})
-    return call(logits, exps, scale, slope, row_max, entry_indices.astype(jnp.int32), entries,
-                labels.astype(jnp.int32), label_entries)
+    return _gradient_call()(logits, exps, scale, slope, row_max,
+                            entry_indices.astype(jnp.int32), entries, labels.astype(jnp.int32),
+                            label_entries)
