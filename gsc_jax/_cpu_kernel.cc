@@ -56,20 +56,25 @@ constexpr float kExpFloor = -88.0f;
 typedef float FloatLanes __attribute__((vector_size(kLanes * sizeof(float))));
 typedef int32_t IntLanes __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
-inline int32_t BitsOf(float x) {
-  int32_t bits;
+typedef uint32_t UintLanes __attribute__((vector_size(kLanes * sizeof(uint32_t))));
+
+// A float's bits as an unsigned integer (wrapping arithmetic, no overflow), and back.
+inline uint32_t BitsOf(float x) {
+  uint32_t bits;
   std::memcpy(&bits, &x, sizeof(bits));
   return bits;
 }
-inline IntLanes BitsOf(FloatLanes x) { return reinterpret_cast<IntLanes>(x); }
-inline float FromBits(int32_t bits) {
+inline UintLanes BitsOf(FloatLanes x) { return reinterpret_cast<UintLanes>(x); }
+inline float FromBits(uint32_t bits) {
   float x;
   std::memcpy(&x, &bits, sizeof(x));
   return x;
 }
-inline FloatLanes FromBits(IntLanes bits) { return reinterpret_cast<FloatLanes>(bits); }
+inline FloatLanes FromBits(UintLanes bits) { return reinterpret_cast<FloatLanes>(bits); }
+// max(a, b) as std::max computes it: a NaN in `a` is kept (a NaN logit makes its row NaN, as on
+// XLA's path).
 inline float Max(float a, float b) { return std::max(a, b); }
-inline FloatLanes Max(FloatLanes a, FloatLanes b) { return a > b ? a : b; }
+inline FloatLanes Max(FloatLanes a, FloatLanes b) { return a < b ? b : a; }
 
 // exp(x) for x <= 0 given max(x, kExpFloor), on a float or on FloatLanes: Cephes' expf
 // polynomial (about 1 ulp) times 2^n. n = round(x / log 2) comes from the rounding of
@@ -88,7 +93,7 @@ inline Float ExpNonPositive(Float clamped) {
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
   // BitsOf(rounded) = BitsOf(kRound) + n; the exponent field of 2^n holds n + 127.
-  return p * FromBits((BitsOf(rounded) - 0x4B400000 + 127) << 23);
+  return p * FromBits((BitsOf(rounded) - 0x4B400000u + 127u) << 23);
 }
 
 // Inserts `value` into descending top[0:top_c] (values only) without branches: a chain of

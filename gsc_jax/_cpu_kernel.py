@@ -114,7 +114,8 @@ def _require_kernel():
 
 def _row_sharding(mesh, sharding, ndim):
     """``sharding``'s split of the leading (row) axes on ``mesh``, the class axis whole."""
-    spec = tuple(sharding.spec) + (None,) * (ndim - len(sharding.spec))
+    spec = tuple(getattr(sharding, "spec", ()))  # not a NamedSharding: rows replicated
+    spec = spec + (None,) * (ndim - len(spec))
     return NamedSharding(mesh, PartitionSpec(*spec[:-1], None))
 
 

@@ -187,7 +187,8 @@ def _row_statistics_xla(masked, logits, where, top_c):
     shifted = logits - row_max
     exps = jnp.exp(shifted if where is None else jnp.where(where, shifted, -jnp.inf))
     total = jnp.sum(exps, axis=-1, keepdims=True)
-    weighted = jnp.sum(exps * shifted, axis=-1, keepdims=True)
+    # Entries with exps = 0 count 0, also at a -inf logit (0 * -inf), as in the kernel.
+    weighted = jnp.sum(jnp.where(exps == 0, 0.0, exps * shifted), axis=-1, keepdims=True)
     return exps, row_max, total, weighted, top_values, top_indices
 
 
@@ -221,7 +222,7 @@ def _forward(logits, where, labels, label_kind, top_c):
     exps, row_max, total, weighted, top_values, top_indices = _row_statistics(
         masked, logits, where, top_c
     )
-    total = jnp.where(total > 0, total, 1.0)
+    total = jnp.where(total == 0, 1.0, total)  # a row with no class taking part; NaN stays NaN
     log_total = jnp.log(total)
     # E = log(Sigma) - sum_i S_i (z_i - m): every term >= 0 (masked: exps = 0, logits finite).
     entropy = log_total - weighted / total
@@ -273,7 +274,9 @@ def _logits_cotangent_xla(logits, exps, total, row_max, row_coefficient, ct_entr
     """`_logits_cotangent` by XLA operations: one elementwise pass, then the written entries."""
     logits = _upcast(logits)
     probs = exps * (1.0 / total)
+    # 0 where exps = 0, also at a -inf logit (0 * inf), as in the kernel.
     cotangent = probs * (row_coefficient - ct_entropy * (logits - row_max))
+    cotangent = jnp.where(exps == 0, 0.0, cotangent)
     cotangent = _update_at_indices(cotangent, top_indices, top_entries, "set")
     if label_indices is None:
         return cotangent
@@ -393,6 +396,9 @@ def softmax_statistics(
     """
     if label_kind is None:
         labels = None
+    if label_kind == "int":
+        # Negative ids count from the end, as in jnp.take_along_axis (both passes see the same).
+        labels = jnp.where(labels < 0, labels + logits.shape[-1], labels)
     if not (logits.dtype == jnp.bfloat16 and _uses_kernel(logits)):
         logits = _upcast(logits)
     return _statistics(logits, where, labels, label_kind, top_c)

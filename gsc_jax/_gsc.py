@@ -226,8 +226,8 @@ def _fused_gsc_last_axis(
     term = gsc_from_statistics(
         entropy,
         top_scores,
-        # in the statistics' dtype: bfloat16 logits may reach here (read by the CPU kernel)
-        _softmax.num_active_classes(logits_last, where_last).astype(entropy.dtype),
+        # in the statistics' dtype: 16-bit logits reach here as they are
+        _softmax.num_active_classes(logits_last, where_last, entropy.dtype),
         mu=mu,
         normalize_entropy=normalize_entropy,
         stop_gradient_sigma=stop_gradient_sigma,
@@ -301,8 +301,8 @@ def gsc_loss(
             + \gamma\, S \odot \big(g - \langle g, S \rangle\big), \qquad
         g = \frac{\partial f}{\partial S},
 
-    see `gsc_jax._fused`; on CPU, rows of at least 256 float32 logits go through a one-sweep
-    C++ kernel built on first use (`gsc_jax._cpu_kernel`). Its cost relative to optax's
+    see `gsc_jax._fused`; on CPU, float32 and bfloat16 logits go through two one-sweep C++
+    kernels built on first use (`gsc_jax._cpu_kernel`). Its cost relative to optax's
     cross-entropy alone is measured by ``python -m benchmarks.loss_overhead`` (README,
     Performance). Values and first derivatives
     (logits, soft labels, ``gamma``, ``mu``) equal `gsc_loss_reference`'s to rounding. Only

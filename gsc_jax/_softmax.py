@@ -41,11 +41,18 @@ def masked_log_softmax(
     return log_probs, exps / total
 
 
-def num_active_classes(logits: jax.Array, where: Optional[jax.Array]) -> jax.Array:
-    """Number of classes taking part per row: ``[...]`` in the logits' dtype."""
+def num_active_classes(
+    logits: jax.Array, where: Optional[jax.Array], dtype: Optional[jnp.dtype] = None
+) -> jax.Array:
+    """Number of classes taking part per row: ``[...]`` in ``dtype`` (default: the logits').
+
+    Pass the compute dtype for 16-bit logits: float16 rounds counts above 2048 and overflows at
+    65520, bfloat16 rounds counts above 256.
+    """
+    dtype = logits.dtype if dtype is None else dtype
     if where is None:
-        return jnp.full(logits.shape[:-1], logits.shape[-1], dtype=logits.dtype)
-    return jnp.sum(where, axis=-1).astype(logits.dtype)
+        return jnp.full(logits.shape[:-1], logits.shape[-1], dtype=dtype)
+    return jnp.sum(where, axis=-1, dtype=dtype)
 
 
 def entropy_from_log_probs(log_probs: jax.Array, probs: jax.Array) -> jax.Array:

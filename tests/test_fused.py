@@ -211,6 +211,47 @@ def test_bfloat16_logits_compute_in_float32():
     _check(logits.astype(jnp.float32), labels, top_c=2)
 
 
+@pytest.mark.parametrize("dtype, num_classes", ((jnp.float16, 70000), (jnp.bfloat16, 1001)))
+def test_16_bit_logits_count_their_classes_in_float32(dtype, num_classes, row_path):
+    # float16 cannot hold 70000 (inf) and bfloat16 rounds 1001: n and log n are float32 here.
+    logits = _logits((2, num_classes), dtype=dtype)
+    np.testing.assert_allclose(
+        gsc_jax.gsc_term_fused(logits, top_c=2), gsc_jax.gsc_term(logits, top_c=2), rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("num_classes", (10, 40))
+def test_negative_labels_count_from_the_end(num_classes, row_path):
+    logits = _logits((9, num_classes))
+    labels = -1 - _int_labels((9,), num_classes)
+    _check(logits, labels, top_c=3)
+    _check(logits, labels + num_classes, top_c=3)
+
+
+@pytest.mark.parametrize("num_classes", (10, 300))
+def test_nan_logits_make_their_rows_nan(num_classes, row_path):
+    # Rows 0 and 8: one inside a group of eight short rows, one after it.
+    logits = _logits((9, num_classes)).at[jnp.array([0, 8]), 3].set(jnp.nan)
+    loss = gsc_jax.gsc_loss(logits, _int_labels((9,), num_classes), gamma=0.5, top_c=3)
+    loss = np.asarray(loss)
+    assert np.isnan(loss[[0, 8]]).all() and np.isfinite(loss[1:8]).all(), loss
+
+
+@pytest.mark.parametrize("num_classes", (10, 300))
+def test_minus_infinity_logits_give_finite_values_and_gradients(num_classes, row_path):
+    # exp(-inf) = 0 contributes 0 to the entropy and to the gradient, not 0 * inf = NaN.
+    logits = _logits((4, num_classes)).at[:, 2].set(-jnp.inf)
+    labels = jnp.zeros(4, jnp.int32)
+    value, grad = jax.value_and_grad(
+        lambda z: gsc_jax.gsc_loss(z, labels, gamma=0.5, top_c=3).sum())(logits)
+    floored = logits.at[:, 2].set(-1e4)  # exp underflows to 0 just the same
+    value_floored, grad_floored = jax.value_and_grad(
+        lambda z: gsc_jax.gsc_loss(z, labels, gamma=0.5, top_c=3).sum())(floored)
+    np.testing.assert_allclose(value, value_floored, rtol=1e-6)
+    np.testing.assert_allclose(grad, grad_floored, rtol=1e-6, atol=1e-8)
+    assert np.all(grad[:, 2] == 0)
+
+
 def test_float64_to_1e10():
     with jax.enable_x64(True):
         logits = _logits((4, 300), dtype=jnp.float64)
