@@ -108,6 +108,28 @@ inline void InsertValue(float value, int64_t top_c, float* top) {
   }
 }
 
+// One step of an insertion in (value descending, index ascending) order, jax.lax.top_k's: the
+// first of (value, index) and (top_value, top_index) stays in top_*, the other is carried on.
+// Without branches, on a float and int32 or lane by lane on FloatLanes and IntLanes.
+inline bool Ahead(float value, int32_t index, float other_value, int32_t other_index) {
+  return (value > other_value) | ((value == other_value) & (index < other_index));
+}
+inline IntLanes Ahead(FloatLanes value, IntLanes index, FloatLanes other_value,
+                      IntLanes other_index) {
+  return (value > other_value) | ((value == other_value) & (index < other_index));
+}
+
+template <typename Float, typename Int>
+inline void CompareExchange(Float& value, Int& index, Float& top_value, Int& top_index) {
+  const auto ahead = Ahead(value, index, top_value, top_index);
+  const Float kept_value = ahead ? value : top_value;
+  const Int kept_index = ahead ? index : top_index;
+  value = ahead ? top_value : value;
+  index = ahead ? top_index : index;
+  top_value = kept_value;
+  top_index = kept_index;
+}
+
 // Inserts (value, index) into top_values/top_indices[0:top_c], ordered by value descending, then
 // index ascending (jax.lax.top_k's order): compare-exchanges in that total order, no branches.
 template <int64_t kTopC>
@@ -117,16 +139,7 @@ inline void InsertPair(float value, int32_t index, int64_t top_c, float* top_val
   // Values arrive in increasing index order, so one not above the last entry stays out; for a
   // long list (top_c not fixed) this test saves the chain.
   if (kTopC == 0 && !(value > top_values[count - 1])) return;
-  for (int64_t k = 0; k < count; ++k) {
-    const bool ahead =
-        (value > top_values[k]) | ((value == top_values[k]) & (index < top_indices[k]));
-    const float kept_value = ahead ? value : top_values[k];
-    const int32_t kept_index = ahead ? index : top_indices[k];
-    value = ahead ? top_values[k] : value;
-    index = ahead ? top_indices[k] : index;
-    top_values[k] = kept_value;
-    top_indices[k] = kept_index;
-  }
+  for (int64_t k = 0; k < count; ++k) CompareExchange(value, index, top_values[k], top_indices[k]);
 }
 
 // Values per block for rows of num_classes: ~sqrt(num_classes), a multiple of kLanes (rows of up
@@ -350,15 +363,7 @@ void ShortRows(const float* z, int64_t num_classes, float* exps, float* row_max,
     // -inf never enters: behind the (-inf, num_classes) entries it starts from.
     IntLanes index = value > neg_inf ? IntLanes{} + static_cast<int32_t>(j)
                                      : IntLanes{} + std::numeric_limits<int32_t>::max();
-    for (int64_t k = 0; k < kTopC; ++k) {
-      const IntLanes ahead = (value > values[k]) | ((value == values[k]) & (index < indices[k]));
-      const FloatLanes kept_value = ahead ? value : values[k];
-      const IntLanes kept_index = ahead ? index : indices[k];
-      value = ahead ? values[k] : value;
-      index = ahead ? indices[k] : index;
-      values[k] = kept_value;
-      indices[k] = kept_index;
-    }
+    for (int64_t k = 0; k < kTopC; ++k) CompareExchange(value, index, values[k], indices[k]);
   }
   const FloatLanes m = values[0] > neg_inf ? values[0] : FloatLanes{};
   FloatLanes sum = {};
