@@ -454,6 +454,17 @@ inline int64_t RowsPerTask(int64_t num_classes) {
   return (std::max<int64_t>(1, kMinElementsPerTask / num_classes) + kLanes - 1) / kLanes * kLanes;
 }
 
+// run(z) with z the logits' data as const float* or const BFloat16*; an error for other types.
+template <typename Run>
+ffi::Error WithLogits(const ffi::AnyBuffer& logits, Run run) {
+  switch (logits.element_type()) {
+    case ffi::DataType::F32: run(static_cast<const float*>(logits.untyped_data())); break;
+    case ffi::DataType::BF16: run(static_cast<const BFloat16*>(logits.untyped_data())); break;
+    default: return ffi::Error::InvalidArgument("logits must be float32 or bfloat16");
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error RowStatistics(ffi::ThreadPool thread_pool, ffi::AnyBuffer logits,
                          ffi::ResultBuffer<ffi::F32> exps, ffi::ResultBuffer<ffi::F32> row_max,
                          ffi::ResultBuffer<ffi::F32> total, ffi::ResultBuffer<ffi::F32> weighted,
@@ -481,12 +492,7 @@ ffi::Error RowStatistics(ffi::ThreadPool thread_pool, ffi::AnyBuffer logits,
            std::min(num_rows, (task + 1) * rows_per_task), e, m, s, w, tv, ti);
     });
   };
-  switch (logits.element_type()) {
-    case ffi::DataType::F32: run(static_cast<const float*>(logits.untyped_data())); break;
-    case ffi::DataType::BF16: run(static_cast<const BFloat16*>(logits.untyped_data())); break;
-    default: return ffi::Error::InvalidArgument("logits must be float32 or bfloat16");
-  }
-  return ffi::Error::Success();
+  return WithLogits(logits, run);
 }
 
 // The backward pass of gsc_jax/_fused.py for one row (see RowGradient).
@@ -555,12 +561,7 @@ ffi::Error RowGradient(ffi::ThreadPool thread_pool, ffi::AnyBuffer logits,
       }
     });
   };
-  switch (logits.element_type()) {
-    case ffi::DataType::F32: run(static_cast<const float*>(logits.untyped_data())); break;
-    case ffi::DataType::BF16: run(static_cast<const BFloat16*>(logits.untyped_data())); break;
-    default: return ffi::Error::InvalidArgument("logits must be float32 or bfloat16");
-  }
-  return ffi::Error::Success();
+  return WithLogits(logits, run);
 }
 
 }  // namespace

@@ -203,17 +203,24 @@ def _upcast(x):
     return x.astype(_validation.compute_dtype(x.dtype))
 
 
+def _kernel_or_xla(kernel, xla, *args):
+    """``kernel(*args)`` where `_uses_kernel` holds for ``args[0]`` (on the CPU backend at run
+    time, ``xla(*args)`` elsewhere), else ``xla(*args)``."""
+    if not _uses_kernel(args[0]):
+        return xla(*args)
+    return lax.platform_dependent(*args, cpu=kernel, default=xla)
+
+
 def _row_statistics(masked, logits, where, top_c):
-    """`_row_statistics_xla`, or on CPU for float32 the one-sweep kernel of `_cpu_kernel`."""
+    """`_row_statistics_xla`, or on CPU the one-sweep kernel of `_cpu_kernel`."""
     def xla(masked, logits):
         return _row_statistics_xla(_upcast(masked), _upcast(logits), where, top_c)
 
-    if not _uses_kernel(masked):
-        return xla(masked, logits)
-    # The custom call has no derivative rules; the guard names the alternative first.
-    kernel = lambda masked, logits: _cpu_kernel.row_statistics(  # noqa: E731
-        _refuse_derivatives(masked), top_c)
-    return lax.platform_dependent(masked, logits, cpu=kernel, default=xla)
+    def kernel(masked, logits):
+        # The custom call has no derivative rules; the guard names the alternative first.
+        return _cpu_kernel.row_statistics(_refuse_derivatives(masked), top_c)
+
+    return _kernel_or_xla(kernel, xla, masked, logits)
 
 
 def _forward(logits, where, labels, label_kind, top_c):
@@ -304,11 +311,10 @@ def _logits_cotangent(logits, exps, total, row_max, row_coefficient, ct_entropy,
     def bound(fn):
         return functools.partial(fn, label_indices=label_indices, label_entries=label_entries)
 
-    args = (logits, exps, total, row_max, row_coefficient, ct_entropy, top_indices, top_entries)
-    if not _uses_kernel(logits):
-        return bound(_logits_cotangent_xla)(*args)
-    return lax.platform_dependent(*args, cpu=bound(_logits_cotangent_kernel),
-                                  default=bound(_logits_cotangent_xla))
+    return _kernel_or_xla(
+        bound(_logits_cotangent_kernel), bound(_logits_cotangent_xla),
+        logits, exps, total, row_max, row_coefficient, ct_entropy, top_indices, top_entries,
+    )
 
 
 def _backward(label_kind, top_c, residuals, cotangents):
