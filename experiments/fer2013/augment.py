@@ -21,7 +21,7 @@ NUM_TEN_CROPS = 10
 
 
 def five_crop_offsets(size: int, crop: int) -> tuple:
-    """(top, left) of torchvision's five_crop: top-left, top-right, bottom-left, bottom-right, centre."""
+    """(top, left) of torchvision's five_crop: corners tl, tr, bl, br, then the centre."""
     far = size - crop
     centre = int(round(far / 2.0))
     return ((0, 0), (0, far), (far, 0), (far, far), (centre, centre))

@@ -136,7 +136,7 @@ def _decode_gray(path: str) -> np.ndarray:
 
 
 def _stack_faces(images: list, names: list, where: str) -> np.ndarray:
-    """Stacks [S, S] faces to uint8 [N, S, S, 1]; raises DataError unless all are one square size."""
+    """Stacks [S, S] faces as uint8 [N, S, S, 1]; raises DataError unless all are one size."""
     shapes = {im.shape for im in images}
     if len(shapes) != 1 or any(h != w for h, w in shapes):
         bad = next(n for n, im in zip(names, images) if im.shape != images[0].shape
