@@ -1,48 +1,84 @@
 r"""Accuracy, likelihood and calibration metrics.
 
-Per-example metrics (`top_k_accuracy`, `negative_log_likelihood`, `brier_score`) return one value per
-example; reduce them yourself. Calibration metrics are built on `CalibrationStats`, per-bin integer
-counts and sums that add up exactly: stats of several batches, merged with
-`merge_calibration_stats` (or summed across devices with ``jax.lax.psum``), are bit-identical to the
-stats of all examples at once, and so is every metric computed from them.
+Per-example metrics (`top_k_accuracy`, `negative_log_likelihood`, `brier_score`) return one value
+per example; reduce them yourself. Calibration metrics are built on `CalibrationStats`, per-bin
+integer counts and sums that add up exactly: stats of several batches merged with
+`merge_calibration_stats` are bit-identical to the stats of all examples at once, stats summed with
+``+`` or across devices with ``jax.lax.psum`` hold the same sums, and every metric computed from
+them is bit-identical too.
 
-Confidences enter the stats as fixed-point integers with a resolution of 2^-20 (error < 4.8e-7 per
-example, below float32 rounding of a probability near 1), held in two int32 limbs so that sums stay
-exact up to about two million examples per stats object.
+Labels and invalid predictions (every function here):
+
+* Integer labels in ``[-K, K)`` are valid for ``K`` classes; a negative id counts from the end
+  (``-1`` is class ``K - 1``). A label outside ``[-K, K)`` is never a correct prediction: its top-k
+  accuracy is 0, its NLL and Brier score are NaN, and in the calibration stats it counts as wrong.
+* A row of logits with a NaN entry is never correct (top-k accuracy 0); its NLL is NaN.
+* A row of probabilities that is not a distribution (a NaN entry, an entry outside ``[0, 1]``, or a
+  sum off 1 by more than ``max(0.01, 8 eps)`` of its dtype) has a NaN Brier score if NaN, and is
+  counted in ``CalibrationStats.invalid`` instead of a bin; every calibration metric computed from
+  stats that saw such a row is NaN. Values are not known at trace time, so this is how a diverged
+  model, or logits passed where probabilities are expected, shows.
+
+Confidences enter the stats as fixed-point integers :math:`q = \mathrm{round}(2^{20} c)` (error
+< 4.8e-7 per example, below float32 rounding of a probability near 1). A bin's sum of ``q`` is held
+in three int32 limbs of weights :math:`2^{20}, 2^{10}, 1` (whole confidences, then 1/1024ths, then
+1/1048576ths), the lower two in ``[0, 1024)`` after a carry. Every field is then exact up to
+:math:`2^{31} - 1` examples per bin, and `calibration_stats` takes any batch below that size (it
+sums runs of :math:`2^{20}` examples separately). `calibration_stats` and `merge_calibration_stats`
+carry; adding stats with ``+`` or ``jax.lax.psum`` instead leaves the lower limbs un-carried but
+exact for at least :math:`2^{21}` such additions, and every ``*_from_stats`` function carries
+before it reads them. `merge_calibration_stats` marks a field that overflows with -1 (and keeps it
+so), and a negative field makes every metric NaN, so an overflow never goes unnoticed there.
 
 Binning follows Guo et al. (2017) and their reference code: ``num_bins`` equal-width bins over
-[0, 1], bin ``m`` is the half-open interval ``(m/M, (m+1)/M]`` and a confidence of exactly 0 falls in
-the first bin.
+[0, 1], bin ``m`` is the half-open interval ``(m/M, (m+1)/M]`` and a confidence of exactly 0 falls
+in the first bin.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gsc_jax import _losses
+from gsc_jax import _examples
 from gsc_jax import _validation
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 
 _FRACTION_BITS = 20
-_LOW_BITS = 10
+_LIMB_BITS = 10
+_LIMB_MASK = (1 << _LIMB_BITS) - 1
+# Examples summed per partial sum in `calibration_stats`: 1023 * 2**20 plus carries stays < 2**31.
+_CHUNK = 1 << 20
+_MAX_EXAMPLES = 2**31 - 1
 
 
-def _check_probs_labels(probs, labels) -> tuple[Array, Array]:
-    """Validates ``probs [..., K]`` and integer ``labels [...]``; returns them flattened to 2-D/1-D."""
+def _check_probs_labels(probs, labels) -> tuple[Array, Array, tuple[int, ...]]:
+    """Checks ``probs [..., K]`` and int ``labels [...]``; returns both flat and the batch shape."""
     probs = _validation.check_float_array("probs", probs)
     if probs.ndim < 1:
         raise ValueError("`probs` must have a class axis, got a scalar.")
     _validation.check_num_classes(probs, probs.ndim - 1, name="probs")
-    labels = jnp.asarray(labels)
+    labels = _examples.as_labels(labels)
     if _validation.label_kind(labels, probs, probs.ndim - 1) != "int":
-        raise ValueError("`labels` must be integer class ids of the probs' shape without the class axis.")
-    return probs.reshape(-1, probs.shape[-1]), labels.reshape(-1)
+        raise ValueError(
+            "`labels` must be integer class ids of the probs' shape without the class axis."
+        )
+    return probs.reshape(-1, probs.shape[-1]), labels.reshape(-1), labels.shape
+
+
+def _check_int_labels(labels, logits, name: str) -> Array:
+    labels = _examples.as_labels(labels)
+    if _validation.label_kind(labels, logits, logits.ndim - 1) != "int":
+        raise ValueError(
+            f"`labels` must be integer class ids of the {name}' shape without the class axis."
+        )
+    return labels
 
 
 def _check_num_bins(num_bins) -> int:
@@ -51,47 +87,92 @@ def _check_num_bins(num_bins) -> int:
     return int(num_bins)
 
 
+def _sum_tolerance(dtype) -> float:
+    """How far from 1 a row of probabilities of this dtype may sum: ``max(0.01, 8 eps)``."""
+    return max(0.01, 8 * float(jnp.finfo(dtype).eps))
+
+
 def top_k_accuracy(logits: ArrayLike, labels: ArrayLike, *, k: int = 1) -> Array:
     """1.0 where the label is among the ``k`` highest logits, else 0.0; shape ``[...]``.
 
     Ties count in the label's favour: the label is in the top k when fewer than ``k`` classes have a
-    strictly higher score.
+    strictly higher score. A row with a NaN logit, or a label outside ``[-K, K)``, scores 0.0;
+    negative labels count from the end.
+
+    Args:
+      logits: ``[..., K]`` scores.
+      labels: ``[...]`` integer class ids.
+      k: ``1 <= k <= K``.
     """
     logits = _validation.check_float_array("logits", logits)
     num_classes = _validation.check_num_classes(logits, logits.ndim - 1)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_classes:
         raise ValueError(f"`k` must be an int in [1, {num_classes}], got {k!r}.")
-    labels = jnp.asarray(labels)
-    if _validation.label_kind(labels, logits, logits.ndim - 1) != "int":
-        raise ValueError("`labels` must be integer class ids.")
-    label_scores = jnp.take_along_axis(logits, labels[..., None], axis=-1)
+    labels = _check_int_labels(labels, logits, "logits")
+    ids, valid = _examples.class_ids(labels, num_classes)
+    label_scores = jnp.take_along_axis(logits, ids[..., None], axis=-1)
     num_higher = jnp.sum(logits > label_scores, axis=-1)
-    return (num_higher < k).astype(jnp.float32)
+    has_nan = jnp.any(jnp.isnan(logits), axis=-1)
+    return ((num_higher < k) & valid & ~has_nan).astype(jnp.float32)
 
 
 def negative_log_likelihood(logits: ArrayLike, labels: ArrayLike) -> Array:
-    r"""Per-example :math:`-\log \mathrm{softmax}(z)_y`, shape ``[...]`` (integer labels)."""
-    return _losses.cross_entropy(logits, labels)
+    r"""Per-example :math:`-\log \mathrm{softmax}(z)_y`, shape ``[...]``.
+
+    Args:
+      logits: ``[..., K]`` scores (16-bit floats are computed in float32).
+      labels: ``[...]`` integer class ids; negative ids count from the end.
+
+    Returns:
+      ``[...]`` NLL; NaN for a row with a NaN logit or a label outside ``[-K, K)``.
+    """
+    logits = _validation.check_float_array("logits", logits)
+    num_classes = _validation.check_num_classes(logits, logits.ndim - 1)
+    labels = _check_int_labels(labels, logits, "logits")
+    ids, valid = _examples.class_ids(labels, num_classes)
+    log_probs = jax.nn.log_softmax(logits.astype(_validation.compute_dtype(logits.dtype)), axis=-1)
+    nll = -jnp.take_along_axis(log_probs, ids[..., None], axis=-1)[..., 0]
+    return jnp.where(valid, nll, jnp.nan)
 
 
 def brier_score(probs: ArrayLike, labels: ArrayLike) -> Array:
-    r"""Per-example multi-class Brier score :math:`\sum_i (p_i - [i = y])^2`, shape ``[...]``."""
+    r"""Per-example multi-class Brier score :math:`\sum_i (p_i - [i = y])^2`, shape ``[...]``.
+
+    Args:
+      probs: ``[..., K]`` probabilities (16-bit floats are computed in float32).
+      labels: ``[...]`` integer class ids; negative ids count from the end.
+
+    Returns:
+      ``[...]`` scores; NaN for a row with a NaN probability or a label outside ``[-K, K)``.
+    """
     probs = _validation.check_float_array("probs", probs)
-    _validation.check_num_classes(probs, probs.ndim - 1, name="probs")
-    labels = jnp.asarray(labels)
-    if _validation.label_kind(labels, probs, probs.ndim - 1) != "int":
-        raise ValueError("`labels` must be integer class ids.")
-    one_hot = jax.nn.one_hot(labels, probs.shape[-1], dtype=probs.dtype)
-    return jnp.sum(jnp.square(probs - one_hot), axis=-1)
+    num_classes = _validation.check_num_classes(probs, probs.ndim - 1, name="probs")
+    labels = _check_int_labels(labels, probs, "probs")
+    ids, valid = _examples.class_ids(labels, num_classes)
+    probs = probs.astype(_validation.compute_dtype(probs.dtype))
+    one_hot = jax.nn.one_hot(ids, num_classes, dtype=probs.dtype)
+    return jnp.where(valid, jnp.sum(jnp.square(probs - one_hot), axis=-1), jnp.nan)
 
 
 class CalibrationStats(NamedTuple):
-    """Per-bin sums over equal-width confidence bins; add two to merge them."""
+    """Per-bin integer sums over equal-width confidence bins (merge: `merge_calibration_stats`)."""
 
-    count: Array  # [num_bins] int32: examples whose top-1 confidence falls in the bin.
+    count: Array  # [num_bins] int32: valid examples whose top-1 confidence falls in the bin.
     correct: Array  # [num_bins] int32: of those, how many have a correct top-1 prediction.
-    confidence_high: Array  # [num_bins] int32: sum of q >> 10, q = round(confidence * 2**20).
-    confidence_low: Array  # [num_bins] int32: sum of q & 1023.
+    # [num_bins, 3] int32: their sum of q = round(confidence * 2**20) as limbs of weights
+    # (2**20, 2**10, 1), i.e. whole confidences, 1/1024ths and 1/1048576ths.
+    confidence: Array
+    invalid: Array  # [] int32: examples whose probabilities are not a distribution (not binned).
+
+
+def _normalize_confidence(confidence: Array) -> Array:
+    """Carries the lower limbs into ``[0, 1024)``; a negative (overflowed) bin becomes all -1."""
+    whole, mid, low = confidence[..., 0], confidence[..., 1], confidence[..., 2]
+    mid_carried = (mid & _LIMB_MASK) + (low >> _LIMB_BITS)
+    new_whole = whole + (mid >> _LIMB_BITS) + (mid_carried >> _LIMB_BITS)
+    carried = jnp.stack([new_whole, mid_carried & _LIMB_MASK, low & _LIMB_MASK], axis=-1)
+    overflowed = (whole < 0) | (mid < 0) | (low < 0) | (new_whole < 0)
+    return jnp.where(overflowed[..., None], -1, carried)
 
 
 def calibration_stats(
@@ -99,77 +180,171 @@ def calibration_stats(
     labels: ArrayLike,
     *,
     num_bins: int = 15,
-    where: Optional[ArrayLike] = None,
+    example_mask: Optional[ArrayLike] = None,
 ) -> CalibrationStats:
     """Bins the top-1 confidence of each example and sums counts, hits and confidences per bin.
 
+    An example is correct when the argmax of its probabilities equals its label (a label outside
+    ``[-K, K)`` is never correct; negative labels count from the end). An example whose
+    probabilities are not a distribution (a NaN, an entry outside ``[0, 1]``, or a sum off 1 by more
+    than ``max(0.01, 8 eps)`` of the probs' dtype; e.g. logits passed by mistake) is counted in
+    ``invalid`` and in no bin, and makes every metric computed from the stats NaN.
+
     Args:
-      probs: ``[..., K]`` predicted probabilities (e.g. ``jax.nn.softmax(logits)``).
+      probs: ``[..., K]`` predicted probabilities (e.g. ``jax.nn.softmax(logits)``), floating point.
       labels: ``[...]`` integer class ids.
       num_bins: number of equal-width bins ``M >= 1`` (Guo et al. use 15).
-      where: optional ``[...]`` boolean example mask; False examples (padding) are not counted.
+      example_mask: optional boolean mask of the labels' shape ``[...]``; False examples (padding)
+        are not counted anywhere.
 
     Returns:
-      `CalibrationStats` with ``[num_bins]`` int32 fields.
+      `CalibrationStats` of int32 arrays: ``count`` and ``correct`` ``[M]``, ``confidence``
+      ``[M, 3]``, ``invalid`` ``[]``.
     """
     num_bins = _check_num_bins(num_bins)
-    probs, labels = _check_probs_labels(probs, labels)
-    probs = probs.astype(_validation.compute_dtype(probs.dtype))
-    confidence = jnp.clip(jnp.max(probs, axis=-1), 0.0, 1.0)
-    correct = (jnp.argmax(probs, axis=-1) == labels).astype(jnp.int32)
-    bins = jnp.clip(jnp.ceil(confidence * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1)
-    quanta = jnp.round(confidence * 2**_FRACTION_BITS).astype(jnp.int32)
-    weight = jnp.ones_like(correct)
-    if where is not None:
-        weight = jnp.asarray(where, bool).reshape(-1).astype(jnp.int32)
-
-    def per_bin(values):
-        return jax.ops.segment_sum(values * weight, bins, num_segments=num_bins)
-
-    return CalibrationStats(
-        count=per_bin(jnp.ones_like(correct)),
-        correct=per_bin(correct),
-        confidence_high=per_bin(quanta >> _LOW_BITS),
-        confidence_low=per_bin(quanta & ((1 << _LOW_BITS) - 1)),
+    probs, labels, batch_shape = _check_probs_labels(probs, labels)
+    example_mask = _examples.check_example_mask(example_mask, batch_shape)
+    if example_mask is not None:
+        example_mask = example_mask.reshape(-1)
+    num_examples = probs.shape[0]
+    if num_examples > _MAX_EXAMPLES:
+        raise ValueError(
+            f"`calibration_stats` takes at most {_MAX_EXAMPLES} examples per call, got "
+            f"{num_examples}; compute stats of smaller batches and merge them."
+        )
+    return _calibration_stats(
+        probs, labels, example_mask, num_bins=num_bins, tolerance=_sum_tolerance(probs.dtype)
     )
 
 
+@functools.partial(jax.jit, static_argnames=("num_bins", "tolerance"))
+def _calibration_stats(probs, labels, example_mask, *, num_bins: int, tolerance: float):
+    """`calibration_stats` after its checks, on ``probs [N, K]``, ``labels [N]``, a mask ``[N]``."""
+    num_examples, num_classes = probs.shape
+    probs = probs.astype(_validation.compute_dtype(probs.dtype))
+    is_distribution = jnp.all((probs >= 0) & (probs <= 1), axis=-1) & (
+        jnp.abs(jnp.sum(probs, axis=-1) - 1) <= tolerance
+    )
+    takes_part = jnp.ones((num_examples,), bool) if example_mask is None else example_mask
+    binned = takes_part & is_distribution
+
+    confidence = jnp.where(is_distribution, jnp.max(probs, axis=-1), 0.0)
+    ids, label_valid = _examples.class_ids(labels, num_classes)
+    correct = (jnp.argmax(probs, axis=-1) == ids) & label_valid
+    bins = jnp.clip(jnp.ceil(confidence * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1)
+    quanta = jnp.round(confidence * 2**_FRACTION_BITS).astype(jnp.int32)
+    values = jnp.stack(
+        [
+            jnp.ones_like(quanta),
+            correct.astype(jnp.int32),
+            quanta >> (2 * _LIMB_BITS),
+            (quanta >> _LIMB_BITS) & _LIMB_MASK,
+            quanta & _LIMB_MASK,
+        ],
+        axis=-1,
+    ) * binned[:, None].astype(jnp.int32)
+    # Sum each run of _CHUNK examples separately so that no int32 partial sum can overflow.
+    num_chunks = max(1, -(-num_examples // _CHUNK))
+    segments = bins + num_bins * (jnp.arange(num_examples, dtype=jnp.int32) // _CHUNK)
+    sums = jax.ops.segment_sum(values, segments, num_segments=num_bins * num_chunks)
+    sums = sums.reshape(num_chunks, num_bins, values.shape[-1])
+    confidence_sums = jnp.sum(_normalize_confidence(sums[..., 2:]), axis=0, dtype=jnp.int32)
+    return CalibrationStats(
+        count=jnp.sum(sums[..., 0], axis=0, dtype=jnp.int32),
+        correct=jnp.sum(sums[..., 1], axis=0, dtype=jnp.int32),
+        confidence=_normalize_confidence(confidence_sums),
+        invalid=jnp.sum(takes_part & ~is_distribution, dtype=jnp.int32),
+    )
+
+
+def _add_marking_overflow(a: Array, b: Array) -> Array:
+    """``a + b`` of non-negative int32 arrays; -1 where either is negative or the sum overflows."""
+    total = a + b
+    return jnp.where((a < 0) | (b < 0) | (total < 0), -1, total)
+
+
+@jax.jit
 def merge_calibration_stats(a: CalibrationStats, b: CalibrationStats) -> CalibrationStats:
-    """Adds two stats objects with the same number of bins (exact integer sums)."""
+    """Adds two stats objects with the same number of bins (exact integer sums, carried).
+
+    A field that overflows int32 (more than :math:`2^{31} - 1` examples in a bin) becomes -1 and
+    stays -1 in later merges; every metric of such stats is NaN.
+    """
     if a.count.shape != b.count.shape:
         raise ValueError(
             f"Cannot merge stats with {a.count.shape[-1]} and {b.count.shape[-1]} bins."
         )
-    return jax.tree.map(jnp.add, a, b)
+    confidence = _add_marking_overflow(
+        _normalize_confidence(a.confidence), _normalize_confidence(b.confidence)
+    )
+    return CalibrationStats(
+        count=_add_marking_overflow(a.count, b.count),
+        correct=_add_marking_overflow(a.correct, b.correct),
+        confidence=_normalize_confidence(confidence),
+        invalid=_add_marking_overflow(a.invalid, b.invalid),
+    )
 
 
-def _bin_sums(stats: CalibrationStats) -> tuple[Array, Array, Array]:
-    """Float32 ``(count, correct, confidence_sum)`` per bin from the integer stats."""
-    count = stats.count.astype(jnp.float32)
-    correct = stats.correct.astype(jnp.float32)
-    confidence = (
-        stats.confidence_high.astype(jnp.float32) * float(1 << _LOW_BITS)
-        + stats.confidence_low.astype(jnp.float32)
-    ) / float(1 << _FRACTION_BITS)
-    return count, correct, confidence
+def _is_unusable(stats: CalibrationStats, confidence: Array) -> Array:
+    """True if the stats saw an invalid example or a field overflowed (is negative)."""
+    return (
+        jnp.any(stats.invalid != 0)
+        | jnp.any(stats.count < 0)
+        | jnp.any(stats.correct < 0)
+        | jnp.any(confidence < 0)
+    )
 
 
-def expected_calibration_error_from_stats(stats: CalibrationStats) -> Array:
-    r"""ECE (Guo et al. 2017): :math:`\sum_m \frac{|B_m|}{N} |\mathrm{acc}(B_m) - \mathrm{conf}(B_m)|`.
+def _confidence_terms(correct: Array, confidence: Array) -> tuple[Array, Array]:
+    """Float32 ``(correct - confidence sum, confidence sum)`` from carried int limbs.
 
-    Empty bins contribute 0; no examples gives 0. Returns a float32 scalar.
+    The whole part is subtracted from ``correct`` in exact integer arithmetic, so the gap is rounded
+    once however large the counts.
     """
-    count, correct, confidence = _bin_sums(stats)
-    return jnp.sum(jnp.abs(correct - confidence)) / jnp.maximum(jnp.sum(count), 1.0)
+    whole = confidence[..., 0]
+    fraction = (
+        (confidence[..., 1] * (1 << _LIMB_BITS) + confidence[..., 2]).astype(jnp.float32)
+        / float(1 << _FRACTION_BITS)
+    )
+    gap = (correct - whole).astype(jnp.float32) - fraction
+    return gap, whole.astype(jnp.float32) + fraction
 
 
+def _nan_if(unusable: Array, value: Array) -> Array:
+    return jnp.where(unusable, jnp.nan, value)
+
+
+@jax.jit
+def expected_calibration_error_from_stats(stats: CalibrationStats) -> Array:
+    r"""ECE (Guo et al. 2017).
+
+    .. math::
+        \mathrm{ECE} = \sum_m \frac{|B_m|}{N} |\mathrm{acc}(B_m) - \mathrm{conf}(B_m)|
+
+    Empty bins contribute 0; no examples gives 0; stats with an invalid example or an overflowed
+    field give NaN. Returns a float32 scalar.
+    """
+    confidence = _normalize_confidence(stats.confidence)
+    gap, _ = _confidence_terms(stats.correct, confidence)
+    total = jnp.maximum(jnp.sum(stats.count.astype(jnp.float32)), 1.0)
+    return _nan_if(_is_unusable(stats, confidence), jnp.sum(jnp.abs(gap)) / total)
+
+
+@jax.jit
 def maximum_calibration_error_from_stats(stats: CalibrationStats) -> Array:
-    r"""MCE: :math:`\max_m |\mathrm{acc}(B_m) - \mathrm{conf}(B_m)|` over non-empty bins (0 if none)."""
-    count, correct, confidence = _bin_sums(stats)
-    gaps = jnp.abs(correct - confidence) / jnp.maximum(count, 1.0)
-    return jnp.max(jnp.where(count > 0, gaps, 0.0))
+    r"""MCE: :math:`\max_m |\mathrm{acc}(B_m) - \mathrm{conf}(B_m)|` over non-empty bins.
+
+    0 if there are no examples; NaN if the stats saw an invalid example or a field overflowed.
+    """
+    confidence = _normalize_confidence(stats.confidence)
+    gap, _ = _confidence_terms(stats.correct, confidence)
+    count = stats.count.astype(jnp.float32)
+    gaps = jnp.abs(gap) / jnp.maximum(count, 1.0)
+    mce = jnp.max(jnp.where(count > 0, gaps, 0.0))
+    return _nan_if(_is_unusable(stats, confidence), mce)
 
 
+@functools.partial(jax.jit, static_argnames="num_bins")
 def adaptive_calibration_error_from_stats(
     fine_stats: CalibrationStats, *, num_bins: int = 15
 ) -> Array:
@@ -186,51 +361,70 @@ def adaptive_calibration_error_from_stats(
       num_bins: number of equal-mass groups ``M``.
 
     Returns:
-      float32 scalar.
+      float32 scalar; NaN if the stats saw an invalid example or a field overflowed.
     """
     num_bins = _check_num_bins(num_bins)
-    count, correct, confidence = _bin_sums(fine_stats)
+    confidence = _normalize_confidence(fine_stats.confidence)
+    count = fine_stats.count.astype(jnp.float32)
     total = jnp.maximum(jnp.sum(count), 1.0)
     mass_midpoint = jnp.cumsum(count) - 0.5 * count
     group = jnp.clip(jnp.floor(num_bins * mass_midpoint / total).astype(jnp.int32), 0, num_bins - 1)
-    group_correct = jax.ops.segment_sum(correct, group, num_segments=num_bins)
-    group_confidence = jax.ops.segment_sum(confidence, group, num_segments=num_bins)
-    return jnp.sum(jnp.abs(group_correct - group_confidence)) / total
+
+    def group_sum(values):
+        return jax.ops.segment_sum(values, group, num_segments=num_bins)
+
+    group_gap, _ = _confidence_terms(
+        group_sum(fine_stats.correct), _normalize_confidence(group_sum(confidence))
+    )
+    ace = jnp.sum(jnp.abs(group_gap)) / total
+    return _nan_if(_is_unusable(fine_stats, confidence), ace)
 
 
+@jax.jit
 def reliability_diagram(stats: CalibrationStats) -> dict[str, Array]:
     """Per-bin data for a reliability diagram.
 
     Returns:
       dict of ``[num_bins]`` arrays: ``bin_lower``, ``bin_upper``, ``count``, ``accuracy`` and
-      ``confidence`` (the mean accuracy and confidence in the bin; 0 for empty bins).
+      ``confidence`` (the mean accuracy and confidence in the bin; 0 for empty bins, NaN everywhere
+      if the stats saw an invalid example or a field overflowed).
     """
-    count, correct, confidence = _bin_sums(stats)
-    num_bins = count.shape[0]
+    confidence = _normalize_confidence(stats.confidence)
+    _, confidence_sum = _confidence_terms(stats.correct, confidence)
+    num_bins = stats.count.shape[0]
     edges = jnp.linspace(0.0, 1.0, num_bins + 1)
-    safe_count = jnp.maximum(count, 1.0)
+    safe_count = jnp.maximum(stats.count.astype(jnp.float32), 1.0)
+    unusable = _is_unusable(stats, confidence)
     return {
         "bin_lower": edges[:-1],
         "bin_upper": edges[1:],
         "count": stats.count,
-        "accuracy": correct / safe_count,
-        "confidence": confidence / safe_count,
+        "accuracy": _nan_if(unusable, stats.correct.astype(jnp.float32) / safe_count),
+        "confidence": _nan_if(unusable, confidence_sum / safe_count),
     }
 
 
 def expected_calibration_error(
-    probs: ArrayLike, labels: ArrayLike, *, num_bins: int = 15, where: Optional[ArrayLike] = None
+    probs: ArrayLike,
+    labels: ArrayLike,
+    *,
+    num_bins: int = 15,
+    example_mask: Optional[ArrayLike] = None,
 ) -> Array:
-    """ECE of ``probs [..., K]`` against integer ``labels [...]`` (see the module docstring)."""
-    stats = calibration_stats(probs, labels, num_bins=num_bins, where=where)
+    """ECE of ``probs [..., K]`` against integer ``labels [...]``; see `calibration_stats`."""
+    stats = calibration_stats(probs, labels, num_bins=num_bins, example_mask=example_mask)
     return expected_calibration_error_from_stats(stats)
 
 
 def maximum_calibration_error(
-    probs: ArrayLike, labels: ArrayLike, *, num_bins: int = 15, where: Optional[ArrayLike] = None
+    probs: ArrayLike,
+    labels: ArrayLike,
+    *,
+    num_bins: int = 15,
+    example_mask: Optional[ArrayLike] = None,
 ) -> Array:
-    """Maximum calibration error over equal-width bins (see `maximum_calibration_error_from_stats`)."""
-    stats = calibration_stats(probs, labels, num_bins=num_bins, where=where)
+    """MCE over equal-width bins; see `maximum_calibration_error_from_stats`."""
+    stats = calibration_stats(probs, labels, num_bins=num_bins, example_mask=example_mask)
     return maximum_calibration_error_from_stats(stats)
 
 
@@ -238,12 +432,18 @@ ADAPTIVE_FINE_BINS = 4096
 
 
 def adaptive_calibration_error(
-    probs: ArrayLike, labels: ArrayLike, *, num_bins: int = 15, where: Optional[ArrayLike] = None
+    probs: ArrayLike,
+    labels: ArrayLike,
+    *,
+    num_bins: int = 15,
+    example_mask: Optional[ArrayLike] = None,
 ) -> Array:
     """Equal-mass ECE with ``num_bins`` groups, resolved on a 4096-bin histogram.
 
     To accumulate it over batches, accumulate ``calibration_stats(..., num_bins=4096)`` and call
     `adaptive_calibration_error_from_stats`.
     """
-    stats = calibration_stats(probs, labels, num_bins=ADAPTIVE_FINE_BINS, where=where)
+    stats = calibration_stats(
+        probs, labels, num_bins=ADAPTIVE_FINE_BINS, example_mask=example_mask
+    )
     return adaptive_calibration_error_from_stats(stats, num_bins=num_bins)

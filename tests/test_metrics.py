@@ -2,11 +2,13 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl.testing import parameterized
 
@@ -76,7 +78,7 @@ class CalibrationTest(parameterized.TestCase):
         padded_probs = np.concatenate([probs, np.full((28, 10), 0.1, np.float32)])
         padded_labels = np.concatenate([labels, np.zeros(28, int)])
         mask = np.arange(128) < 100
-        a = metrics.calibration_stats(padded_probs, padded_labels, where=mask)
+        a = metrics.calibration_stats(padded_probs, padded_labels, example_mask=mask)
         b = metrics.calibration_stats(probs, labels)
         for x, y in zip(a, b):
             np.testing.assert_array_equal(x, y)
@@ -121,6 +123,187 @@ class CalibrationTest(parameterized.TestCase):
             metrics.expected_calibration_error(probs[:, :1], labels)
 
 
+def decoded_stats(stats):
+    """(count, correct, sum of q = round(2**20 * confidence)) per bin as Python-exact int64."""
+    limbs = np.asarray(stats.confidence).astype(np.int64)
+    confidence = (limbs[:, 0] << 20) + (limbs[:, 1] << 10) + limbs[:, 2]
+    return (np.asarray(stats.count).astype(np.int64), np.asarray(stats.correct).astype(np.int64),
+            confidence)
+
+
+class InvalidPredictionsTest(parameterized.TestCase):
+    """NaN probabilities and probabilities that are not a distribution make calibration NaN."""
+
+    def test_all_nan_probabilities_give_nan(self):
+        probs = np.full((6, 4), np.nan, np.float32)
+        labels = np.zeros(6, int)
+        stats = metrics.calibration_stats(probs, labels)
+        self.assertEqual(int(stats.invalid), 6)
+        self.assertEqual(int(stats.count.sum()), 0)
+        self.assertTrue(np.isnan(metrics.expected_calibration_error(probs, labels)))
+        self.assertTrue(np.isnan(metrics.maximum_calibration_error(probs, labels)))
+        self.assertTrue(np.isnan(metrics.adaptive_calibration_error(probs, labels)))
+        diagram = metrics.reliability_diagram(stats)
+        self.assertTrue(np.isnan(diagram["accuracy"]).all())
+        self.assertTrue(np.isnan(diagram["confidence"]).all())
+
+    def test_one_nan_row_poisons_merged_stats_unless_masked(self):
+        _, labels, probs = random_predictions(20, n=64)
+        bad = probs.copy()
+        bad[5, 2] = np.nan
+        good_stats = metrics.calibration_stats(probs, labels)
+        bad_stats = metrics.calibration_stats(bad, labels)
+        self.assertEqual(int(bad_stats.invalid), 1)
+        merged = metrics.merge_calibration_stats(good_stats, bad_stats)
+        self.assertTrue(np.isnan(metrics.expected_calibration_error_from_stats(merged)))
+        mask = np.arange(64) != 5
+        masked = metrics.calibration_stats(bad, labels, example_mask=mask)
+        self.assertEqual(int(masked.invalid), 0)
+        reference = metrics.calibration_stats(probs[mask], labels[mask])
+        for a, b in zip(masked, reference):
+            np.testing.assert_array_equal(a, b)
+
+    def test_logits_passed_as_probabilities_are_invalid(self):
+        logits, labels, _ = random_predictions(21, n=50)
+        stats = metrics.calibration_stats(logits, labels)
+        self.assertEqual(int(stats.invalid), 50)
+        self.assertTrue(np.isnan(metrics.expected_calibration_error(logits, labels)))
+
+    @parameterized.parameters(
+        ("negative entry", [[-0.1, 0.6, 0.5]]),
+        ("entry above 1", [[1.2, 0.0, -0.2]]),
+        ("sums to 0.9", [[0.5, 0.3, 0.1]]),
+        ("infinite entry", [[np.inf, 0.0, 0.0]]),
+    )
+    def test_rows_that_are_not_distributions(self, _, probs):
+        probs = np.asarray(probs, np.float32)
+        self.assertEqual(int(metrics.calibration_stats(probs, np.zeros(1, int)).invalid), 1)
+
+    @parameterized.parameters(np.float32, jnp.bfloat16, np.float16)
+    def test_softmax_in_low_precision_is_a_distribution(self, dtype):
+        rng = np.random.default_rng(22)
+        logits = jnp.asarray(rng.normal(size=(64, 1000)) * 4, dtype)
+        probs = jax.nn.softmax(logits, axis=-1)
+        stats = metrics.calibration_stats(probs, np.zeros(64, int))
+        self.assertEqual(int(stats.invalid), 0)
+        self.assertEqual(int(stats.count.sum()), 64)
+
+    def test_out_of_range_labels_count_as_wrong_and_negative_labels_wrap(self):
+        _, labels, probs = random_predictions(23, n=300)
+        predicted = probs.argmax(-1)
+        out_of_range = np.where(np.arange(300) % 3 == 0, np.where(np.arange(300) % 2 == 0, 10, -11),
+                                labels)
+        expected = metrics.calibration_stats(probs, np.where(out_of_range == labels, labels,
+                                                             (predicted + 1) % 10))
+        for a, b in zip(metrics.calibration_stats(probs, out_of_range), expected):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(metrics.calibration_stats(probs, labels - 10),
+                        metrics.calibration_stats(probs, labels)):
+            np.testing.assert_array_equal(a, b)
+
+
+class ExactAccumulationTest(parameterized.TestCase):
+    """Per-bin sums stay exact far beyond 2**31 / 2**10 examples."""
+
+    @staticmethod
+    def confident_chunk(rng, n):
+        """Two-class predictions, about 80 % of them in the top of 15 bins."""
+        u = rng.random(n, dtype=np.float32)
+        confidence = np.float32(1) - np.float32(0.5) * u * u
+        probs = np.stack([confidence, 1 - confidence], axis=-1)
+        labels = (rng.random(n, dtype=np.float32) >= 0.95 * confidence).astype(np.int32)
+        return probs, labels
+
+    def test_three_batches_of_a_million_confident_examples(self):
+        probs = np.tile(np.array([[1.0, 0.0]], np.float32), (1_000_000, 1))
+        labels = np.zeros(1_000_000, np.int32)
+        stats = jax.jit(metrics.calibration_stats)(probs, labels)
+        merged = metrics.merge_calibration_stats(stats, stats)
+        merged = metrics.merge_calibration_stats(merged, stats)
+        self.assertEqual(float(metrics.expected_calibration_error_from_stats(merged)), 0.0)
+        self.assertEqual(float(metrics.maximum_calibration_error_from_stats(merged)), 0.0)
+        np.testing.assert_array_equal(merged.confidence[-1], [3_000_000, 0, 0])
+
+    def test_ten_million_examples_exact_and_equal_to_float64_ece(self):
+        rng = np.random.default_rng(24)
+        num_bins, chunk, num_chunks = 15, 1_000_000, 10
+        stats_fn = jax.jit(metrics.calibration_stats)
+        merged = summed = None
+        exact = np.zeros((3, num_bins), np.int64)
+        brute = np.zeros((3, num_bins))  # count, correct, confidence sum in float64
+        edges = np.linspace(0.0, 1.0, num_bins + 1)
+        first_three = []
+        for _ in range(num_chunks):
+            probs, labels = self.confident_chunk(rng, chunk)
+            stats = stats_fn(probs, labels)
+            if len(first_three) < 3:
+                first_three.append((probs, labels))
+            merged = stats if merged is None else metrics.merge_calibration_stats(merged, stats)
+            summed = stats if summed is None else jax.tree.map(jnp.add, summed, stats)
+
+            confidence = probs.max(-1)
+            correct = probs.argmax(-1) == labels
+            bins = np.ceil(confidence * np.float32(num_bins)).astype(int) - 1
+            bins = np.clip(bins, 0, num_bins - 1)
+            quanta = np.round(confidence.astype(np.float64) * 2**20)
+            exact[0] += np.bincount(bins, minlength=num_bins)
+            exact[1] += np.bincount(bins, weights=correct, minlength=num_bins).astype(np.int64)
+            exact[2] += np.bincount(bins, weights=quanta, minlength=num_bins).astype(np.int64)
+            confidence64 = confidence.astype(np.float64)
+            bins64 = np.clip(np.searchsorted(edges, confidence64, side="left") - 1, 0, num_bins - 1)
+            brute[0] += np.bincount(bins64, minlength=num_bins)
+            brute[1] += np.bincount(bins64, weights=correct, minlength=num_bins)
+            brute[2] += np.bincount(bins64, weights=confidence64, minlength=num_bins)
+
+        self.assertGreater(exact[0, -1], 2**31 // 2**10)  # more than the top bin held before
+        for got, want in zip(decoded_stats(merged), exact):
+            np.testing.assert_array_equal(got, want)
+        self.assertEqual(int(merged.invalid), 0)
+        expected_ece = np.abs(brute[1] - brute[2]).sum() / brute[0].sum()
+        ece = float(metrics.expected_calibration_error_from_stats(merged))
+        np.testing.assert_allclose(ece, expected_ece, atol=1e-6)
+        self.assertEqual(ece, float(metrics.expected_calibration_error_from_stats(summed)))
+        self.assertEqual(float(metrics.maximum_calibration_error_from_stats(merged)),
+                         float(metrics.maximum_calibration_error_from_stats(summed)))
+
+        probs = np.concatenate([p for p, _ in first_three])
+        labels = np.concatenate([y for _, y in first_three])
+        one_shot = stats_fn(probs, labels)
+        parts = [stats_fn(p, y) for p, y in first_three]
+        batched = metrics.merge_calibration_stats(*parts[:2])
+        batched = metrics.merge_calibration_stats(batched, parts[2])
+        for a, b in zip(one_shot, batched):
+            np.testing.assert_array_equal(a, b)
+
+    def test_overflow_is_marked_and_gives_nan(self):
+        stats = metrics.calibration_stats(np.eye(3, dtype=np.float32), np.arange(3), num_bins=3)
+        big = stats._replace(count=stats.count.at[-1].set(2**31 - 2),
+                             correct=stats.correct.at[-1].set(2**31 - 2))
+        merged = metrics.merge_calibration_stats(big, stats)
+        self.assertEqual(int(merged.count[-1]), -1)
+        merged = metrics.merge_calibration_stats(merged, stats)
+        self.assertEqual(int(merged.count[-1]), -1)
+        for metric in (metrics.expected_calibration_error_from_stats,
+                       metrics.maximum_calibration_error_from_stats):
+            self.assertTrue(np.isnan(metric(merged)))
+
+    def test_many_plain_additions_equal_merges(self):
+        _, labels, probs = random_predictions(25, n=4000)
+        stats_fn = jax.jit(lambda p, y: metrics.calibration_stats(p, y, num_bins=10))
+        parts = [stats_fn(probs[i : i + 4], labels[i : i + 4]) for i in range(0, 4000, 4)]
+        summed, merged = parts[0], parts[0]
+        for part in parts[1:]:
+            summed = jax.tree.map(jnp.add, summed, part)
+            merged = metrics.merge_calibration_stats(merged, part)
+        self.assertGreater(int(summed.confidence[:, 2].max()), 1024)  # not carried
+        whole = stats_fn(probs, labels)
+        for a, b in zip(whole, merged):
+            np.testing.assert_array_equal(a, b)
+        for metric in (metrics.expected_calibration_error_from_stats,
+                       metrics.maximum_calibration_error_from_stats):
+            self.assertEqual(float(metric(summed)), float(metric(whole)))
+
+
 class PerExampleMetricsTest(parameterized.TestCase):
     def test_top_k_nll_brier(self):
         logits, labels, probs = random_predictions(12, n=50)
@@ -141,6 +324,93 @@ class PerExampleMetricsTest(parameterized.TestCase):
             metrics.top_k_accuracy(logits, labels, k=11)
 
 
+class LabelAndNaNRulesTest(parameterized.TestCase):
+    """Labels in [-K, K) are valid (negative: from the end); others and NaN rows are never right."""
+
+    def setUp(self):
+        super().setUp()
+        self.logits, self.labels, self.probs = random_predictions(30, n=40)
+
+    def test_nan_logits_are_never_correct(self):
+        logits = self.logits.copy()
+        logits[:3] = np.nan
+        logits[3, 4] = np.nan
+        for k in (1, 5, 10):
+            accuracy = metrics.top_k_accuracy(logits, self.labels, k=k)
+            np.testing.assert_array_equal(accuracy[:4], 0.0)
+        np.testing.assert_array_equal(metrics.top_k_accuracy(logits, self.labels, k=10)[4:], 1.0)
+        nll = metrics.negative_log_likelihood(logits, self.labels)
+        self.assertTrue(np.isnan(nll[:4]).all())
+        self.assertTrue(np.isfinite(nll[4:]).all())
+
+    @parameterized.parameters(np.int8, np.int32, np.uint8, np.uint32, np.int64)
+    def test_out_of_range_labels(self, dtype):
+        info = np.iinfo(dtype)
+        bad = np.array([10, 11, info.max] + ([-11, info.min] if info.min < 0 else []), dtype)
+        logits = np.zeros((len(bad), 10), np.float32)  # all classes tie: any valid label is top-1
+        np.testing.assert_array_equal(metrics.top_k_accuracy(logits, bad, k=10), 0.0)
+        self.assertTrue(np.isnan(metrics.negative_log_likelihood(logits, bad)).all())
+        self.assertTrue(np.isnan(metrics.brier_score(jax.nn.softmax(logits), bad)).all())
+        stats = metrics.calibration_stats(jax.nn.softmax(logits), bad)
+        self.assertEqual(int(stats.count.sum()), len(bad))
+        self.assertEqual(int(stats.correct.sum()), 0)
+
+    def test_negative_labels_count_from_the_end(self):
+        wrapped = self.labels - 10
+        for k in (1, 3):
+            np.testing.assert_array_equal(metrics.top_k_accuracy(self.logits, wrapped, k=k),
+                                          metrics.top_k_accuracy(self.logits, self.labels, k=k))
+        np.testing.assert_array_equal(metrics.negative_log_likelihood(self.logits, wrapped),
+                                      metrics.negative_log_likelihood(self.logits, self.labels))
+        np.testing.assert_array_equal(metrics.brier_score(self.probs, wrapped),
+                                      metrics.brier_score(self.probs, self.labels))
+        np.testing.assert_array_equal(metrics.brier_score(self.probs, np.full(40, -1, np.int8)),
+                                      metrics.brier_score(self.probs, np.full(40, 9)))
+
+    def test_nan_probabilities_give_nan_brier(self):
+        probs = self.probs.copy()
+        probs[0, 1] = np.nan
+        brier = metrics.brier_score(probs, self.labels)
+        self.assertTrue(np.isnan(brier[0]))
+        self.assertTrue(np.isfinite(brier[1:]).all())
+
+
+class ExampleMaskTest(parameterized.TestCase):
+    """`example_mask` must have exactly the labels' shape and be boolean."""
+
+    @parameterized.parameters(((1,),), ((3,),), ((4, 1),), ((2, 2),))
+    def test_wrong_shape_raises_naming_the_expected_shape(self, shape):
+        probs = np.full((4, 3), 1 / 3, np.float32)
+        labels = np.zeros(4, int)
+        mask = np.ones(shape, bool)
+        for fn in (metrics.calibration_stats, metrics.expected_calibration_error,
+                   metrics.maximum_calibration_error, metrics.adaptive_calibration_error):
+            message = rf"`example_mask`.*\(4,\).*got shape {re.escape(str(shape))}"
+            with self.assertRaisesRegex(ValueError, message):
+                fn(probs, labels, example_mask=mask)
+        with self.assertRaisesRegex(ValueError, r"`example_mask`.*\(4,\)"):
+            gsc_jax.fit_temperature(np.log(probs), labels, example_mask=mask)
+
+    def test_non_boolean_mask_raises(self):
+        with self.assertRaisesRegex(TypeError, "example_mask"):
+            metrics.calibration_stats(np.full((4, 3), 1 / 3, np.float32), np.zeros(4, int),
+                                      example_mask=np.ones(4, np.float32))
+
+    def test_multi_axis_batch(self):
+        _, labels, probs = random_predictions(31, n=60)
+        mask = np.arange(60) % 4 != 0
+        a = metrics.calibration_stats(probs.reshape(6, 10, 10), labels.reshape(6, 10),
+                                      example_mask=mask.reshape(6, 10))
+        b = metrics.calibration_stats(probs[mask], labels[mask])
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+
+    def test_where_is_no_longer_an_example_mask(self):
+        with self.assertRaises(TypeError):
+            metrics.calibration_stats(np.full((4, 3), 1 / 3, np.float32), np.zeros(4, int),
+                                      where=np.ones(4, bool))
+
+
 class TemperatureScalingTest(parameterized.TestCase):
     def test_recovers_the_generating_temperature_and_minimises_nll(self):
         rng = np.random.default_rng(0)
@@ -155,6 +425,48 @@ class TemperatureScalingTest(parameterized.TestCase):
             return float(metrics.negative_log_likelihood(base / t, labels).mean())
 
         self.assertLessEqual(nll(fitted), min(nll(fitted * 0.97), nll(fitted * 1.03)))
+
+    def test_nan_logits_give_nan_not_a_bracket_end(self):
+        logits = np.full((4, 3), np.nan, np.float32)
+        self.assertTrue(np.isnan(gsc_jax.fit_temperature(logits, np.zeros(4, int))))
+        rng = np.random.default_rng(1)
+        logits = rng.normal(size=(50, 4)).astype(np.float32)
+        labels = rng.integers(0, 4, 50)
+        fitted = float(gsc_jax.fit_temperature(logits, labels))
+        for row, value in ((7, np.nan), (8, np.inf)):
+            poisoned = logits.copy()
+            poisoned[row, 2] = value
+            self.assertTrue(np.isnan(jax.jit(gsc_jax.fit_temperature)(poisoned, labels)))
+            mask = np.arange(50) != row
+            self.assertAlmostEqual(
+                float(gsc_jax.fit_temperature(poisoned, labels, example_mask=mask)),
+                float(gsc_jax.fit_temperature(logits[mask], labels[mask])), places=5)
+        self.assertTrue(np.isfinite(fitted))
+
+    def test_label_rules(self):
+        rng = np.random.default_rng(2)
+        logits = rng.normal(size=(50, 4)).astype(np.float32) * 2
+        labels = rng.integers(0, 4, 50)
+        fitted = float(gsc_jax.fit_temperature(logits, labels))
+        self.assertEqual(float(gsc_jax.fit_temperature(logits, labels - 4)), fitted)
+        for bad in (4, -5):
+            one_bad = np.where(np.arange(50) == 3, bad, labels)
+            self.assertTrue(np.isnan(gsc_jax.fit_temperature(logits, one_bad)))
+        nothing = np.zeros(50, bool)
+        self.assertTrue(np.isnan(gsc_jax.fit_temperature(logits, labels, example_mask=nothing)))
+
+    def test_minus_inf_logits(self):
+        rng = np.random.default_rng(3)
+        logits = rng.normal(size=(80, 5)).astype(np.float32) * 2
+        labels = rng.integers(0, 4, 80)  # class 4 is never a label
+        masked = logits.copy()
+        masked[:, 4] = -np.inf
+        very_negative = logits.copy()
+        very_negative[:, 4] = -1e4
+        np.testing.assert_allclose(gsc_jax.fit_temperature(masked, labels),
+                                   gsc_jax.fit_temperature(very_negative, labels), rtol=1e-5)
+        label_at_minus_inf = np.where(np.arange(80) == 0, 4, labels)
+        self.assertTrue(np.isnan(gsc_jax.fit_temperature(masked, label_at_minus_inf)))
 
     def test_bad_bracket(self):
         with self.assertRaisesRegex(ValueError, "min_temperature"):
