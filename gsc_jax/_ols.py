@@ -16,6 +16,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from gsc_jax import _examples
 from gsc_jax import _losses
 from gsc_jax import _validation
 
@@ -56,26 +57,42 @@ def ols_init(num_classes: int, *, init: str = "uniform") -> OnlineLabelSmoothing
 
 
 def ols_batch_statistics(
-    logits: ArrayLike, labels: ArrayLike, *, where: Optional[ArrayLike] = None
+    logits: ArrayLike, labels: ArrayLike, *, example_mask: Optional[ArrayLike] = None
 ) -> tuple[Array, Array]:
     """Sums of softmax vectors and counts of correctly classified examples, per true class.
 
-    No gradient flows through them. Args: ``logits [B, K]``, integer ``labels [B]``, optional
-    example mask ``where [B]`` (False for padding). Returns ``(prob_sums [K, K], counts [K])``.
+    An example counts when the argmax of its logits is its label. Labels in ``[-K, K)`` are valid
+    (negative ids count from the end); a label outside it, or a row with a NaN or ``+inf`` logit
+    (whose softmax is not defined), never counts. No gradient flows through the sums.
+
+    Args:
+      logits: ``[B, K]`` scores.
+      labels: ``[B]`` integer class ids.
+      example_mask: optional ``[B]`` boolean mask; False examples (padding) are not counted.
+
+    Returns:
+      ``(prob_sums [K, K] float32, counts [K] int32)``.
     """
     logits = jax.lax.stop_gradient(_validation.check_float_array("logits", logits))
     if logits.ndim != 2:
         raise ValueError(f"`logits` must have shape [batch, num_classes], got {logits.shape}.")
     num_classes = _validation.check_num_classes(logits, 1)
-    labels = jnp.asarray(labels)
+    labels = _examples.as_labels(labels)
     _validation.label_kind(labels, logits, 1)
     if labels.ndim != 1 or not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"`labels` must be integer ids of shape [batch], got {labels.shape}.")
+    example_mask = _examples.check_example_mask(example_mask, labels.shape)
+    ids, label_valid = _examples.class_ids(labels, num_classes)
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    keep = jnp.argmax(logits, axis=-1) == labels
-    if where is not None:
-        keep = keep & jnp.asarray(where, bool)
-    one_hot_kept = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * keep[:, None]
+    keep = (
+        (jnp.argmax(logits, axis=-1) == ids)
+        & label_valid
+        & jnp.all(jnp.isfinite(probs), axis=-1)
+    )
+    if example_mask is not None:
+        keep = keep & example_mask
+    probs = jnp.where(keep[:, None], probs, 0.0)
+    one_hot_kept = jax.nn.one_hot(ids, num_classes, dtype=jnp.float32) * keep[:, None]
     return one_hot_kept.T @ probs, jnp.sum(one_hot_kept, axis=0).astype(jnp.int32)
 
 
@@ -84,10 +101,10 @@ def ols_update(
     logits: ArrayLike,
     labels: ArrayLike,
     *,
-    where: Optional[ArrayLike] = None,
+    example_mask: Optional[ArrayLike] = None,
 ) -> OnlineLabelSmoothingState:
     """Adds a batch's statistics (`ols_batch_statistics`) to the epoch accumulators."""
-    prob_sums, counts = ols_batch_statistics(logits, labels, where=where)
+    prob_sums, counts = ols_batch_statistics(logits, labels, example_mask=example_mask)
     return state._replace(prob_sums=state.prob_sums + prob_sums, counts=state.counts + counts)
 
 
