@@ -405,7 +405,7 @@ class ExampleMaskTest(parameterized.TestCase):
         for x, y in zip(a, b):
             np.testing.assert_array_equal(x, y)
 
-    def test_where_is_no_longer_an_example_mask(self):
+    def test_where_keyword_is_rejected(self):
         with self.assertRaises(TypeError):
             metrics.calibration_stats(np.full((4, 3), 1 / 3, np.float32), np.zeros(4, int),
                                       where=np.ones(4, bool))
