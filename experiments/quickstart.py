@@ -20,10 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import app, flags
-from gsc_jax import metrics
 from tqdm import tqdm
 
-from experiments.common import data, losses, report
+from experiments.common import data, evaluation, losses, report
 from experiments.common.layers import TorchConv, TorchDense
 
 F = flags.FLAGS
@@ -45,15 +44,16 @@ LOSSES = (
 class SmallCNN(nn.Module):
     """[B, 8, 8, 1] -> conv3x3 16 -> conv3x3/2 32 (4x4) -> dense 64 -> [B, 10]; ReLU, no norm.
 
-    Convolutions run as im2col matmuls, which stay fast under vmap over seeds on XLA:CPU.
+    On the CPU the convolutions run as patch-matrix products (`layers.TorchConv`), which stay fast
+    under vmap over seeds on XLA:CPU.
     """
 
     num_classes: int = 10
 
     @nn.compact
     def __call__(self, x):
-        x = nn.relu(TorchConv(16, 3, 1, 1, im2col=True)(x))
-        x = nn.relu(TorchConv(32, 3, 2, 1, im2col=True)(x))
+        x = nn.relu(TorchConv(16, 3, 1, 1)(x))
+        x = nn.relu(TorchConv(32, 3, 2, 1)(x))
         x = nn.relu(TorchDense(64)(x.reshape(x.shape[0], -1)))
         return TorchDense(self.num_classes)(x)
 
@@ -88,20 +88,15 @@ def make_epoch_fn(model: nn.Module, tx, x, y, batch_size: int):
     return epoch
 
 
-def evaluate(model: nn.Module, params, x, y) -> dict:
-    """Test metrics of one run: accuracy, NLL (means) and calibration stats (15 bins)."""
-    logits = model.apply(params, x)
-    return {"accuracy": jnp.mean(metrics.top_k_accuracy(logits, y, k=1)),
-            "nll": jnp.mean(metrics.negative_log_likelihood(logits, y)),
-            "calib": metrics.calibration_stats(jax.nn.softmax(logits), y, num_bins=15)}
-
-
 def train_all(ds: data.Dataset, num_seeds: int, epochs: int, batch_size: int,
               learning_rate: float, bar: tqdm) -> dict:
-    """Trains len(LOSSES) x num_seeds SmallCNN runs together (vmap); returns metrics [L, S, ...].
+    """Trains len(LOSSES) x num_seeds SmallCNN runs together (vmap); returns their test sums.
 
     Run (loss l, seed s) is initialised and shuffled from seed s, so the losses are compared on the
     same initialisations and batch orders.
+
+    Returns:
+      `evaluation.batch_sums` over the test split, every leaf with leading axes [L, S].
     """
     model, tx = SmallCNN(ds.num_classes), optax.adam(learning_rate)
     x = jnp.asarray(ds.train_images, jnp.float32) / 255.0
@@ -120,25 +115,28 @@ def train_all(ds: data.Dataset, num_seeds: int, epochs: int, batch_size: int,
         bar.set_postfix(mean_loss=f"{float(jnp.mean(loss)):.3f}")
         bar.update(1)
     xt = jnp.asarray(ds.test_images, jnp.float32) / 255.0
-    out = jax.jit(jax.vmap(lambda p: evaluate(model, p, xt, jnp.asarray(ds.test_labels))))(params)
+    yt = jnp.asarray(ds.test_labels)
+    out = jax.jit(jax.vmap(lambda p: evaluation.batch_sums(model.apply(p, xt), yt)))(params)
     return jax.tree.map(lambda a: np.asarray(a).reshape(len(LOSSES), num_seeds, *a.shape[1:]),
                         jax.device_get(out))
 
 
-def summarize(spec, out: dict) -> dict:
-    """Mean and std over seeds of accuracy, ECE, NLL (fractions), plus pooled reliability data."""
-    n_seeds = len(out["accuracy"])
-    seed_stats = [jax.tree.map(lambda a, i=i: a[i], out["calib"]) for i in range(n_seeds)]
-    ece = np.array([float(metrics.expected_calibration_error_from_stats(s)) for s in seed_stats])
-    pooled = jax.tree.map(lambda a: a.sum(0), out["calib"])
+def summarize(spec, sums: dict) -> dict:
+    """Mean and std over seeds of accuracy, ECE, NLL (fractions), plus pooled reliability data.
+
+    `sums` holds one loss's `evaluation.batch_sums`, leaves with a leading seed axis.
+    """
+    n_seeds = len(sums["count"])
+    per_seed = [evaluation.finalize(jax.tree.map(lambda a, i=i: a[i], sums))
+                for i in range(n_seeds)]
+    pooled = evaluation.finalize(jax.tree.map(lambda a: a.sum(0), sums))
     row = {"loss": spec.label, "seeds": n_seeds}
-    for name, vals in (("accuracy", out["accuracy"]), ("ece", ece), ("nll", out["nll"])):
-        vals = np.asarray(vals, np.float64)
+    for name, key in (("accuracy", "top1"), ("ece", "ece"), ("nll", "nll")):
+        vals = np.array([s[key] for s in per_seed], np.float64)
         row[name] = {"mean": float(vals.mean()), "std": float(vals.std()),
                      "per_seed": vals.tolist()}
-    row["reliability"] = {k: np.asarray(v).tolist()
-                          for k, v in metrics.reliability_diagram(pooled).items()}
-    row["pooled_ece"] = float(metrics.expected_calibration_error_from_stats(pooled))
+    row["reliability"] = pooled["reliability"]
+    row["pooled_ece"] = pooled["ece"]
     return row
 
 

@@ -1,4 +1,7 @@
-"""Image-folder loading and caching, symmetric label noise, on-device augmentation."""
+"""Image-folder loading and caching, data errors, symmetric label noise, on-device augmentation."""
+
+import glob
+import os
 
 import jax
 import jax.numpy as jnp
@@ -34,10 +37,87 @@ def test_image_folder_loader_and_cache(tmp_path):
     png = written[str(tmp_path / "imgs/test/cat/0.png")]
     cat = ds.test_labels.tolist().index(0)
     np.testing.assert_array_equal(ds.test_images[cat], png)  # PNG is lossless
-    assert (tmp_path / "cache" / "meta.json").exists()
+    assert ds.source == str(tmp_path / "imgs")
+    (cache,) = glob.glob(str(tmp_path / "cache" / "images-*.npz"))
+    assert not glob.glob(str(tmp_path / "cache" / "*.tmp*"))  # written to a temporary, renamed
     again = data.load_image_folder(str(tmp_path / "imgs"), str(tmp_path / "cache"))
     for a, b in zip(ds[:4], again[:4]):
         np.testing.assert_array_equal(a, b)
+    with np.load(cache) as arrays:  # the second load read the cache: poison it, load again
+        poisoned = {k: arrays[k] for k in arrays.files}
+    poisoned["test_labels"] = 1 - poisoned["test_labels"]
+    with open(cache, "wb") as f:
+        np.savez(f, **poisoned)
+    cached = data.load_image_folder(str(tmp_path / "imgs"), str(tmp_path / "cache"))
+    np.testing.assert_array_equal(cached.test_labels, 1 - ds.test_labels)
+
+
+def _load(root):
+    return data.load_image_folder(str(root / "imgs"), str(root / "cache"))
+
+
+def _by_label(ds):
+    """{(split, label): sorted image checksums}: the split contents, whatever the order."""
+    out = {}
+    for split, images, labels in (("train", ds.train_images, ds.train_labels),
+                                  ("test", ds.test_images, ds.test_labels)):
+        for image, label in zip(images, labels):
+            out.setdefault((split, int(label)), []).append(int(image.astype(np.int64).sum()))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def test_cache_follows_a_rewritten_image(tmp_path):
+    _write_folder(tmp_path / "imgs")
+    before = _load(tmp_path)
+    path = tmp_path / "imgs/train/cat/1.png"
+    new = np.full((8, 8, 3), 7, np.uint8)
+    stat = os.stat(path)
+    Image.fromarray(new).save(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # whatever the clock
+    after = _load(tmp_path)
+    assert any((image == new).all() for image in after.train_images)
+    assert not any((image == new).all() for image in before.train_images)
+    assert len(glob.glob(str(tmp_path / "cache" / "images-*.npz"))) == 1  # the stale one removed
+
+
+def test_cache_follows_an_image_moved_between_classes(tmp_path):
+    written = _write_folder(tmp_path / "imgs")
+    before = _load(tmp_path)
+    source = tmp_path / "imgs/train/cat/0.png"
+    os.rename(source, tmp_path / "imgs/train/dog/moved.png")  # same size, same mtime
+    after = _load(tmp_path)
+    assert sorted(after.train_labels.tolist()) == [0, 0, 1, 1, 1]
+    moved = int(written[str(source)].astype(np.int64).sum())
+    assert moved in _by_label(before)[("train", 0)]
+    assert moved in _by_label(after)[("train", 1)]
+
+
+def test_cache_not_written_when_asked(tmp_path):
+    _write_folder(tmp_path / "imgs")
+    ds = data.load_image_folder(str(tmp_path / "imgs"), str(tmp_path / "cache"),
+                                write_cache=False)
+    assert len(ds.train_labels) == 5 and not (tmp_path / "cache").exists()
+
+
+def _truncate(path):
+    content = path.read_bytes()
+    path.write_bytes(content[:len(content) // 2])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_truncate, r"cannot decode '.*train/cat/1\.png' \(.*truncated.*\); replace or delete"),
+    (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n not an image"),
+     r"cannot decode '.*train/cat/1\.png' \(.*\); replace or delete that file\.$"),
+    (lambda p: Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(p),
+     r"images in '.*train' have different sizes: 8x8 \(cat/0\.png\), 4x4 \(cat/1\.png\); "
+     r"resize them"),
+], ids=["truncated", "corrupt", "mixed_sizes"])
+def test_unreadable_images_name_the_file(tmp_path, damage, message):
+    _write_folder(tmp_path / "imgs")
+    damage(tmp_path / "imgs/train/cat/1.png")
+    with pytest.raises(data.DataError, match=message) as error:
+        _load(tmp_path)
+    assert "\n" not in str(error.value)
 
 
 def test_image_folder_splits_are_mixed_so_a_prefix_holds_every_class(tmp_path):
@@ -54,13 +134,6 @@ def test_image_folder_splits_are_mixed_so_a_prefix_holds_every_class(tmp_path):
     for labels in (ds.train_labels, ds.test_labels):
         assert sorted(labels.tolist()) == [0] * 8 + [1] * 8 + [2] * 8
         assert set(labels[:8].tolist()) == {0, 1, 2}
-
-
-def test_image_folder_rejects_mixed_sizes(tmp_path):
-    _write_folder(tmp_path / "imgs")
-    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "imgs/train/cat/odd.png")
-    with pytest.raises(data.DataError, match="different sizes"):
-        data.load_image_folder(str(tmp_path / "imgs"), str(tmp_path / "cache"))
 
 
 def test_symmetric_label_noise_protocol():

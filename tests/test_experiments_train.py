@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 
 import gsc_jax
@@ -11,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.common import checkpoint, losses, steps
+from experiments.common import checkpoint, losses
 from experiments.cifar10 import train
 
 from _experiments_util import synthetic_dataset, tiny_config
@@ -128,25 +127,28 @@ def test_metrics_without_gsc_log_base_loss_only(tmp_path):
         assert r["train_base_loss"] == pytest.approx(r["train_loss"], rel=1e-6)
 
 
-def test_resume_from_a_checkpoint_without_the_loss_parts(tmp_path):
-    """A checkpoint whose epoch_sums hold only 'loss' and 'count' (older harness) still resumes;
-    the resumed epoch lacks the parts (they would cover only part of it), the next has them."""
-    spec = L("ce", gsc_gamma=0.5, gsc_top_c=2)
-    ds = synthetic_dataset()  # 4 steps per epoch, 2 epochs
-    part = train.run(tiny_config(spec, stop_after_steps=3), ds, str(tmp_path))
-    sums = part.state.epoch_sums
-    legacy = part.state.replace(epoch_sums={k: sums[k] for k in ("loss", "count")})
-    shutil.rmtree(tmp_path / "checkpoints")
-    manager = checkpoint.make_manager(str(tmp_path))
-    checkpoint.save(manager, legacy)
-    manager.wait_until_finished()
-    assert set(manager.item_metadata(3).tree["epoch_sums"]) == {"loss", "count"}
-    resumed = train.run(tiny_config(spec), ds, str(tmp_path))
-    assert int(resumed.state.step) == 8
-    assert set(resumed.state.epoch_sums) == set(steps.EPOCH_SUM_KEYS)
-    first, second = _records(tmp_path)
-    assert "train_base_loss" not in first and "train_gsc_term" not in first
-    # Epoch 1 averages the 3 restored step losses with the 4th: the restored sum was used.
-    assert first["train_loss"] * 4 > float(sums["loss"]) > 0
-    np.testing.assert_allclose(second["train_base_loss"] + 0.5 * second["train_gsc_term"],
-                               second["train_loss"], rtol=1e-5)
+def test_loss_spec_decides_gsc_and_the_objective_logs_its_parts():
+    logits = jax.random.normal(jax.random.key(1), (5, 7)) * 2.0
+    labels = jnp.arange(5) % 7
+    off, on = L("focal", gsc_gamma=0.0, gsc_top_c=3), L("focal", gsc_gamma=0.3, gsc_top_c=3)
+    assert (off.uses_gsc, on.uses_gsc) == (False, True)
+    assert "GSC" not in off.label and on.label == "Focal(2)+GSC(0.3,3)"
+    assert off.hyperparameters() == {"name": "focal", "focal_eta": 2.0}
+    assert on.hyperparameters() == {"name": "focal", "focal_eta": 2.0, "gsc_gamma": 0.3,
+                                    "gsc_top_c": 3}
+    term = jnp.mean(gsc_jax.gsc_term(logits, top_c=3))
+    for spec, with_term, keys in ((off, None, {"loss", "base_loss"}),
+                                  (off, True, {"loss", "base_loss", "gsc_term"}),
+                                  (on, None, {"loss", "base_loss", "gsc_term"})):
+        objective = losses.make_objective(spec, with_gsc_term=with_term)
+        (loss, parts), grad = jax.value_and_grad(objective, has_aux=True)(logits, labels)
+        assert set(parts) == keys
+        want = jnp.mean(losses.make_loss_fn(spec)(logits, labels))
+        np.testing.assert_allclose(loss, want, rtol=1e-6)
+        # The logged parts do not enter the gradient: it is the loss's alone.
+        np.testing.assert_allclose(grad, jax.grad(lambda z: jnp.mean(
+            losses.make_loss_fn(spec)(z, labels)))(logits), rtol=1e-5, atol=1e-7)
+        if "gsc_term" in keys:
+            np.testing.assert_allclose(parts["gsc_term"], term, rtol=1e-5)
+            np.testing.assert_allclose(parts["base_loss"] + spec.gsc_gamma * parts["gsc_term"],
+                                       loss, rtol=1e-5)

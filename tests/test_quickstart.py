@@ -21,7 +21,8 @@ def test_train_all_and_table():
                                        learning_rate=1e-2, bar=bar)
     finally:
         jax.config.update("jax_disable_most_optimizations", previous)
-    assert out["accuracy"].shape == (len(quickstart.LOSSES), 2)
+    assert out["count"].shape == (len(quickstart.LOSSES), 2)
+    assert np.all(out["count"] == 64)
     rows = [quickstart.summarize(spec, jax.tree.map(lambda a, i=i: a[i], out))
             for i, spec in enumerate(quickstart.LOSSES)]
     assert all(0.0 <= r["accuracy"]["mean"] <= 1.0 and np.isfinite(r["nll"]["mean"]) for r in rows)

@@ -47,32 +47,13 @@ class PiecesTest(parameterized.TestCase):
     def test_count_labels(self):
         self.assertEqual(int(train.count_labels(jnp.array([4, 0, 4, 9]), 10)), 3)
 
-    @parameterized.parameters(3, 1)
-    def test_conv_same_matches_autodiff(self, size):
-        x = jax.random.normal(jax.random.key(0), (1, 7, 9, 4))
-        kernel = jax.random.normal(jax.random.key(1), (size, size, 4, 5))
-
-        def grads(conv):
-            loss = lambda x, k: jnp.sum(jnp.sin(conv(x, k)))  # noqa: E731
-            return jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
-
-        np.testing.assert_allclose(train.conv_same(x, kernel), train._conv(x, kernel), atol=1e-5)
-        for ours, theirs in zip(grads(train.conv_same), grads(train._conv)):
-            np.testing.assert_allclose(ours, theirs, atol=1e-4)
-
     def test_network_shapes(self):
         init = train.KanezakiNet().init
         params = jax.eval_shape(init, jax.random.key(0), jnp.ones((1, 5, 6, 3)))["params"]
-        self.assertEqual(params["Conv_0"]["kernel"].shape, (3, 3, 3, 100))
-        self.assertEqual(params["Conv_1"]["kernel"].shape, (3, 3, 100, 100))
-        self.assertEqual(params["Conv_2"]["kernel"].shape, (1, 1, 100, 100))
+        self.assertEqual(params["TorchConv_0"]["kernel"].shape, (3, 3, 3, 100))
+        self.assertEqual(params["TorchConv_1"]["kernel"].shape, (3, 3, 100, 100))
+        self.assertEqual(params["TorchConv_2"]["kernel"].shape, (1, 1, 100, 100))
         self.assertLen(params, 6)  # 3 convs, 3 batch norms
-
-    def test_conv_init_is_pytorch_default(self):
-        params = train.Conv(64, 3).init(jax.random.key(0), jnp.ones((1, 4, 4, 20)))["params"]
-        bound = 1 / np.sqrt(20 * 3 * 3)
-        for values in (params["kernel"], params["bias"]):
-            self.assertBetween(float(jnp.abs(values).max()), 0.8 * bound, bound)
 
     def test_scores(self):
         truth = np.array([[0, 0, 1, 1], [0, 0, 1, 1]])

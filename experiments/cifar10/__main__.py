@@ -1,12 +1,15 @@
 """CIFAR-10 experiments of the GSC paper: `python -m experiments.cifar10 --workdir runs/x ...`.
 
 Examples:
-  python -m experiments.cifar10 --workdir runs/ce --data_dir /work/data/cifar10 --loss ce
+  python -m experiments.cifar10 --workdir runs/ce --data_dir DIR --loss ce
   python -m experiments.cifar10 --workdir runs/gsc --data_dir DIR --gsc_gamma 0.05 --gsc_top_c 2
   python -m experiments.cifar10 --workdir runs/t1 --data_dir DIR --table 1
   python -m experiments.cifar10 --workdir runs/t2 --data_dir DIR --table 2
   python -m experiments.cifar10 --workdir runs/f5 --data_dir DIR --sweep
-Running the same command again resumes from the latest checkpoint; SIGTERM/Ctrl-C saves and exits.
+DIR is an image folder DIR/{train,test}/<class>/<image>; without --data_dir, TFDS `cifar10`.
+Running the same command again resumes from the latest checkpoint (a different configuration in
+the same workdir is refused; more --epochs extend the run); SIGTERM/Ctrl-C saves and exits. A run
+whose training loss stops being finite ends with status 1 and summary.json "status": "diverged".
 Kept short so that the logic (train.py, tables.py) can be imported and tested.
 """
 
@@ -15,7 +18,7 @@ import sys
 
 from absl import app, flags, logging
 
-from experiments.common import losses, parallel
+from experiments.common import checkpoint, data, losses, parallel
 from experiments.cifar10 import tables, train
 
 F = flags.FLAGS
@@ -68,20 +71,26 @@ def main(argv):
     except ValueError as e:
         sys.exit(f"error: {e}")
     parallel.maybe_initialize_distributed(F.multihost)
-    dataset = train.load_dataset(F.data_dir, F.tfds_data_dir, os.path.join(F.workdir, "data_cache"))
-    if F.table == 1:
-        print(tables.run_table1(config, dataset, F.workdir))
-    elif F.table == 2:
-        print(tables.run_table2(config, dataset, F.workdir))
-    elif F.sweep:
-        print(tables.run_sweep(config, dataset, F.workdir, tuple(map(float, F.sweep_gammas)),
-                               tuple(map(int, F.sweep_top_c))))
-    else:
-        result = train.run(config, dataset, F.workdir)
-        if result.interrupted_by:
-            sys.exit(128 + result.interrupted_by)
-        if result.summary:
-            print({k: result.summary[k] for k in ("test_accuracy", "test_ece", "test_nll")})
+    try:
+        dataset = train.load_dataset(F.data_dir, F.tfds_data_dir,
+                                     os.path.join(F.workdir, "data_cache"))
+        if F.table == 1:
+            print(tables.run_table1(config, dataset, F.workdir))
+        elif F.table == 2:
+            print(tables.run_table2(config, dataset, F.workdir))
+        elif F.sweep:
+            print(tables.run_sweep(config, dataset, F.workdir, tuple(map(float, F.sweep_gammas)),
+                                   tuple(map(int, F.sweep_top_c))))
+        else:
+            result = train.run(config, dataset, F.workdir)
+            if result.status == "diverged":
+                sys.exit(f"error: {result.message}")
+            if result.interrupted_by:
+                sys.exit(128 + result.interrupted_by)
+            if result.status == "completed":
+                print({k: result.summary[k] for k in ("test_accuracy", "test_ece", "test_nll")})
+    except (data.DataError, checkpoint.ConfigMismatchError) as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

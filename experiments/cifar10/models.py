@@ -1,7 +1,10 @@
-"""CIFAR-10 models in Flax Linen: AlexNet without BN (algorithms.md s. 4), ConvMixer (s. 5).
+"""CIFAR-10 models in Flax Linen: AlexNet without BN and ConvMixer.
 
-Both use PyTorch's default initialisation, U(+-1/sqrt(fan_in)) for weights and biases
-(kaiming_uniform with a = sqrt(5)), since the reference recipes were tuned with it.
+AlexNet is the CIFAR variant of bearpaw/pytorch-classification (models/cifar/alexnet.py); ConvMixer
+is Trockman & Kolter's "Patches Are All You Need?" (2022; locuslab/convmixer-cifar10). Both use
+PyTorch's default initialisation, U(+-1/sqrt(fan_in)) for weights and biases (kaiming_uniform with
+a = sqrt(5)), since the reference recipes were tuned with it. On the CPU backend their convolutions
+run as the rewrites of `layers.TorchConv`; on GPU and TPU as XLA's.
 """
 
 import functools
@@ -11,6 +14,7 @@ import jax.numpy as jnp
 
 from experiments.common.layers import TorchConv, TorchDense
 
+
 class AlexNet(nn.Module):
     """bearpaw CIFAR AlexNet: 5 convs with ReLU, 3 max-pools, one linear layer; no BN, no dropout.
 
@@ -19,14 +23,15 @@ class AlexNet(nn.Module):
     """
 
     num_classes: int = 10
-    im2col: bool = True  # for convs 2-5 (4x4 and 2x2 maps), see TorchConv
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool = False):  # pylint: disable=unused-argument
-        conv = functools.partial(TorchConv, im2col=self.im2col, dtype=self.dtype)
+        conv = functools.partial(TorchConv, dtype=self.dtype)
         pool = lambda y: nn.max_pool(y, (2, 2), (2, 2))  # noqa: E731
-        x = pool(nn.relu(conv(64, 11, 4, 5, im2col=False)(x)))  # native conv is fast here
+        # XLA:CPU's own convolution is fast on the 32x32 input; convs 2-5 (4x4 and 2x2 maps) are
+        # patch-matrix products on the CPU.
+        x = pool(nn.relu(conv(64, 11, 4, 5, cpu_conv="xla")(x)))
         x = pool(nn.relu(conv(192, 5, 1, 2)(x)))
         x = nn.relu(conv(384, 3, 1, 1)(x))
         x = nn.relu(conv(256, 3, 1, 1)(x))
@@ -46,7 +51,6 @@ class ConvMixer(nn.Module):
     kernel_size: int = 5
     patch_size: int = 2
     num_classes: int = 10
-    im2col: bool = True  # depthwise convs as shift-and-add, see TorchConv
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -54,7 +58,7 @@ class ConvMixer(nn.Module):
         norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                                  epsilon=1e-5, dtype=self.dtype)
         act = functools.partial(nn.gelu, approximate=False)
-        conv = functools.partial(TorchConv, im2col=self.im2col, dtype=self.dtype)
+        conv = functools.partial(TorchConv, dtype=self.dtype)  # depthwise: shifted sums on CPU
         x = norm()(act(conv(self.dim, self.patch_size, self.patch_size)(x)))
         for _ in range(self.depth):
             x = x + norm()(act(conv(self.dim, self.kernel_size, padding="SAME",

@@ -5,11 +5,13 @@ re-evaluated) and the grid writes a markdown table (ours beside the paper's) or 
 """
 
 import dataclasses
+import math
 import os
 
 import jax
+from tqdm import tqdm
 
-from experiments.common import losses, report
+from experiments.common import loop, losses, report
 from experiments.cifar10 import train
 
 L = losses.LossSpec
@@ -37,15 +39,23 @@ TABLE2 = (
 )
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}"
+def _pct(x: float | None) -> str:
+    """A fraction in percent; a diverged run's null metric reads 'diverged'."""
+    return "diverged" if x is None else f"{100 * x:.2f}"
+
+
+def _nats(x: float | None) -> str:
+    return "diverged" if x is None else f"{x:.4f}"
 
 
 def _run_point(base: train.RunConfig, dataset, workdir: str, **changes):
-    """Runs one grid point; returns its summary, or raises SystemExit if it was interrupted."""
+    """Runs one grid point; returns its summary (null metrics if it diverged, which is logged),
+    or raises SystemExit if it was stopped."""
     result = train.run(dataclasses.replace(base, **changes), dataset, workdir)
-    if result.interrupted_by is not None:
+    if result.status == loop.STOPPED:
         raise SystemExit(128 + result.interrupted_by if result.interrupted_by else 0)
+    if result.status == loop.DIVERGED and jax.process_index() == 0:
+        tqdm.write(f"warning: {workdir}: {result.message}")
     return result.summary
 
 
@@ -64,7 +74,7 @@ def run_table1(base: train.RunConfig, dataset, workdir: str) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['method']} | {r['epochs']} | {_pct(r['top1'])} | "
               f"{_pct(r['best_top1'])} | {r['paper_top1']:.2f} | {_pct(r['top5'])} | "
-              f"{r['paper_top5']:.2f} | {_pct(r['ece'])} | {r['nll']:.4f} |" for r in rows]
+              f"{r['paper_top5']:.2f} | {_pct(r['ece'])} | {_nats(r['nll'])} |" for r in rows]
     return _write_table(workdir, "table1", lines, rows)
 
 
@@ -104,7 +114,9 @@ def run_sweep(base: train.RunConfig, dataset, workdir: str, gammas: tuple,
     if jax.process_index() == 0:  # multi-host: every process has the results, process 0 writes
         report.write_json(os.path.join(workdir, "fig5.json"),
                           {"gammas": list(gammas), "ce": ce["test_accuracy"], "curves": curves})
-        report.plot_sweep(list(gammas), curves, ce["test_accuracy"], path)
+        nan = lambda y: math.nan if y is None else y  # noqa: E731  diverged points: gaps
+        report.plot_sweep(list(gammas), {k: [nan(y) for y in ys] for k, ys in curves.items()},
+                          nan(ce["test_accuracy"]), path)
     return path
 
 

@@ -1,12 +1,13 @@
 """One CIFAR-10 run: recipe (optimiser, schedule, normalisation), data, label noise, training.
 
-Recipes (algorithms.md sections 4 and 5):
-- alexnet: SGD momentum 0.9, weight decay 5e-4 on all parameters (PyTorch-style coupled decay),
+Recipes:
+- alexnet (bearpaw/pytorch-classification, cifar.py with models/cifar/alexnet.py): SGD momentum 0.9, weight decay 5e-4 on all parameters (PyTorch-style coupled decay),
   batch 128, 164 epochs, lr x0.1 at the start of epochs 81 and 122 (scaled to --epochs as
   round(81/164 * E), round(122/164 * E)). Base lr 0.01: the reference model file says "without BN,
   the start learning rate should be 0.01", while its training command silently uses the 0.1 default;
   we follow the explicit advice (override with --learning_rate 0.1).
-- convmixer: AdamW (lr 0.01, weight decay 0.01), batch 512, 25 epochs, per-iteration
+- convmixer (locuslab/convmixer-cifar10, train.py): AdamW (lr 0.01, weight decay 0.01), batch 512,
+  25 epochs, per-iteration
   piecewise-linear lr 0 -> lr at 2E//5 -> lr/20 at 4E//5 -> 0 at E. Augmentation here is the same
   crop + flip as for AlexNet; the reference's RandAugment / ColorJitter / RandomErasing are not
   implemented.
@@ -15,6 +16,7 @@ Recipes (algorithms.md sections 4 and 5):
 import dataclasses
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -126,9 +128,13 @@ def check_data_source(data_dir: str | None, tfds_data_dir: str | None) -> tuple:
 
 
 def load_dataset(data_dir: str | None, tfds_data_dir: str | None, cache_dir: str) -> data.Dataset:
-    """CIFAR-10 from the image-folder `data_dir` (decoded once, cached as .npy) or from TFDS."""
+    """CIFAR-10 from the image-folder `data_dir` (decoded once, cached) or from TFDS.
+
+    In a multi-host run only process 0 writes the image-folder cache.
+    """
     if data_dir:
-        return data.load_image_folder(data_dir, data.cache_dir_for(data_dir, cache_dir))
+        return data.load_image_folder(data_dir, data.cache_dir_for(data_dir, cache_dir),
+                                      write_cache=jax.process_index() == 0)
     return data.load_tfds("cifar10", tfds_data_dir)
 
 
@@ -149,7 +155,13 @@ def prepare_data(dataset: data.Dataset, config: RunConfig) -> data.Dataset:
 
 def run(config: RunConfig, dataset: data.Dataset, workdir: str,
         run_info: dict | None = None) -> loop.RunResult:
-    """Validates, then trains and evaluates one configuration in `workdir` (resuming)."""
+    """Validates, then trains and evaluates one configuration in `workdir` (resuming).
+
+    Raises:
+      ValueError: a bad configuration.
+      checkpoint.ConfigMismatchError: `workdir` holds a run with another configuration (another
+        model, recipe, loss, data, label noise, subset, batch size or seed); `--epochs` may grow.
+    """
     validate(config, dataset.num_classes)
     recipe = resolved(config)
     ds = prepare_data(dataset, config)
@@ -160,6 +172,11 @@ def run(config: RunConfig, dataset: data.Dataset, workdir: str,
         eval_batch_size=config.eval_batch_size, seed=config.seed, mean=CIFAR_MEAN,
         std=recipe["std"], bf16=config.bf16, stop_after_steps=config.stop_after_steps,
         progress=config.progress)
+    identity = {"model": config.model, "model_overrides": dict(config.model_overrides),
+                "recipe": {k: v for k, v in recipe.items() if k != "epochs"},
+                "label_noise": config.label_noise, "noise_seed": config.noise_seed,
+                "num_train_examples": config.num_train_examples,
+                "num_test_examples": config.num_test_examples}
     info = {"model": config.model, "label_noise": config.label_noise,
             "num_train_examples": int(len(ds.train_labels)),
             "num_test_examples": int(len(ds.test_labels)),
@@ -168,4 +185,4 @@ def run(config: RunConfig, dataset: data.Dataset, workdir: str,
             "recipe": {k: v for k, v in recipe.items() if k != "std"}, **(run_info or {})}
     os.makedirs(workdir, exist_ok=True)
     return loop.train_and_evaluate(loop_config, model, make_tx_factory(config.model, recipe), ds,
-                                   workdir, info)
+                                   workdir, info, identity)

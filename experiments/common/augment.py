@@ -13,8 +13,8 @@ def normalize(images: jax.Array, mean, std, dtype=jnp.float32) -> jax.Array:
 def random_crop_flip(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
     """RandomCrop(H, padding=pad) with zero padding, then RandomHorizontalFlip(0.5).
 
-    The Lee et al. (2015) CIFAR protocol (algorithms.md section 4). As in torchvision, call it on
-    the uint8 images before `normalize`, so padded pixels are black (0) before normalisation.
+    The CIFAR protocol of Lee et al. (2015, "Deeply-Supervised Nets"). As in torchvision, call it
+    on the uint8 images before `normalize`, so padded pixels are black (0) before normalisation.
 
     Args:
       key: PRNG key.

@@ -1,9 +1,12 @@
-"""Datasets as in-memory uint8 arrays: image folders (cached as .npy), TFDS, sklearn digits.
+"""Datasets as in-memory uint8 arrays: image folders (decoded once, cached), TFDS, sklearn digits.
 
-Every loader returns a `Dataset` of host numpy arrays; `parallel.replicate` moves it to the devices
-once, and the train step gathers batches there (style.md section 5, "data on device").
+Every loader returns a `Dataset` of host numpy arrays; `parallel.put_replicated` moves it to the
+devices once, and the train step gathers its batches there, so no input pipeline runs on the host
+during training.
 """
 
+import glob
+import hashlib
 import json
 import os
 import socket
@@ -25,6 +28,8 @@ class Dataset(NamedTuple):
       test_images: uint8 [M, H, W, C].
       test_labels: int32 [M] (always clean).
       class_names: tuple of K names; label k is `class_names[k]`.
+      source: where the data came from (an image folder's absolute path, 'tfds:<name>',
+        'sklearn:digits'); part of a run's configuration, which a resume must match.
     """
 
     train_images: np.ndarray
@@ -32,6 +37,7 @@ class Dataset(NamedTuple):
     test_images: np.ndarray
     test_labels: np.ndarray
     class_names: tuple
+    source: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -40,6 +46,10 @@ class Dataset(NamedTuple):
 
 class DataError(ValueError):
     """Raised when the requested data cannot be found or read; the message says what to do."""
+
+
+IMAGE_FOLDER_LAYOUT = ("the image-folder layout DIR/train/<class>/<image> and "
+                       "DIR/test/<class>/<image>")
 
 
 def _list_split(split_dir: str) -> dict:
@@ -62,7 +72,7 @@ def check_image_folder(data_dir: str) -> tuple:
     Raises:
       DataError: with a message saying what is missing and the expected layout.
     """
-    layout = "expected DIR/train/<class>/<image> and DIR/test/<class>/<image>"
+    layout = f"expected {IMAGE_FOLDER_LAYOUT}"
     if not os.path.isdir(data_dir):
         raise DataError(
             f"--data_dir {data_dir!r} does not exist. Extract the data first, e.g. "
@@ -88,11 +98,18 @@ def check_image_folder(data_dir: str) -> tuple:
 
 
 def _decode(path: str) -> np.ndarray:
-    """Decodes one image file to uint8 [H, W, 3] RGB."""
-    from PIL import Image  # pylint: disable=g-import-not-at-top
+    """Decodes one image file to uint8 [H, W, 3] RGB; a file PIL cannot read raises DataError."""
+    from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
 
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except UnidentifiedImageError as error:
+        raise DataError(f"cannot decode {path!r} (not an image format PIL can read); replace or "
+                        "delete that file.") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        what = " ".join(str(error).split()) or type(error).__name__
+        raise DataError(f"cannot decode {path!r} ({what}); replace or delete that file.") from error
 
 
 def _decode_split(split_dir: str, class_names: tuple) -> tuple:
@@ -103,11 +120,15 @@ def _decode_split(split_dir: str, class_names: tuple) -> tuple:
         [k for k, name in enumerate(class_names) for _ in files[name]], dtype=np.int32
     )
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-        images = list(pool.map(_decode, paths, chunksize=256))
-    shapes = {im.shape for im in images}
-    if len(shapes) != 1:
-        raise DataError(f"images in {split_dir!r} have different sizes {sorted(shapes)[:4]}; "
-                        "resize them to one size first.")
+        images = list(pool.map(_decode, paths))
+    first = {}
+    for path, image in zip(paths, images):
+        first.setdefault(image.shape[:2], path)
+    if len(first) != 1:
+        examples = ", ".join(f"{h}x{w} ({os.path.relpath(p, split_dir)})"
+                             for (h, w), p in list(first.items())[:4])
+        raise DataError(f"the images in {split_dir!r} have different sizes: {examples}; resize "
+                        "them to one size first.")
     return np.stack(images), labels
 
 
@@ -116,47 +137,73 @@ def cache_dir_for(data_dir: str, fallback_dir: str) -> str:
     return os.path.join(data_dir, ".npy_cache") if os.access(data_dir, os.W_OK) else fallback_dir
 
 
-def load_image_folder(data_dir: str, cache_dir: str | None = None) -> Dataset:
-    """Loads DIR/{train,test}/<class>/* once, caching decoded arrays as .npy files.
+def image_folder_key(data_dir: str, class_names: tuple) -> str:
+    """A digest of every image file's path (relative to DATA_DIR), size and modification time.
 
-    The cache is keyed by the class names and per-split file counts; it is rebuilt when they change.
+    Any added, removed, renamed, moved or rewritten image changes it.
+    """
+    digest = hashlib.sha256(json.dumps(list(class_names)).encode())
+    for split in ("train", "test"):
+        split_dir = os.path.join(data_dir, split)
+        for name, paths in sorted(_list_split(split_dir).items()):
+            for path in paths:
+                st = os.stat(path)
+                rel = os.path.relpath(path, data_dir)
+                digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+_ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
+
+
+def load_image_folder(data_dir: str, cache_dir: str | None = None,
+                      write_cache: bool = True) -> Dataset:
+    """Loads DIR/{train,test}/<class>/* once, caching the decoded arrays.
+
+    The cache, CACHE_DIR/images-<key>.npz, is keyed by `image_folder_key`: the listing of every
+    image's relative path, size and modification time, so it is rebuilt whenever an image is
+    added, removed, moved between classes or rewritten. It is written to a temporary file and
+    renamed into place, so a crash or a concurrent reader never sees a partial cache; caches of
+    older listings are then deleted.
 
     Args:
       data_dir: root of the image-folder layout.
-      cache_dir: where to keep the .npy cache; default DIR/.npy_cache (if writable).
+      cache_dir: where to keep the cache; default DIR/.npy_cache (if writable).
+      write_cache: False decodes without writing the cache (the processes other than 0 of a
+        multi-host run, so that only one process writes).
 
     Returns:
       A `Dataset` with labels given by the alphabetical order of the class folders. Each split is
       put in one fixed random order (numpy seeds 0 for train, 1 for test), so that "the first N
       training (test) images" is a class-mixed subset rather than the first classes.
+
+    Raises:
+      DataError: a bad layout, an image that cannot be decoded, or images of different sizes;
+        the message names the file or folder.
     """
     class_names = check_image_folder(data_dir)
     cache_dir = cache_dir or cache_dir_for(data_dir, os.path.join(os.getcwd(), ".npy_cache"))
-    counts = {s: sum(len(v) for v in _list_split(os.path.join(data_dir, s)).values())
-              for s in ("train", "test")}
-    meta = {"source": os.path.abspath(data_dir), "class_names": list(class_names),
-            "counts": counts, "train_order": "numpy RandomState(0) permutation",
-            "test_order": "numpy RandomState(1) permutation"}
-    meta_path = os.path.join(cache_dir, "meta.json")
-    arrays = ("train_images", "train_labels", "test_images", "test_labels")
-    if os.path.exists(meta_path):
-        with open(meta_path) as f:
-            if json.load(f) == meta:
-                return Dataset(
-                    *(np.load(os.path.join(cache_dir, a + ".npy")) for a in arrays), class_names
-                )
+    source = os.path.abspath(data_dir)
+    cache_path = os.path.join(cache_dir, f"images-{image_folder_key(data_dir, class_names)}.npz")
+    if os.path.exists(cache_path):
+        with np.load(cache_path) as cached:
+            return Dataset(*(cached[a] for a in _ARRAYS), class_names, source)
     train = _decode_split(os.path.join(data_dir, "train"), class_names)
     order = np.random.RandomState(0).permutation(len(train[1]))
     train = (train[0][order], train[1][order])
     test = _decode_split(os.path.join(data_dir, "test"), class_names)
     order = np.random.RandomState(1).permutation(len(test[1]))
     test = (test[0][order], test[1][order])
-    os.makedirs(cache_dir, exist_ok=True)
-    for name, arr in zip(arrays, (*train, *test)):
-        np.save(os.path.join(cache_dir, name + ".npy"), arr)
-    with open(meta_path, "w") as f:
-        json.dump(meta, f)
-    return Dataset(*train, *test, class_names)
+    if write_cache:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = f"{cache_path}.tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
+            np.savez(f, **dict(zip(_ARRAYS, (*train, *test))))
+        os.replace(tmp, cache_path)
+        for stale in glob.glob(os.path.join(cache_dir, "images-*.npz")):
+            if stale != cache_path:
+                os.remove(stale)
+    return Dataset(*train, *test, class_names, source)
 
 
 def network_available(host: str = CIFAR10_DOWNLOAD_HOST, timeout: float = 3.0) -> bool:
@@ -177,8 +224,8 @@ def check_tfds_available(name: str, tfds_data_dir: str | None) -> None:
     if not network_available():
         raise DataError(
             f"TFDS '{name}' is not prepared locally and the network is unreachable. "
-            "Pass --data_dir DIR with the image-folder layout (DIR/train/<class>/*, "
-            "DIR/test/<class>/*), e.g. extract ../shared/data/cifar10-jpeg.tar.gz into DIR."
+            "Prepare it on a machine with network access and pass that directory as "
+            f"--tfds_data_dir, or pass --data_dir DIR with {IMAGE_FOLDER_LAYOUT}."
         )
 
 
@@ -207,7 +254,7 @@ def load_tfds(name: str = "cifar10", tfds_data_dir: str | None = None,
                 np.concatenate([c[1] for c in chunks]).astype(np.int32))
 
     (xtr, ytr), (xte, yte) = (split_arrays(s) for s in ("train", "test"))
-    return Dataset(xtr, ytr, xte, yte, tuple(features["label"].names))
+    return Dataset(xtr, ytr, xte, yte, tuple(features["label"].names), f"tfds:{name}")
 
 
 def load_digits(test_fraction: float = 0.3, seed: int = 0) -> Dataset:
@@ -224,12 +271,13 @@ def load_digits(test_fraction: float = 0.3, seed: int = 0) -> Dataset:
         images, digits.target.astype(np.int32), test_size=test_fraction, random_state=seed,
         stratify=digits.target,
     )
-    return Dataset(xtr, ytr, xte, yte, tuple(str(k) for k in range(10)))
+    return Dataset(xtr, ytr, xte, yte, tuple(str(k) for k in range(10)), "sklearn:digits")
 
 
 def symmetric_label_noise(labels: np.ndarray, rate: float, num_classes: int,
                           seed: int = 123) -> np.ndarray:
-    """Class-balanced symmetric label noise (Wang et al. 2019; algorithms.md section 6).
+    """Class-balanced symmetric label noise (Wang et al. 2019, "Symmetric Cross Entropy for Robust
+    Learning with Noisy Labels"; YisenWang/symmetric_cross_entropy_for_noisy_labels).
 
     int(rate * N) labels are flipped: int(rate * N / K) per class, drawn without replacement among
     that class's examples, each replaced by a class drawn uniformly from the K - 1 *other* classes,

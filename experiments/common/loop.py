@@ -1,6 +1,7 @@
 """The generic epoch loop: resume, train with a progress bar, evaluate, log, checkpoint, report."""
 
 import dataclasses
+import hashlib
 import os
 import time
 from typing import Callable
@@ -11,8 +12,13 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from experiments.common import checkpoint, losses, parallel, report, steps
+from experiments.common import checkpoint, evaluation, losses, parallel, report, steps
 from experiments.common.data import Dataset
+
+# summary.json "status" values.
+COMPLETED, STOPPED, DIVERGED = "completed", "stopped", "diverged"
+# The final test metrics in summary.json; null unless the run completed.
+SUMMARY_METRICS = ("test_accuracy", "test_top5", "test_ece", "test_nll", "best_test_accuracy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +49,7 @@ class LoopConfig:
     std: tuple
     augment: bool = True
     bf16: bool = False
-    num_bins: int = 15
+    num_bins: int = evaluation.NUM_BINS
     stop_after_steps: int = 0
     progress: bool = True
 
@@ -53,18 +59,23 @@ class RunResult:
     """What a call to `train_and_evaluate` produced.
 
     Attributes:
-      state: final (or interrupted) TrainState.
-      summary: the summary.json contents ({} when interrupted).
+      state: final (stopped, or diverged) TrainState.
+      summary: the summary.json contents.
       interrupted_by: signal number (received by any process of a multi-host run), 0 for
-        `stop_after_steps`, None when training completed.
+        `stop_after_steps`, None otherwise.
+      status: COMPLETED, STOPPED (resume with the same command) or DIVERGED.
+      message: one line for the user when the run did not complete, else "".
     """
 
     state: steps.TrainState
     summary: dict
     interrupted_by: int | None = None
+    status: str = COMPLETED
+    message: str = ""
 
 
 STOP_SYNC_EVERY = 10  # steps between the processes' agreements on a stop request (multi-host)
+CHECK_EVERY = 10  # steps between reads of the loss (progress bar) and the divergence flag
 
 
 def agreed_stop_signal(stop: checkpoint.StopOnSignal, step: int) -> int | None:
@@ -83,25 +94,37 @@ def agreed_stop_signal(stop: checkpoint.StopOnSignal, step: int) -> int | None:
     return int(np.max(signums)) or None
 
 
-def epoch_loss_parts(sums: dict, use_gsc: bool) -> dict:
-    """The epoch means of the training loss's parts, for metrics.jsonl.
+def run_identity(config: LoopConfig, dataset: Dataset, extra: dict | None = None) -> dict:
+    """What must not change when a run is resumed: the loss and its hyper-parameters, the batch
+    size, the seed, the preprocessing, the data (source, sizes, shapes, a digest of the train and
+    test labels, so that label noise and subsets count), plus the caller's `extra` (model, recipe,
+    ...)."""
+    labels = hashlib.sha256()
+    for split in (dataset.train_labels, dataset.test_labels):
+        labels.update(np.ascontiguousarray(split, np.int64).tobytes())
+    return {
+        "loss": config.loss.hyperparameters(), "batch_size": config.batch_size,
+        "seed": config.seed, "mean": list(config.mean), "std": list(config.std),
+        "augment": config.augment,
+        "data": {"source": dataset.source, "num_classes": dataset.num_classes,
+                 "image_shape": list(dataset.train_images.shape[1:]),
+                 "num_train_examples": int(len(dataset.train_labels)),
+                 "num_test_examples": int(len(dataset.test_labels)),
+                 "labels_sha256": labels.hexdigest()[:16]},
+        **(extra or {}),
+    }
 
-    train_base_loss: the loss without GSC (CE / entropy / focal / LS / OLS); train_gsc_term: the GSC
-    term unscaled by gamma, present only when gamma > 0. So train_loss = train_base_loss + gamma *
-    train_gsc_term (up to float rounding), and train_base_loss = train_loss when gamma = 0. Both
-    are omitted for an epoch resumed from a checkpoint that did not sum them (older harness).
-    """
-    n = float(sums["count"])
-    if n == 0 or float(sums["parts_count"]) != n:
-        return {}
-    parts = {"train_base_loss": float(sums["base_loss"]) / n}
-    if use_gsc:
-        parts["train_gsc_term"] = float(sums["gsc_term"]) / n
-    return parts
+
+def _divergence_message(step: int, steps_per_epoch: int, total: int, workdir: str) -> str:
+    return (f"training diverged: the training loss was not finite at step {step}/{total} (epoch "
+            f"{(step - 1) // steps_per_epoch + 1}); stopped without evaluating, "
+            f"{os.path.join(workdir, 'summary.json')} has status 'diverged'. Lower the learning "
+            "rate or the loss's strength.")
 
 
 def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Dataset,
-                       workdir: str, run_info: dict | None = None) -> RunResult:
+                       workdir: str, run_info: dict | None = None,
+                       identity: dict | None = None) -> RunResult:
     """Trains `model` on `dataset`, evaluating and checkpointing every epoch; resumes from workdir.
 
     Args:
@@ -109,14 +132,23 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
       model: a Flax Linen module called as `model(x [B,H,W,C], train=bool) -> logits [B, K]`.
       make_tx: `make_tx(steps_per_epoch) -> (optax transformation, lr_fn(step))`.
       dataset: in-memory data (labels possibly noisy already).
-      workdir: holds checkpoints/, metrics.jsonl, summary.json, curves.png, reliability.png.
-        metrics.jsonl has one record per epoch: epoch, step, train_loss, train_base_loss,
-        train_gsc_term (only when gamma > 0; see `epoch_loss_parts`), test_top1, test_top5,
-        test_nll, test_ece, learning_rate, epoch_time_s.
+      workdir: holds checkpoints/, config.json, metrics.jsonl, summary.json, curves.png,
+        reliability.png. metrics.jsonl has one record per epoch: epoch, step, train_loss,
+        train_base_loss, train_gsc_term (only when GSC is on; see `steps.epoch_means`),
+        test_top1, test_top5, test_nll, test_ece, learning_rate, epoch_time_s.
       run_info: extra fields copied into summary.json (model name, data source, ...).
+      identity: extra fields of the run's configuration that a resume must match (model, recipe,
+        ...), saved in config.json with `run_identity`'s.
 
     Returns:
-      A RunResult; its `summary` has test_accuracy, test_ece, test_nll (fractions).
+      A RunResult. Its `summary` (also in summary.json) has "status": "completed" with
+      test_accuracy, test_top5, test_ece, test_nll and best_test_accuracy (fractions); "stopped"
+      (resume with the same command) or "diverged" (with "diverged_at_step") with those metrics
+      null. A stop on any step, also the last of an epoch, leaves metrics.jsonl as an
+      uninterrupted run would have it at that point.
+
+    Raises:
+      checkpoint.ConfigMismatchError: workdir holds a run with another configuration.
     """
     losses.validate_loss_spec(config.loss, dataset.num_classes)
     mesh = parallel.make_mesh()
@@ -127,54 +159,94 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {config.batch_size} exceeds the {n_train} training images.")
     os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+    say = tqdm.write if is_main else (lambda message: None)  # process 0 speaks for all
+    manager = checkpoint.make_manager(workdir)
+    extended = checkpoint.check_run_config(
+        workdir, run_identity(config, dataset, identity), config.epochs,
+        resuming=manager.latest_step() is not None, write=is_main)
+    if extended:
+        say(extended)
+
     dtype = jnp.bfloat16 if config.bf16 else jnp.float32
     tx, lr_fn = make_tx(steps_per_epoch)
     key = jax.random.key(config.seed)
     init_key, shuffle_key, aug_key = (jax.random.fold_in(key, i) for i in range(3))
     repl = parallel.replicated(mesh)
-
     sample = jnp.zeros((1, *dataset.train_images.shape[1:]), dtype)
     init = jax.jit(lambda k: steps.init_state(model, tx, sample, k, dataset.num_classes,
-                                              config.loss.name == "ols"), out_shardings=repl)
-    state = init(init_key)
-    manager = checkpoint.make_manager(workdir)
-    state = checkpoint.restore_latest(manager, state)
+                                              config.loss.uses_ols), out_shardings=repl)
+    state = checkpoint.restore_latest(manager, init(init_key))
     start = int(state.step)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
-    is_main = jax.process_index() == 0
     records = [r for r in report.read_jsonl(metrics_path) if r["step"] <= start]
     if is_main:
         report.write_jsonl(metrics_path, records)
 
     train_x = parallel.put_replicated(dataset.train_images, mesh)
     train_y = parallel.put_replicated(dataset.train_labels, mesh)
-    test = steps.pad_to_multiple(dataset.test_images, dataset.test_labels, config.eval_batch_size)
+    test = evaluation.pad_to_multiple(dataset.test_images, dataset.test_labels,
+                                      config.eval_batch_size)
     test_x, test_y, test_m = (parallel.put_replicated(a, mesh) for a in test)
-    n_eval_batches = len(test[1]) // config.eval_batch_size
 
     train_step = jax.jit(steps.make_train_step(
         model=model, tx=tx, loss_spec=config.loss, lr_fn=lr_fn, steps_per_epoch=steps_per_epoch,
         batch_size=config.batch_size, mesh=mesh, mean=config.mean, std=config.std,
         use_augment=config.augment, compute_dtype=dtype, aug_key=aug_key), donate_argnums=0)
-    eval_step = jax.jit(steps.make_eval_step(
-        model=model, batch_size=config.eval_batch_size, mesh=mesh, mean=config.mean,
-        std=config.std, compute_dtype=dtype, num_bins=config.num_bins))
+    evaluator = evaluation.make_evaluator(
+        steps.make_logits_fn(model, mean=config.mean, std=config.std, compute_dtype=dtype),
+        batch_size=config.eval_batch_size, num_classes=dataset.num_classes,
+        num_bins=config.num_bins, replicated=repl, batch_sharded=parallel.batch_sharded(mesh))
     permute = jax.jit(steps.epoch_permutation, static_argnums=2, out_shardings=repl)
-
-    def evaluate(st):
-        sums = None
-        for i in range(n_eval_batches):
-            out = eval_step(st, test_x, test_y, test_m, i)
-            sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-        return steps.summarize_eval(jax.device_get(sums))
+    evaluate = lambda st: evaluator(st, test_x, test_y, test_m)  # noqa: E731
 
     total = config.epochs * steps_per_epoch
-    step = start
+    base_summary = {"epochs": config.epochs, "steps": total, "loss": config.loss.label,
+                    "config": dataclasses.asdict(config), "num_devices": int(mesh.devices.size),
+                    **(run_info or {})}
+
+    def finish_early(state, status, message, **fields) -> RunResult:
+        """Writes a summary.json whose metrics are null and whose status says why."""
+        summary = {"status": status, "message": message, "step": int(state.step),
+                   **{k: None for k in SUMMARY_METRICS}, **fields, **base_summary}
+        if is_main:
+            report.write_json(os.path.join(workdir, "summary.json"), summary)
+        say(message)
+        return RunResult(state, summary, fields.get("interrupted_by"), status, message)
+
+    def diverged(state, bad_step: int) -> RunResult:
+        return finish_early(state, DIVERGED, _divergence_message(
+            bad_step, steps_per_epoch, total, workdir), diverged_at_step=bad_step)
+
+    def end_epoch(state, epoch: int, seconds: float) -> dict:
+        """Evaluates, and appends the epoch's record to metrics.jsonl (process 0)."""
+        ev = evaluate(state)
+        record = {"epoch": epoch, "step": epoch * steps_per_epoch,
+                  **steps.epoch_means(jax.device_get(state.epoch_sums), config.loss),
+                  "test_top1": ev["top1"], "test_top5": ev["top5"], "test_nll": ev["nll"],
+                  "test_ece": ev["ece"],
+                  "learning_rate": float(lr_fn(epoch * steps_per_epoch - 1)),
+                  "epoch_time_s": seconds}
+        records.append(record)
+        if is_main:
+            report.append_jsonl(metrics_path, record)
+        say(f"epoch {epoch}/{config.epochs}: train_loss {record['train_loss']:.4f} "
+            f"top1 {ev['top1']:.4f} top5 {ev['top5']:.4f} nll {ev['nll']:.4f} "
+            f"ece {ev['ece']:.4f} lr {record['learning_rate']:.3g} ({seconds:.0f}s)")
+        return ev
+
     ev = None
+    if 0 < start <= total and start % steps_per_epoch == 0 and not any(
+            r["epoch"] == start // steps_per_epoch for r in records):
+        # The checkpoint ends an epoch whose record is missing (its line was cut short by a
+        # crash): the checkpoint holds that epoch's sums, so evaluate it now.
+        ev = end_epoch(state, start // steps_per_epoch, 0.0)
+
+    step = start
     with checkpoint.StopOnSignal() as stop, tqdm(
             total=total, initial=start, disable=not (config.progress and is_main),
             desc=config.loss.label, unit="step", dynamic_ncols=True) as bar:
-        log = bar.write if is_main else (lambda message: None)  # process 0 speaks for all
+        say = bar.write if is_main else say
         while step < total:
             epoch = step // steps_per_epoch
             perm = permute(shuffle_key, epoch, n_train)
@@ -183,44 +255,42 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
                 state, m = train_step(state, train_x, train_y, perm)
                 step += 1
                 bar.update(1)
-                if step % 10 == 0:
-                    bar.set_postfix(loss=f"{float(m['loss']):.4f}",
-                                    lr=f"{float(m['learning_rate']):.2g}")
+                epoch_done = step % steps_per_epoch == 0
+                if step % CHECK_EVERY == 0 or epoch_done:
+                    loss, lr, bad = jax.device_get(
+                        (m["loss"], m["learning_rate"], state.first_nonfinite_step))
+                    if bad:
+                        return diverged(state, int(bad))
+                    bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{float(lr):.2g}")
+                if epoch_done:
+                    ev = end_epoch(state, epoch + 1, time.time() - t0)
+                    checkpoint.save(manager, state)
                 limit_hit = config.stop_after_steps and step - start >= config.stop_after_steps
                 signum = agreed_stop_signal(stop, step)
                 if (signum or limit_hit) and step < total:
+                    bad = int(jax.device_get(state.first_nonfinite_step))
+                    if bad:  # never checkpoint a diverged state
+                        return diverged(state, bad)
                     checkpoint.save(manager, state)
                     manager.wait_until_finished()
-                    log(f"Stopped at step {step}/{total}; checkpoint saved in {workdir}. "
-                        "Run the same command again to resume.")
-                    return RunResult(state, {}, signum or 0)
-            ev = evaluate(state)
-            sums = jax.device_get(state.epoch_sums)
-            record = {"epoch": epoch + 1, "step": step,
-                      "train_loss": float(sums["loss"] / max(sums["count"], 1.0)),
-                      **epoch_loss_parts(sums, config.loss.gsc_gamma > 0),
-                      "test_top1": ev["top1"], "test_top5": ev["top5"], "test_nll": ev["nll"],
-                      "test_ece": ev["ece"], "learning_rate": float(lr_fn(step - 1)),
-                      "epoch_time_s": time.time() - t0}
-            records.append(record)
-            if is_main:
-                report.append_jsonl(metrics_path, record)
-            log(f"epoch {epoch + 1}/{config.epochs}: train_loss {record['train_loss']:.4f} "
-                f"top1 {ev['top1']:.4f} top5 {ev['top5']:.4f} nll {ev['nll']:.4f} "
-                f"ece {ev['ece']:.4f} lr {record['learning_rate']:.3g} "
-                f"({record['epoch_time_s']:.0f}s)")
-            checkpoint.save(manager, state)
+                    return finish_early(
+                        state, STOPPED,
+                        f"Stopped at step {step}/{total}; checkpoint saved in {workdir}. "
+                        "Run the same command again to resume.",
+                        interrupted_by=signum or 0)
     manager.wait_until_finished()
     if ev is None:  # resumed an already finished run
         ev = evaluate(state)
+    accuracies = [r["test_top1"] for r in records
+                  if r.get("test_top1") is not None and np.isfinite(r["test_top1"])]
     summary = {
+        "status": COMPLETED,
         "test_accuracy": ev["top1"], "test_top5": ev["top5"], "test_ece": ev["ece"],
-        "test_nll": ev["nll"],
-        "best_test_accuracy": max((r["test_top1"] for r in records), default=ev["top1"]),
-        "epochs": config.epochs, "steps": total, "loss": config.loss.label,
-        "config": dataclasses.asdict(config), "num_devices": int(mesh.devices.size),
+        "test_nll": ev["nll"], "best_test_accuracy": max(accuracies, default=ev["top1"]),
+        "test_nonfinite_examples": ev["nonfinite"],
+        **base_summary,
         "train_time_s": float(sum(r["epoch_time_s"] for r in records)),
-        "reliability": ev["reliability"], **(run_info or {}),
+        "reliability": ev["reliability"],
     }
     if is_main:
         report.write_json(os.path.join(workdir, "summary.json"), summary)
@@ -228,4 +298,3 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
         report.plot_reliability(ev["reliability"], os.path.join(workdir, "reliability.png"),
                                 config.loss.label, ece=ev["ece"])
     return RunResult(state, summary)
-

@@ -1,7 +1,13 @@
-"""Training losses selected by name, all from gsc_jax.
+r"""Training losses selected by name, all from gsc_jax, with the parts that are logged.
 
-Names (paper Table 1 and OLS): ce, entropy (CE + lambda H(S)), focal (eta), ls (alpha), ols. Any of
-them gets the GSC term gamma * f_topc(K, 0, H(S)) added when gamma > 0 (`gsc_jax.with_gsc`).
+Names (GSC paper Table 1, and online label smoothing): ce, entropy (CE + lambda H(S)), focal (eta),
+ls (alpha), ols. Any of them gets the GSC term added when gamma > 0 (Zhao et al. 2022, Eq. 9):
+
+.. math::
+    \ell(z, y) = \mathrm{base}(z, y) + \gamma\, f_{top_c}(\mathrm{Topk}(S), 0, H(S))
+
+`LossSpec` is the one description of a loss: `LossSpec.uses_gsc` says whether the GSC term is on,
+`make_objective` builds what a training step minimises together with the parts it logs.
 """
 
 import dataclasses
@@ -9,8 +15,12 @@ from typing import Callable
 
 import gsc_jax
 import jax
+import jax.numpy as jnp
 
 LOSS_NAMES = ("ce", "entropy", "focal", "ls", "ols")
+# The hyper-parameter each base loss reads (None: it has none).
+_BASE_HYPERPARAMETER = {"ce": None, "entropy": "entropy_weight", "focal": "focal_eta",
+                        "ls": "ls_alpha", "ols": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,12 +44,33 @@ class LossSpec:
     ls_alpha: float = 0.1
 
     @property
+    def uses_gsc(self) -> bool:
+        """Whether the GSC term is part of the trained loss (gamma > 0)."""
+        return self.gsc_gamma > 0
+
+    @property
+    def uses_ols(self) -> bool:
+        """Whether the loss needs the online-label-smoothing state (`gsc_jax.ols_*`)."""
+        return self.name == "ols"
+
+    @property
     def label(self) -> str:
-        """Short human-readable name, e.g. 'focal(2)+GSC(0.02,3)'."""
+        """Short human-readable name, e.g. 'Focal(2)+GSC(0.02,3)'."""
         base = {"ce": "CE", "entropy": f"CE+Entropy({self.entropy_weight:g})",
                 "focal": f"Focal({self.focal_eta:g})", "ls": f"CE+LS({self.ls_alpha:g})",
                 "ols": "OLS"}[self.name]
-        return base + (f"+GSC({self.gsc_gamma:g},{self.gsc_top_c})" if self.gsc_gamma > 0 else "")
+        return base + (f"+GSC({self.gsc_gamma:g},{self.gsc_top_c})" if self.uses_gsc else "")
+
+    def hyperparameters(self) -> dict:
+        """The fields that change the trained loss: the name, its own hyper-parameter, and
+        gsc_gamma / gsc_top_c when GSC is on. Two specs train the same loss iff these are equal."""
+        out = {"name": self.name}
+        own = _BASE_HYPERPARAMETER.get(self.name)
+        if own is not None:
+            out[own] = getattr(self, own)
+        if self.uses_gsc:
+            out.update(gsc_gamma=self.gsc_gamma, gsc_top_c=self.gsc_top_c)
+        return out
 
 
 def validate_loss_spec(spec: LossSpec, num_classes: int) -> None:
@@ -57,8 +88,8 @@ def validate_loss_spec(spec: LossSpec, num_classes: int) -> None:
 
 
 def _base_loss_fn(spec: LossSpec) -> Callable:
-    """The per-example base loss `fn(logits, labels, soft_labels)` of `spec`, without GSC."""
-    base = {
+    """The per-example base loss `fn(logits, labels, **kw)` of `spec`, without GSC."""
+    return {
         "ce": gsc_jax.cross_entropy,
         "entropy": lambda lg, y, **kw: gsc_jax.entropy_regularized_cross_entropy(
             lg, y, entropy_weight=spec.entropy_weight, **kw),
@@ -67,11 +98,10 @@ def _base_loss_fn(spec: LossSpec) -> Callable:
             lg, y, alpha=spec.ls_alpha, **kw),
         "ols": gsc_jax.online_label_smoothing_loss,
     }[spec.name]
-    return base
 
 
 def _call(spec: LossSpec, fn: Callable, logits, labels, soft_labels):
-    if spec.name == "ols":
+    if spec.uses_ols:
         return fn(logits, labels, soft_labels=soft_labels)
     return fn(logits, labels)
 
@@ -79,12 +109,12 @@ def _call(spec: LossSpec, fn: Callable, logits, labels, soft_labels):
 def make_loss_fn(spec: LossSpec) -> Callable:
     """Builds the per-example loss `fn(logits [B, K], labels [B], soft_labels [K, K] | None)`.
 
-    The result has shape [B].
-
-    `soft_labels` is the OLS state's matrix (`gsc_jax.ols_*`); the other losses ignore it.
+    The result has shape [B]. `soft_labels` is the OLS state's matrix (`gsc_jax.ols_*`); the
+    other losses ignore it. With GSC on, the base loss goes through `gsc_jax.with_gsc` (for 'ce'
+    that is the fused `gsc_jax.gsc_loss`).
     """
     base = _base_loss_fn(spec)
-    if spec.gsc_gamma > 0:
+    if spec.uses_gsc:
         base = gsc_jax.with_gsc(base, gamma=spec.gsc_gamma, top_c=spec.gsc_top_c)
 
     def loss_fn(logits: jax.Array, labels: jax.Array, soft_labels=None) -> jax.Array:
@@ -93,21 +123,59 @@ def make_loss_fn(spec: LossSpec) -> Callable:
     return loss_fn
 
 
-def make_loss_parts_fn(spec: LossSpec) -> Callable:
+def make_loss_parts_fn(spec: LossSpec, *, with_gsc_term: bool | None = None) -> Callable:
     """Builds `fn(logits, labels, soft_labels) -> {'base_loss': [B], 'gsc_term': [B]}`.
 
     The two parts of the `make_loss_fn` loss, computed separately for logging: base_loss is the
     loss without GSC (CE / entropy / focal / LS / OLS) and gsc_term the GSC term *unscaled* by
     gamma, so that loss = base_loss + gamma * gsc_term up to float rounding (the trained 'ce'+GSC
-    loss is the fused `gsc_jax.gsc_loss`, these parts are computed apart). 'gsc_term' is omitted
-    when gamma = 0 (GSC off: the term is neither trained nor computed).
+    loss is the fused `gsc_jax.gsc_loss`, these parts are computed apart).
+
+    Args:
+      spec: the loss.
+      with_gsc_term: whether 'gsc_term' is computed; default `spec.uses_gsc`. True also reports
+        the term of a loss without GSC (a baseline's GSC value, for comparison).
     """
     base = _base_loss_fn(spec)
+    with_gsc_term = spec.uses_gsc if with_gsc_term is None else with_gsc_term
 
     def parts_fn(logits: jax.Array, labels: jax.Array, soft_labels=None) -> dict:
         parts = {"base_loss": _call(spec, base, logits, labels, soft_labels)}
-        if spec.gsc_gamma > 0:
-            parts["gsc_term"] = gsc_jax.gsc_term_fused(logits, top_c=spec.gsc_top_c)
+        if with_gsc_term:
+            parts["gsc_term"] = _gsc_term(spec, logits)
         return parts
 
     return parts_fn
+
+
+def _gsc_term(spec: LossSpec, logits: jax.Array) -> jax.Array:
+    """The per-example GSC term of `spec`'s top_c, unscaled by gamma."""
+    return gsc_jax.gsc_term(logits, top_c=spec.gsc_top_c)
+
+
+def make_objective(spec: LossSpec, *, with_gsc_term: bool | None = None) -> Callable:
+    """Builds `objective(logits, labels, soft_labels=None) -> (loss, parts)` for a training step.
+
+    loss is the mean over examples of `make_loss_fn(spec)` (a scalar to differentiate); parts
+    holds scalar means for logging: 'loss', 'base_loss' and, when `with_gsc_term` (default
+    `spec.uses_gsc`), 'gsc_term' (unscaled by gamma). The parts come from the logits under
+    stop_gradient, so the gradient is that of the loss alone. Without GSC the base loss is the
+    loss itself and is not computed twice.
+
+    Logits may have any leading shape ([B, K], or [pixels, K] for segmentation); labels match it.
+    """
+    loss_fn = make_loss_fn(spec)
+    parts_fn = make_loss_parts_fn(spec, with_gsc_term=with_gsc_term)
+    with_gsc_term = spec.uses_gsc if with_gsc_term is None else with_gsc_term
+
+    def objective(logits: jax.Array, labels: jax.Array, soft_labels=None):
+        loss = jnp.mean(loss_fn(logits, labels, soft_labels))
+        parts = {"loss": loss, "base_loss": loss}
+        frozen = jax.lax.stop_gradient(logits)
+        if spec.uses_gsc:  # the trained loss mixes both parts: compute them apart
+            parts.update(jax.tree.map(jnp.mean, parts_fn(frozen, labels, soft_labels)))
+        elif with_gsc_term:  # the loss is the base loss; only the term is extra
+            parts["gsc_term"] = jnp.mean(_gsc_term(spec, frozen))
+        return loss, parts
+
+    return objective

@@ -1,7 +1,8 @@
 """Data parallelism: one 'data' mesh axis over all devices, multi-host via jax.distributed.
 
-Arrays are global (jit + NamedSharding, style.md section 4): the dataset and the train state are
-replicated, and each global batch is split across the devices along its first axis.
+Arrays are global (jit with NamedSharding, as in the JAX sharding guide): the dataset and the
+train state are replicated, and each global batch is split across the devices along its first
+axis.
 """
 
 import os

@@ -1,42 +1,112 @@
-"""Run outputs: metrics.jsonl, summary.json, and matplotlib plots (curves, reliability diagram)."""
+"""Run outputs: metrics.jsonl, summary.json, and matplotlib plots (curves, reliability diagram).
+
+JSON is always valid: NaN and infinities are written as null, and the dotted keys of those values
+are listed in a "non_finite" field of the record (`json_safe`). Whole files are replaced atomically
+(a temporary file, then os.replace), so that a reader never sees half of one.
+"""
 
 import json
+import logging
+import math
 import os
 
 import matplotlib.pyplot as plt
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def json_safe(obj, prefix: str = ""):
+    """Returns (a copy of `obj` that json.dumps accepts with allow_nan=False, the dotted keys of
+    the non-finite numbers it replaced by None).
+
+    NumPy scalars and arrays become Python numbers and lists; tuples become lists.
+    """
+    bad = []
+
+    def convert(value, key):
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
+        elif isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, dict):
+            return {k: convert(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [convert(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, float) and not math.isfinite(value):
+            bad.append(key)
+            return None
+        return value
+
+    return convert(obj, prefix), bad
+
+
+def _dumps(record, **kwargs) -> str:
+    """JSON text of a dict record; non-finite numbers become null, listed under "non_finite"."""
+    safe, bad = json_safe(record)
+    if bad:
+        safe["non_finite"] = bad
+    return json.dumps(safe, allow_nan=False, **kwargs)
+
+
+def _replace(path: str, text: str) -> None:
+    """Writes `text` to `path` atomically (temporary file in the same folder, then os.replace)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def read_jsonl(path: str) -> list:
-    """Returns the records of a JSON-lines file ([] if it does not exist)."""
+    """Returns the records of a JSON-lines file ([] if it does not exist).
+
+    A last line that is not valid JSON (a write cut short by a crash) is dropped with a warning.
+
+    Raises:
+      ValueError: naming the file and line, when any other line is not valid JSON.
+    """
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [(number, line) for number, line in enumerate(f, 1) if line.strip()]
+    records = []
+    for position, (number, line) in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if position == len(lines) - 1:
+                logger.warning("%s:%d: dropped an incomplete last line (%s), as written by a run "
+                               "that was killed mid-write.", path, number, error.msg)
+                break
+            raise ValueError(f"{path}:{number}: not a JSON record ({error.msg}); repair or "
+                             "delete that line.") from error
+    return records
 
 
 def write_jsonl(path: str, records: list) -> None:
-    """Writes the records as a JSON-lines file (on resume: drops records past the checkpoint).
+    """Writes the records as a JSON-lines file, replacing it atomically.
 
-    The file is replaced atomically, so that a reader (another process of a multi-host run reading
-    it on resume) sees either the old or the new file, never a truncated one.
+    On resume this drops the records past the checkpoint; a reader (another process of a multi-host
+    run reading it on resume) sees either the old or the new file, never a truncated one.
     """
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
-    os.replace(tmp, path)
+    _replace(path, "".join(_dumps(r) + "\n" for r in records))
 
 
 def append_jsonl(path: str, record: dict) -> None:
     """Appends one JSON record as a line."""
     with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(_dumps(record) + "\n")
 
 
 def write_json(path: str, obj) -> None:
-    """Writes `obj` as indented JSON."""
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
+    """Writes `obj` as indented JSON, atomically; a dict's non-finite numbers become null."""
+    if isinstance(obj, dict):
+        text = _dumps(obj, indent=2)
+    else:
+        text = json.dumps(json_safe(obj)[0], allow_nan=False, indent=2)
+    _replace(path, text + "\n")
 
 
 def plot_curves(records: list, path: str, title: str = "") -> None:
@@ -46,7 +116,8 @@ def plot_curves(records: list, path: str, title: str = "") -> None:
             ("test_nll", "test NLL"), ("test_ece", "test ECE (15 bins)")]
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
     for ax, (key, name) in zip(axes, keys):
-        ax.plot(epochs, [r[key] for r in records], marker="o")
+        values = [np.nan if r.get(key) is None else r[key] for r in records]
+        ax.plot(epochs, values, marker="o")
         ax.set_xlabel("epoch")
         ax.set_title(name)
         ax.grid(alpha=0.3)

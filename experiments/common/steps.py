@@ -1,4 +1,4 @@
-"""Train state, jitted train step and masked-sum evaluation (global arrays on a 'data' mesh).
+"""Train state and the jitted train step (global arrays on a 'data' mesh).
 
 The train step gathers its batch from the device-resident dataset with an epoch permutation, so a
 run is a pure function of (seed, step): that makes resume exact and 1-vs-N devices equal.
@@ -10,14 +10,12 @@ import flax
 import gsc_jax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from gsc_jax import metrics
 
 from experiments.common import augment, losses, parallel
 
 
-EPOCH_SUM_KEYS = ("loss", "count", "base_loss", "gsc_term", "parts_count")
+EPOCH_SUM_KEYS = ("loss", "base_loss", "gsc_term", "count")
 
 
 @flax.struct.dataclass
@@ -31,9 +29,9 @@ class TrainState:
       opt_state: optax state.
       ols: gsc_jax OnlineLabelSmoothingState for the 'ols' loss, else None.
       epoch_sums: float32 sums over the current epoch's steps (EPOCH_SUM_KEYS): 'loss' (the trained
-        loss), 'base_loss' and 'gsc_term' (its parts, see `make_train_step`), 'count' (steps) and
-        'parts_count' (steps whose parts were summed; less than 'count' only in an epoch resumed
-        from a checkpoint written before the parts were logged).
+        loss), 'base_loss' and 'gsc_term' (its parts, see `make_train_step`) and 'count' (steps).
+      first_nonfinite_step: int32 [], the number of the first step (1-based) whose training loss
+        was NaN or infinite; 0 while every loss has been finite.
     """
 
     step: jax.Array
@@ -42,6 +40,7 @@ class TrainState:
     opt_state: Any
     ols: Any
     epoch_sums: Any
+    first_nonfinite_step: jax.Array
 
 
 def init_state(model, tx, sample: jax.Array, key: jax.Array, num_classes: int,
@@ -56,6 +55,7 @@ def init_state(model, tx, sample: jax.Array, key: jax.Array, num_classes: int,
         opt_state=tx.init(params),
         ols=gsc_jax.ols_init(num_classes) if use_ols else None,
         epoch_sums={k: jnp.zeros((), jnp.float32) for k in EPOCH_SUM_KEYS},
+        first_nonfinite_step=jnp.zeros((), jnp.int32),
     )
 
 
@@ -76,6 +76,16 @@ def apply_model(model, state: TrainState, params, x: jax.Array, train: bool):
     return logits.astype(jnp.float32), new["batch_stats"]
 
 
+def make_logits_fn(model, *, mean, std, compute_dtype) -> Callable:
+    """`logits_fn(state, images uint8 [B, H, W, C]) -> float32 logits [B, K]` in eval mode."""
+
+    def logits_fn(state: TrainState, images):
+        x = augment.normalize(images, mean, std, compute_dtype)
+        return apply_model(model, state, state.params, x, train=False)[0]
+
+    return logits_fn
+
+
 def make_train_step(*, model, tx, loss_spec: losses.LossSpec, lr_fn: Callable,
                     steps_per_epoch: int, batch_size: int, mesh, mean, std, use_augment: bool,
                     compute_dtype, aug_key: jax.Array) -> Callable:
@@ -83,19 +93,15 @@ def make_train_step(*, model, tx, loss_spec: losses.LossSpec, lr_fn: Callable,
 
     Step s trains on perm[i*B:(i+1)*B] with i = s % steps_per_epoch (the last partial batch of an
     epoch is dropped), augmented with key fold_in(aug_key, s). The batch mean of the per-example
-    loss is minimised. For 'ols', the OLS accumulators are updated every step and finalised on the
-    last step of each epoch (gsc_jax.ols_update / ols_finalize_epoch).
+    loss is minimised (`losses.make_objective`). For 'ols', the OLS accumulators are updated every
+    step and finalised on the last step of each epoch (gsc_jax.ols_update / ols_finalize_epoch).
 
-    The loss's parts are logged too (batch means, summed in `state.epoch_sums`): 'base_loss' (the
-    loss without GSC) and, when gamma > 0, 'gsc_term' (unscaled by gamma), computed from the
-    logits under stop_gradient by `losses.make_loss_parts_fn`: the gradient and the trained loss
-    are unchanged. With gamma = 0 the base loss is the trained loss itself (nothing is recomputed)
-    and 'gsc_term' stays 0 in the sums and absent from the metrics.
+    The loss's parts (batch means) are summed in `state.epoch_sums`: 'base_loss' (the loss without
+    GSC) and 'gsc_term' (unscaled by gamma; 0 when GSC is off). The sums restart at each epoch's
+    first step. `state.first_nonfinite_step` records the first step whose loss was not finite, so
+    that the host can detect a diverged run by reading one scalar now and then.
     """
-    loss_fn = losses.make_loss_fn(loss_spec)
-    parts_fn = losses.make_loss_parts_fn(loss_spec)
-    use_gsc = loss_spec.gsc_gamma > 0
-    use_ols = loss_spec.name == "ols"
+    objective_fn = losses.make_objective(loss_spec)
 
     def train_step(state: TrainState, images_all, labels_all, perm):
         i = state.step % steps_per_epoch
@@ -105,85 +111,48 @@ def make_train_step(*, model, tx, loss_spec: losses.LossSpec, lr_fn: Callable,
         if use_augment:
             images = augment.random_crop_flip(jax.random.fold_in(aug_key, state.step), images)
         x = augment.normalize(images, mean, std, compute_dtype)
-        soft = state.ols.soft_labels if use_ols else None
+        soft = state.ols.soft_labels if loss_spec.uses_ols else None
 
         def objective(params):
             logits, batch_stats = apply_model(model, state, params, x, train=True)
-            return jnp.mean(loss_fn(logits, labels, soft)), (logits, batch_stats)
+            loss, parts = objective_fn(logits, labels, soft)
+            return loss, (parts, logits, batch_stats)
 
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
-            state.params)
-        if use_gsc:
-            parts = jax.tree.map(jnp.mean, parts_fn(jax.lax.stop_gradient(logits), labels, soft))
-        else:
-            parts = {"base_loss": loss}
+        (loss, (parts, logits, batch_stats)), grads = jax.value_and_grad(
+            objective, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         ols = state.ols
-        if use_ols:
+        if loss_spec.uses_ols:
             ols = gsc_jax.ols_update(ols, jax.lax.stop_gradient(logits), labels)
             last = i == steps_per_epoch - 1
             ols = jax.tree.map(lambda a, b: jnp.where(last, a, b),
                                gsc_jax.ols_finalize_epoch(ols), ols)
-        keep = (i > 0).astype(jnp.float32)
-        step_values = {"loss": loss, "count": 1.0, "base_loss": parts["base_loss"],
-                       "gsc_term": parts.get("gsc_term", 0.0), "parts_count": 1.0}
-        sums = {k: state.epoch_sums[k] * keep + step_values[k] for k in EPOCH_SUM_KEYS}
+        step_values = {"loss": loss, "base_loss": parts["base_loss"],
+                       "gsc_term": parts.get("gsc_term", jnp.zeros((), jnp.float32)),
+                       "count": jnp.ones((), jnp.float32)}
+        # jnp.where, not a product with 0: a NaN of the previous epoch must not carry over.
+        sums = {k: jnp.where(i > 0, state.epoch_sums[k] + step_values[k], step_values[k])
+                for k in EPOCH_SUM_KEYS}
+        first_bad = jnp.where((state.first_nonfinite_step == 0) & ~jnp.isfinite(loss),
+                              state.step + 1, state.first_nonfinite_step)
         new_state = state.replace(step=state.step + 1,
                                   params=optax.apply_updates(state.params, updates),
                                   batch_stats=batch_stats, opt_state=opt_state, ols=ols,
-                                  epoch_sums=sums)
-        return new_state, {"loss": loss, **parts, "learning_rate": lr_fn(state.step)}
+                                  epoch_sums=sums, first_nonfinite_step=first_bad)
+        return new_state, {**parts, "learning_rate": lr_fn(state.step)}
 
     return train_step
 
 
-def pad_to_multiple(images: np.ndarray, labels: np.ndarray, multiple: int):
-    """Zero-pads [M, ...] arrays to a multiple of `multiple`; returns (images, labels, mask)."""
-    m = len(labels)
-    extra = (-m) % multiple
-    mask = np.concatenate([np.ones(m, bool), np.zeros(extra, bool)])
-    images = np.concatenate([images, np.zeros((extra, *images.shape[1:]), images.dtype)])
-    labels = np.concatenate([labels, np.zeros(extra, labels.dtype)])
-    return images, labels, mask
+def epoch_means(sums: dict, loss_spec: losses.LossSpec) -> dict:
+    """The epoch's mean training loss and its parts, from host `epoch_sums`, for metrics.jsonl.
 
-
-def make_eval_step(*, model, batch_size: int, mesh, mean, std, compute_dtype,
-                   num_bins: int = 15) -> Callable:
-    """Builds `eval_step(state, images, labels, mask, i) -> sums` for the i-th batch of B examples.
-
-    Returns masked sums (so a padded last batch is weighted correctly): correct1, correct5, nll,
-    count, and `calib`, a gsc_jax.metrics.calibration_stats accumulator.
+    train_loss: the trained loss; train_base_loss: the loss without GSC (CE / entropy / focal /
+    LS / OLS); train_gsc_term: the GSC term unscaled by gamma, only when GSC is on. So train_loss =
+    train_base_loss + gamma * train_gsc_term (up to float rounding).
     """
-
-    def eval_step(state, images_all, labels_all, mask_all, i):
-        sl = lambda a: jax.lax.with_sharding_constraint(  # noqa: E731
-            jax.lax.dynamic_slice_in_dim(a, i * batch_size, batch_size),
-            parallel.batch_sharded(mesh))
-        images, labels, mask = sl(images_all), sl(labels_all), sl(mask_all)
-        logits, _ = apply_model(model, state, state.params,
-                                augment.normalize(images, mean, std, compute_dtype), train=False)
-        w = mask.astype(jnp.float32)
-        k5 = min(5, logits.shape[-1])
-        return {
-            "correct1": jnp.sum(metrics.top_k_accuracy(logits, labels, k=1) * w),
-            "correct5": jnp.sum(metrics.top_k_accuracy(logits, labels, k=k5) * w),
-            "nll": jnp.sum(metrics.negative_log_likelihood(logits, labels) * w),
-            "count": jnp.sum(w),
-            "calib": metrics.calibration_stats(jax.nn.softmax(logits), labels,
-                                               num_bins=num_bins, where=mask),
-        }
-
-    return eval_step
-
-
-def summarize_eval(sums: dict) -> dict:
-    """Turns accumulated eval sums into fractions: top1, top5, nll, ece (+ the reliability data)."""
     n = float(sums["count"])
-    return {
-        "top1": float(sums["correct1"]) / n,
-        "top5": float(sums["correct5"]) / n,
-        "nll": float(sums["nll"]) / n,
-        "ece": float(metrics.expected_calibration_error_from_stats(sums["calib"])),
-        "reliability": {k: np.asarray(v).tolist()
-                        for k, v in metrics.reliability_diagram(sums["calib"]).items()},
-    }
+    out = {"train_loss": float(sums["loss"]) / n, "train_base_loss": float(sums["base_loss"]) / n}
+    if loss_spec.uses_gsc:
+        out["train_gsc_term"] = float(sums["gsc_term"]) / n
+    return out

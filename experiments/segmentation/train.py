@@ -1,7 +1,6 @@
 r"""Kanezaki (ICASSP 2018) unsupervised segmentation by backpropagation, with an optional GSC term.
 
-Follows kanezaki/pytorch-unsupervised-segmentation@478e67e demo.py (digest: algorithms.md Sec. 2):
-a small conv net maps the image to ``p`` channels per pixel; each iteration the per-pixel argmax
+Follows kanezaki/pytorch-unsupervised-segmentation@478e67e demo.py: a small conv net maps the image to ``p`` channels per pixel; each iteration the per-pixel argmax
 labels are replaced, inside each SLIC superpixel, by the superpixel's most frequent label, and the
 net is trained with softmax cross-entropy against these refined labels. Training stops after the
 step of the first iteration whose argmax map (before refinement) has ``<= min_labels`` labels.
@@ -11,7 +10,8 @@ With the GSC paper (Zhao et al. 2022, Sec. 4.4), the per-pixel loss becomes
 .. math::
     \ell_n = \mathrm{CE}(z_n, \hat c_n) + \gamma \, f_{top_c}(\mathrm{Topk}(S_n), 0, H(S_n))
 
-with :math:`S_n = \mathrm{softmax}(z_n)` over the ``p`` channels (Eq. 9, ``gsc_jax.gsc_term``).
+with :math:`S_n = \mathrm{softmax}(z_n)` over the ``p`` channels (Eq. 9, ``gsc_jax.gsc_term``),
+built by the experiments' shared loss layer (``losses.LossSpec("ce", gsc_gamma, gsc_top_c)``).
 
 Choices where this differs from, or is not fixed by, the reference:
 
@@ -27,7 +27,6 @@ Choices where this differs from, or is not fixed by, the reference:
 
 import dataclasses
 import functools
-import math
 import time
 
 import flax.linen as nn
@@ -38,7 +37,8 @@ import optax
 import skimage.segmentation
 import tqdm
 
-import gsc_jax
+from experiments.common import losses
+from experiments.common.layers import TorchConv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,67 +57,13 @@ class Config:
     seed: int = 0  # PRNG seed for the initial weights (not set in the reference)
 
 
-_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
-
-
-def _conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """Stride-1 'SAME' convolution, ``[B, H, W, I] * [k, k, I, O] -> [B, H, W, O]`` (odd k)."""
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_DIMENSIONS)
-
-
-@jax.custom_vjp
-def conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """`_conv` with a backward pass that XLA:CPU runs about 2x faster than autodiff's.
-
-    XLA:CPU computes the kernel gradient as a convolution whose window is the whole image, which is
-    slow; here it is ``k * k`` matrix products ``x_shifted^T @ dy`` (``[I, B*H*W] @ [B*H*W, O]``),
-    and the input gradient is the forward convolution of ``dy`` with the flipped, transposed kernel.
-    Same values as autodiff of `_conv` up to float rounding (tests/test_segmentation.py).
-    """
-    return _conv(x, kernel)
-
-
-def _conv_same_fwd(x, kernel):
-    return _conv(x, kernel), (x, kernel)
-
-
-def _conv_same_bwd(residuals, dy):
-    x, kernel = residuals
-    size, height, width = kernel.shape[0], x.shape[1], x.shape[2]
-    dx = _conv(dy, jnp.flip(kernel, (0, 1)).swapaxes(2, 3))
-    pad = size // 2
-    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    dy_flat = dy.reshape(-1, dy.shape[-1])
-    rows = []
-    for i in range(size):
-        shifted = [padded[:, i : i + height, j : j + width] for j in range(size)]
-        rows.append(jnp.stack([s.reshape(-1, x.shape[-1]).T @ dy_flat for s in shifted]))
-    return dx, jnp.stack(rows)
-
-
-conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
-
-
-class Conv(nn.Module):
-    """k x k 'SAME' conv with bias, PyTorch's default init: weights, bias U(+-1/sqrt(fan_in))."""
-
-    features: int
-    size: int
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        bound = 1.0 / math.sqrt(x.shape[-1] * self.size * self.size)
-        init = functools.partial(jax.random.uniform, minval=-bound, maxval=bound)
-        kernel = self.param("kernel", init, (self.size, self.size, x.shape[-1], self.features))
-        bias = self.param("bias", init, (self.features,))
-        return conv_same(x, kernel) + bias
-
-
 class KanezakiNet(nn.Module):
     """conv3x3 -> ReLU -> BN, (n_conv - 1) x [conv3x3 -> ReLU -> BN], conv1x1 -> BN.
 
     BN always normalises with the statistics of the current image (the reference never leaves
     train mode); its running averages are never read. ``[1, H, W, 3] -> [1, H, W, n_channel]``.
+    On the CPU backend the convolutions' kernel gradients are matrix products
+    (``cpu_conv="matmul_backward"``, see `layers.TorchConv`), about twice as fast on large images.
     """
 
     n_channel: int = 100
@@ -128,9 +74,11 @@ class KanezakiNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        conv = functools.partial(TorchConv, self.n_channel, padding="SAME",
+                                 cpu_conv="matmul_backward")
         for _ in range(self.n_conv):
-            x = self._bn(nn.relu(Conv(self.n_channel, 3)(x)))
-        return self._bn(Conv(self.n_channel, 1)(x))
+            x = self._bn(nn.relu(conv(3)(x)))
+        return self._bn(conv(1)(x))
 
 
 def superpixels(image: np.ndarray, config: Config, scale: float = 1.0) -> tuple[np.ndarray, int]:
@@ -171,14 +119,19 @@ def count_labels(labels: jax.Array, n_channel: int) -> jax.Array:
     return jnp.sum(jnp.bincount(labels, length=n_channel) > 0).astype(jnp.int32)
 
 
+def loss_spec(gamma: float, top_c: int) -> losses.LossSpec:
+    """Per-pixel cross-entropy plus ``gamma`` times the GSC term (``gamma == 0``: the baseline)."""
+    return losses.LossSpec("ce", gsc_gamma=gamma, gsc_top_c=top_c)
+
+
 def loss_terms(logits: jax.Array, targets: jax.Array, *, gamma: float, top_c: int):
     """Mean CE and GSC term over pixels, and ``CE + gamma * GSC``; logits [N, p], targets [N].
 
-    ``gamma == 0`` leaves the GSC term out of the loss (the baseline) but still reports it.
+    The baseline (``gamma == 0``) trains CE alone but still reports the GSC term.
     """
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
-    gsc = gsc_jax.gsc_term(logits, top_c=top_c).mean()
-    return (ce + gamma * gsc if gamma else ce), {"ce": ce, "gsc": gsc}
+    objective = losses.make_objective(loss_spec(gamma, top_c), with_gsc_term=True)
+    loss, parts = objective(logits, targets)
+    return loss, {"ce": parts["base_loss"], "gsc": parts["gsc_term"]}
 
 
 def init_state(model: KanezakiNet, image: jax.Array, config: Config):
@@ -253,6 +206,7 @@ def segment(pixels: np.ndarray, segment_ids: np.ndarray, num_segments: int, conf
       top_c: number of top scores in the GSC term.
       desc: progress-bar label.
     """
+    losses.validate_loss_spec(loss_spec(gamma, top_c), config.n_channel)
     start = time.perf_counter()
     model = KanezakiNet(config.n_channel, config.n_conv)
     image = jnp.asarray(pixels, jnp.float32)[None] / 255.0
