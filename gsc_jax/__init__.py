@@ -4,11 +4,10 @@
     loss = gsc_loss(logits, labels, gamma=0.05, top_c=2).mean()
 """
 
+from gsc_jax import cpu_kernel
 from gsc_jax import metrics
 from gsc_jax._gsc import gsc_loss
-from gsc_jax._gsc import gsc_loss_reference
 from gsc_jax._gsc import gsc_term
-from gsc_jax._gsc import gsc_term_fused
 from gsc_jax._gsc import with_gsc
 from gsc_jax._losses import cross_entropy
 from gsc_jax._losses import entropy_regularized_cross_entropy
@@ -31,14 +30,13 @@ __all__ = [
     "OnlineLabelSmoothingState",
     "arcface_logits",
     "cosface_logits",
+    "cpu_kernel",
     "cross_entropy",
     "entropy_regularized_cross_entropy",
     "fit_temperature",
     "focal_loss",
     "gsc_loss",
-    "gsc_loss_reference",
     "gsc_term",
-    "gsc_term_fused",
     "label_smoothing_cross_entropy",
     "metrics",
     "ols_batch_statistics",

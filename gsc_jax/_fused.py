@@ -32,26 +32,32 @@ in rows of at most `SELECT_MAX_CLASSES`, which take the selects). The GSC term
 itself (sigma, its floor, normalisation, ``stop_gradient_sigma``, ``mu``) is assembled from these
 statistics by ordinary autodiff on ``[...]``- and ``[..., c]``-shaped arrays in `gsc_jax._gsc`.
 
-On the CPU backend, float32 and bfloat16 logits get the row statistics (max, exps, both sums,
-top-c) from one C++ kernel, `gsc_jax._cpu_kernel`, that sweeps each row while it is in cache
-(short rows eight at a time), and the backward pass's elementwise pass and written entries from a
-second one; XLA:CPU compiles the same work to several passes over memory, or for short rows to
-dozens of small operations. The kernels read bfloat16 as it is (the XLA path upcasts it to a
-float32 copy). Other backends, float64, float16, and machines without a C++ compiler use the XLA
-operations below, with the same results to float32 rounding (`tests/test_cpu_kernel.py`).
+These are XLA operations on every backend. On the CPU backend, `gsc_jax.cpu_kernel.enable`
+(opt-in) routes float32 and bfloat16 rows to two C++ kernels instead: one computes the row
+statistics (max, exps, both sums, top-c) in one sweep per row while it is in cache (short rows
+eight at a time), the other the backward pass's elementwise pass and written entries; the results
+are the same to float32 rounding (`tests/test_cpu_kernel.py`).
 
-Top-c selection follows `jax.lax.top_k` exactly on ties (the lower index first) and uses
-neither `lax.top_k` nor a sort (both are slow on XLA:CPU): ``c`` rounds of max and
-first-index-of-max. For ``num_classes >= 256`` these rounds run on chunk maxima and then on
-candidates: the top-c entries of a row lie in the ``c`` chunks with the largest maxima (ties to
+Top-c selection follows `jax.lax.top_k` exactly on ties (the lower index first). On the CPU
+backend it uses neither `lax.top_k` nor a sort (`top_logits`: ``c`` rounds of max and
+first-index-of-max; XLA:CPU turns `lax.top_k` inside this computation into a full sort, 50-100x
+slower, and even a standalone `lax.top_k` is slower at most shapes, see ``docs/performance.md``);
+other backends use `lax.top_k`. For ``num_classes >= 256`` the rounds run on chunk maxima and then
+on candidates: the top-c entries of a row lie in the ``c`` chunks with the largest maxima (ties to
 the lower chunk), so one max pass over the row (chunks of ``w ~ sqrt(num_classes)``) plus
 selections over ``num_classes / w`` chunk maxima and ``c * w`` candidates replace ``c`` passes
 over the whole row.
 
+Integer labels follow `gsc_jax.cross_entropy`'s rule: ids in ``[-n, n)``, negative ones counting
+from the end; an id outside that range, or one naming a class masked out by ``where`` (in a row
+with some class taking part), makes that row's cross-entropy NaN and its whole gradient row NaN.
+A row whose logits are all ``-inf`` (no class with a finite logit among those taking part) has no
+softmax and gives NaN; a row with no class taking part (``where`` all False) gives 0.
+
 Derivatives: first-order reverse mode (`jax.grad`, `jax.vjp`) of the logits, of soft labels and,
 through the caller, of ``gamma`` and ``mu``. Forward mode (`jax.jvp`, `jax.jacfwd`,
-`jax.hessian`) and higher-order derivatives are refused with an error that names the reference
-implementation, which supports them.
+`jax.hessian`) and higher-order derivatives are refused with an error that names
+``implementation="reference"``, which supports them.
 """
 
 from __future__ import annotations
@@ -64,8 +70,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from gsc_jax import _cpu_kernel
 from gsc_jax import _validation
+from gsc_jax import cpu_kernel
 
 Array = jax.Array
 
@@ -77,10 +83,10 @@ SELECT_MAX_CLASSES = 16
 (fused into the elementwise pass); longer rows by an in-place scatter, cheaper there."""
 
 SECOND_ORDER_ERROR = (
-    "The fused cross-entropy + GSC path (gsc_jax.gsc_loss, gsc_jax.gsc_term_fused, "
-    "gsc_jax.with_gsc(gsc_jax.cross_entropy, ...)) supports first-order reverse-mode derivatives "
-    "only (jax.grad, jax.vjp). For forward-mode or higher-order derivatives use "
-    "gsc_jax.gsc_loss_reference or gsc_jax.gsc_term."
+    "The fused GSC implementation (the default of gsc_jax.gsc_loss, gsc_jax.gsc_term and "
+    "gsc_jax.with_gsc) supports first-order reverse-mode derivatives only (jax.grad, jax.vjp). "
+    'For forward-mode or higher-order derivatives pass implementation="reference" (plain '
+    "autodiff, every transformation)."
 )
 
 
@@ -162,6 +168,25 @@ def top_logits(logits: Array, top_c: int) -> tuple[Array, Array]:
     )
 
 
+def top_logits_top_k(logits: Array, top_c: int) -> tuple[Array, Array]:
+    """`top_logits` by `jax.lax.top_k`, with the same results (the path of non-CPU backends).
+
+    ``-0.0`` counts as ``0.0`` and a missing entry (``-inf``) gets index ``num_classes``, as in
+    `top_logits`.
+    """
+    values, indices = lax.top_k(jnp.where(logits == 0, 0.0, logits), top_c)  # -0.0 as 0.0
+    return values, jnp.where(values == -jnp.inf, logits.shape[-1], indices)
+
+
+def select_top(logits: Array, top_c: int) -> tuple[Array, Array]:
+    """`top_logits` on the CPU backend, `top_logits_top_k` on every other backend."""
+    return lax.platform_dependent(
+        logits,
+        cpu=functools.partial(top_logits, top_c=top_c),
+        default=functools.partial(top_logits_top_k, top_c=top_c),
+    )
+
+
 @jax.custom_jvp
 def _refuse_derivatives(x: Array) -> Array:
     """Identity that raises when differentiated: guards the closed-form backward pass."""
@@ -181,7 +206,7 @@ def _guard_float(x):
 
 def _row_statistics_xla(masked, logits, where, top_c):
     """exps, row max, sum of exps, sum_i exps_i (z_i - m), top-c values and indices, by XLA ops."""
-    top_values, top_indices = top_logits(masked, top_c)
+    top_values, top_indices = select_top(masked, top_c)
     row_max = top_values[..., :1]
     row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
     shifted = logits - row_max
@@ -193,9 +218,10 @@ def _row_statistics_xla(masked, logits, where, top_c):
 
 
 def _uses_kernel(logits):
-    """Whether rows of ``logits`` go through `_cpu_kernel`: float32 or bfloat16 on the CPU backend."""
-    return (logits.dtype in (jnp.float32, jnp.bfloat16) and jax.default_backend() == "cpu"
-            and _cpu_kernel.available())
+    """Whether rows of ``logits`` go through the CPU kernel: float32 or bfloat16 on the CPU
+    backend once `gsc_jax.cpu_kernel.enable` has succeeded."""
+    return (cpu_kernel.is_enabled() and logits.dtype in (jnp.float32, jnp.bfloat16)
+            and jax.default_backend() == "cpu")
 
 
 def _upcast(x):
@@ -212,13 +238,15 @@ def _kernel_or_xla(kernel, xla, *args):
 
 
 def _row_statistics(masked, logits, where, top_c):
-    """`_row_statistics_xla`, or on CPU the one-sweep kernel of `_cpu_kernel`."""
+    """`_row_statistics_xla`, or with the CPU kernel enabled its one-sweep forward kernel."""
     def xla(masked, logits):
         return _row_statistics_xla(_upcast(masked), _upcast(logits), where, top_c)
 
     def kernel(masked, logits):
         # The custom call has no derivative rules; the guard names the alternative first.
-        return _cpu_kernel.row_statistics(_refuse_derivatives(masked), top_c)
+        from gsc_jax.cpu_kernel import _ffi
+
+        return _ffi.row_statistics(_refuse_derivatives(masked), top_c)
 
     return _kernel_or_xla(kernel, xla, masked, logits)
 
@@ -229,15 +257,23 @@ def _forward(logits, where, labels, label_kind, top_c):
     exps, row_max, total, weighted, top_values, top_indices = _row_statistics(
         masked, logits, where, top_c
     )
-    total = jnp.where(total == 0, 1.0, total)  # a row with no class taking part; NaN stays NaN
+    # No exp > 0: no class taking part (where all False; everything 0) or no softmax (NaN).
+    undefined = jnp.nan if where is None else jnp.where(
+        jnp.any(where, axis=-1, keepdims=True), jnp.nan, 1.0
+    )
+    total = jnp.where(total == 0, undefined, total)
     log_total = jnp.log(total)
     # E = log(Sigma) - sum_i S_i (z_i - m): every term >= 0 (masked: exps = 0, logits finite).
     entropy = log_total - weighted / total
     # Everything below uses z - m, exact near the top, never z - lse, which cancels at large |z|.
     top_scores = jnp.exp((top_values - row_max) - log_total)
     if label_kind == "int":
-        label_logits = jnp.take_along_axis(logits, labels[..., None], axis=-1)
-        cross_entropy = log_total - (label_logits - row_max)
+        # `softmax_statistics` sets an invalid label to num_classes: a NaN row.
+        valid = labels[..., None] < logits.shape[-1]
+        label_logits = jnp.take_along_axis(
+            logits, jnp.minimum(labels, logits.shape[-1] - 1)[..., None], axis=-1
+        )
+        cross_entropy = jnp.where(valid, log_total - (label_logits - row_max), jnp.nan)
         if where is not None:
             cross_entropy = jnp.where(jnp.any(where, axis=-1, keepdims=True), cross_entropy, 0.0)
     elif label_kind == "soft":
@@ -268,12 +304,15 @@ def _update_at_indices(x, indices, values, how):
             entry = values[..., k : k + 1]
             x = jnp.where(hit, entry if how == "set" else x + entry, x)
         return x
-    rows = x.reshape(-1, x.shape[-1])
-    row_ids = jnp.arange(rows.shape[0])[:, None]
-    flat_indices = indices.reshape(rows.shape[0], -1)
-    flat_values = values.reshape(rows.shape[0], -1).astype(x.dtype)
-    updated = getattr(rows.at[row_ids, flat_indices], how)(flat_values, mode="drop")
-    return updated.reshape(x.shape)
+
+    def update_row(row, row_indices, row_values):
+        return getattr(row.at[row_indices], how)(row_values, mode="drop")
+
+    # vmap: a scatter whose row axes are batching dimensions, which stay sharded (indexing with a
+    # row iota instead makes XLA's SPMD partitioner gather every row's indices on every device).
+    for _ in range(x.ndim - 1):
+        update_row = jax.vmap(update_row)
+    return update_row(x, indices, values.astype(x.dtype))
 
 
 def _logits_cotangent_xla(logits, exps, total, row_max, row_coefficient, ct_entropy,
@@ -281,9 +320,10 @@ def _logits_cotangent_xla(logits, exps, total, row_max, row_coefficient, ct_entr
     """`_logits_cotangent` by XLA operations: one elementwise pass, then the written entries."""
     logits = _upcast(logits)
     probs = exps * (1.0 / total)
-    # 0 where exps = 0, also at a -inf logit (0 * inf), as in the kernel.
+    # 0 where exps = 0, also at a -inf logit (0 * inf), as in the kernel; NaN there too in a
+    # NaN row (an invalid label), as exps * NaN in the kernel.
     cotangent = probs * (row_coefficient - ct_entropy * (logits - row_max))
-    cotangent = jnp.where(exps == 0, 0.0, cotangent)
+    cotangent = jnp.where(exps == 0, jnp.where(jnp.isnan(row_coefficient), jnp.nan, 0.0), cotangent)
     cotangent = _update_at_indices(cotangent, top_indices, top_entries, "set")
     if label_indices is None:
         return cotangent
@@ -292,12 +332,14 @@ def _logits_cotangent_xla(logits, exps, total, row_max, row_coefficient, ct_entr
 
 def _logits_cotangent_kernel(logits, exps, total, row_max, row_coefficient, ct_entropy,
                              top_indices, top_entries, label_indices, label_entries):
-    """`_logits_cotangent` in one pass of `_cpu_kernel.row_gradient` (float32, CPU)."""
+    """`_logits_cotangent` in one pass of the CPU kernel's backward pass (float32, CPU)."""
+    from gsc_jax.cpu_kernel import _ffi
+
     if label_indices is None:
         label_indices = jnp.full(row_max.shape, logits.shape[-1], jnp.int32)  # out of range
         label_entries = jnp.zeros_like(row_max)
     inverse_total = 1.0 / total
-    return _cpu_kernel.row_gradient(
+    return _ffi.row_gradient(
         logits, exps, row_coefficient * inverse_total, ct_entropy * inverse_total, row_max,
         top_indices, top_entries, label_indices, label_entries,
     )
@@ -340,7 +382,10 @@ def _backward(label_kind, top_c, residuals, cotangents):
             ct_cross_entropy = jnp.where(
                 jnp.any(where, axis=-1, keepdims=True), ct_cross_entropy, 0.0
             )
-        row_coefficient = row_coefficient + ct_cross_entropy
+        # An invalid label (set to num_classes by `softmax_statistics`): the whole row NaN.
+        row_coefficient = jnp.where(
+            labels[..., None] < logits.shape[-1], row_coefficient + ct_cross_entropy, jnp.nan
+        )
     elif label_kind == "soft":
         active_labels = labels if where is None else jnp.where(where, labels, 0.0)
         row_coefficient = row_coefficient + ct_cross_entropy * jnp.sum(
@@ -389,10 +434,12 @@ def softmax_statistics(
         here, except bfloat16 rows that the CPU kernel reads as they are (no float32 copy of the
         logits; the gradient comes back in bfloat16, as for an upcast).
       where: ``[..., num_classes]`` boolean class mask or None. Masked classes have probability 0;
-        a row with no class taking part gives cross-entropy 0, entropy 0 and scores 0.
-      labels: ``[...]`` integer ids (``label_kind='int'``), ``[..., num_classes]`` probability
-        vectors in the logits' dtype (``'soft'``), or None with ``label_kind=None`` (no
-        cross-entropy; the first output is then 0).
+        a row with no class taking part gives cross-entropy 0, entropy 0 and scores 0; a row
+        whose classes taking part all have logit ``-inf`` gives NaN.
+      labels: ``[...]`` integer ids (``label_kind='int'``; the rule of `gsc_jax.cross_entropy`:
+        an invalid id gives a NaN cross-entropy and a NaN gradient row), ``[..., num_classes]``
+        probability vectors in the logits' dtype (``'soft'``), or None with ``label_kind=None``
+        (no cross-entropy; the first output is then 0).
       label_kind: ``'int'``, ``'soft'`` or None.
       top_c: number of top scores, ``1 <= top_c <= num_classes``.
 
@@ -403,8 +450,10 @@ def softmax_statistics(
     if label_kind is None:
         labels = None
     if label_kind == "int":
-        # Negative ids count from the end, as in jnp.take_along_axis (both passes see the same).
-        labels = jnp.where(labels < 0, labels + logits.shape[-1], labels)
+        # The label rule (`_validation.label_ids`); an invalid label becomes num_classes, which
+        # both passes read as a NaN row.
+        ids, valid = _validation.label_ids(labels, logits.shape[-1], where)
+        labels = jnp.where(valid, ids, logits.shape[-1])
     if not (logits.dtype == jnp.bfloat16 and _uses_kernel(logits)):
         logits = _upcast(logits)
     return _statistics(logits, where, labels, label_kind, top_c)

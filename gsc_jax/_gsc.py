@@ -118,11 +118,53 @@ def gsc_term_last_axis(
     )
 
 
+IMPLEMENTATIONS = ("fused", "reference")
+
+
+def _check_implementation(implementation: Optional[str]) -> str:
+    """``'fused'`` for None or ``'fused'``, ``'reference'`` for ``'reference'``; else ValueError."""
+    if implementation is None:
+        return "fused"
+    if isinstance(implementation, str) and implementation in IMPLEMENTATIONS:
+        return implementation
+    raise ValueError(
+        "`implementation` must be None (the default: 'fused'), 'fused' or 'reference', got "
+        f"{implementation!r}."
+    )
+
+
 def _check_mu(mu) -> float:
     if _validation.is_concrete(mu):
         if np.ndim(mu) != 0 or not np.isfinite(mu):
             raise ValueError(f"`mu` must be a finite scalar, got {mu!r}.")
     return mu
+
+
+def _fused_gsc_last_axis(
+    logits_last: Array,
+    where_last: Optional[Array],
+    labels_last: Optional[Array],
+    label_kind: Optional[str],
+    *,
+    top_c: int,
+    mu: float,
+    normalize_entropy: bool,
+    stop_gradient_sigma: bool,
+) -> tuple[Array, Array]:
+    """Cross-entropy (0 if no labels) and GSC term from one fused softmax pass (`_fused`)."""
+    cross_entropy, entropy, top_scores = _fused.softmax_statistics(
+        logits_last, where_last, labels_last, label_kind, top_c
+    )
+    term = gsc_from_statistics(
+        entropy,
+        top_scores,
+        # in the statistics' dtype: 16-bit logits reach here as they are
+        _softmax.num_active_classes(logits_last, where_last, entropy.dtype),
+        mu=mu,
+        normalize_entropy=normalize_entropy,
+        stop_gradient_sigma=stop_gradient_sigma,
+    )
+    return cross_entropy, term
 
 
 def gsc_term(
@@ -134,6 +176,7 @@ def gsc_term(
     stop_gradient_sigma: bool = False,
     axis: int = -1,
     where: Optional[ArrayLike] = None,
+    implementation: Optional[str] = None,
 ) -> Array:
     r"""Computes the Gaussian Score Calibrating (GSC) term per example.
 
@@ -176,13 +219,30 @@ def gsc_term(
       axis: the class axis (a single int).
       where: optional boolean mask of the logits' shape; masked classes take no part (probability
         0, not counted in ``n``). Rows with fewer than 2 classes taking part give 0.
+      implementation: how the term and its derivatives are computed, as in
+        `jax.nn.dot_product_attention`:
+
+        - None (default) or ``'fused'``: one softmax pass (one exponential per logit) and a
+          closed-form backward pass, :math:`\partial f / \partial z = S \odot (g - \langle g, S
+          \rangle)` with :math:`g = \partial f / \partial S` (see `gsc_jax._fused`). Supports
+          `jax.jit`, `jax.vmap`, sharding and first-order reverse mode (`jax.grad`, `jax.vjp`),
+          also with respect to a traced ``mu``; forward mode (`jax.jvp`, `jax.jacfwd`) and second
+          derivatives (`jax.hessian`, grad of grad) raise an error.
+        - ``'reference'``: softmax, entropy and `jax.lax.top_k` by plain autodiff; every JAX
+          transformation, second derivatives included, at several times the cost.
+
+        Both give the same values and first derivatives to rounding (ties among the top scores
+        resolved as `jax.lax.top_k` does); ``python -m benchmarks.loss_overhead`` measures their
+        cost.
 
     Returns:
-      The GSC value per example, shape of ``logits`` without ``axis``, in the compute dtype.
+      The GSC value per example, shape of ``logits`` without ``axis``, in the compute dtype. A
+      row whose classes taking part all have logit ``-inf`` has no softmax and gives NaN.
 
     Raises:
       ValueError: ``top_c`` outside ``[1, num_classes]``, fewer than 2 classes, a mask whose shape
-        differs from the logits', a tuple or out-of-range ``axis``, a non-finite ``mu``.
+        differs from the logits', a tuple or out-of-range ``axis``, a non-finite ``mu``, an
+        unknown ``implementation``.
       TypeError: non-floating logits or a non-boolean mask.
 
     Examples:
@@ -195,84 +255,20 @@ def gsc_term(
       Zhao et al., `GSC Loss: A Gaussian Score Calibrating Loss for Deep Learning
       <https://arxiv.org/abs/2203.00833>`_, 2022.
     """
-    logits_last, where_last, _, num_classes = _validation.prepare_logits(logits, axis, where)
-    top_c = _validation.check_top_c(top_c, num_classes)
-    mu = _check_mu(mu)
-    return gsc_term_last_axis(
-        logits_last,
-        where_last,
-        top_c=top_c,
-        mu=mu,
-        normalize_entropy=normalize_entropy,
-        stop_gradient_sigma=stop_gradient_sigma,
-    )
-
-
-def _fused_gsc_last_axis(
-    logits_last: Array,
-    where_last: Optional[Array],
-    labels_last: Optional[Array],
-    label_kind: Optional[str],
-    *,
-    top_c: int,
-    mu: float,
-    normalize_entropy: bool,
-    stop_gradient_sigma: bool,
-) -> tuple[Array, Array]:
-    """Cross-entropy (0 if no labels) and GSC term from one fused softmax pass (`_fused`)."""
-    cross_entropy, entropy, top_scores = _fused.softmax_statistics(
-        logits_last, where_last, labels_last, label_kind, top_c
-    )
-    term = gsc_from_statistics(
-        entropy,
-        top_scores,
-        # in the statistics' dtype: 16-bit logits reach here as they are
-        _softmax.num_active_classes(logits_last, where_last, entropy.dtype),
-        mu=mu,
-        normalize_entropy=normalize_entropy,
-        stop_gradient_sigma=stop_gradient_sigma,
-    )
-    return cross_entropy, term
-
-
-def gsc_term_fused(
-    logits: ArrayLike,
-    *,
-    top_c: int = 2,
-    mu: float = 0.0,
-    normalize_entropy: bool = True,
-    stop_gradient_sigma: bool = False,
-    axis: int = -1,
-    where: Optional[ArrayLike] = None,
-) -> Array:
-    r"""`gsc_term` computed from one softmax pass with a closed-form gradient (no autodiff).
-
-    Same arguments, values, errors and first derivatives as `gsc_term` (equal to rounding; ties
-    among the top scores resolved as `jax.lax.top_k` does). The backward pass is one elementwise
-    pass, :math:`\partial f / \partial z = S \odot (g - \langle g, S \rangle)` with
-    :math:`g = \partial f / \partial S` through :math:`K` and :math:`\sigma`
-    (:math:`\partial E / \partial S_i = -(\log S_i + 1)`), see `gsc_jax._fused`.
-
-    Supports `jax.jit`, `jax.vmap`, sharded inputs and first-order reverse mode (`jax.grad`,
-    `jax.vjp`), including with respect to a traced ``mu``. Forward-mode (`jax.jvp`,
-    `jax.jacfwd`) and second derivatives (`jax.hessian`, grad of grad) raise an error; use
-    `gsc_term` for those.
-    """
+    implementation = _check_implementation(implementation)
+    fused = implementation == "fused"
     logits_last, where_last, _, num_classes = _validation.prepare_logits(
-        logits, axis, where, upcast=False
+        logits, axis, where, upcast=not fused
     )
     top_c = _validation.check_top_c(top_c, num_classes)
     mu = _check_mu(mu)
-    _, term = _fused_gsc_last_axis(
-        logits_last,
-        where_last,
-        None,
-        None,
-        top_c=top_c,
-        mu=mu,
-        normalize_entropy=normalize_entropy,
+    options = dict(
+        top_c=top_c, mu=mu, normalize_entropy=normalize_entropy,
         stop_gradient_sigma=stop_gradient_sigma,
     )
+    if not fused:
+        return gsc_term_last_axis(logits_last, where_last, **options)
+    _, term = _fused_gsc_last_axis(logits_last, where_last, None, None, **options)
     return term
 
 
@@ -287,36 +283,42 @@ def gsc_loss(
     stop_gradient_sigma: bool = False,
     axis: int = -1,
     where: Optional[ArrayLike] = None,
+    implementation: Optional[str] = None,
 ) -> Array:
     r"""Computes cross-entropy plus ``gamma`` times the GSC term per example (paper Eq. 9).
 
     .. math::
         L(z, y) = \mathrm{CE}(z, y) + \gamma\, f_{top_c}(K, \mu, \sigma)
 
-    Both terms come from one softmax pass (one exponential per logit) and the gradient with
-    respect to the logits is one elementwise pass,
+    With the default (fused) implementation both terms come from one softmax pass (one
+    exponential per logit) and the gradient with respect to the logits is one elementwise pass,
 
     .. math::
         \frac{\partial L}{\partial z} = \Big(\sum_j y_j\Big) S - y
             + \gamma\, S \odot \big(g - \langle g, S \rangle\big), \qquad
         g = \frac{\partial f}{\partial S},
 
-    see `gsc_jax._fused`; on CPU, float32 and bfloat16 logits go through two one-sweep C++
-    kernels built on first use (`gsc_jax._cpu_kernel`). Its cost relative to optax's
-    cross-entropy alone is measured by ``python -m benchmarks.loss_overhead`` (README,
-    Performance). Values and first derivatives
-    (logits, soft labels, ``gamma``, ``mu``) equal `gsc_loss_reference`'s to rounding. Only
-    first-order reverse mode is supported (`jax.grad`, `jax.vjp`, under `jax.jit`, `jax.vmap` and
-    sharding); forward-mode and second derivatives raise an error naming `gsc_loss_reference`,
-    the plain-autodiff implementation that supports them.
+    see `gsc_jax._fused`: XLA operations on every backend, or on CPU two C++ row kernels once
+    `gsc_jax.cpu_kernel.enable` is called. ``implementation='reference'`` is
+    `gsc_jax.cross_entropy` plus ``gamma`` times `gsc_term` by plain autodiff. Values and first
+    derivatives (logits, soft labels, ``gamma``, ``mu``) are equal to rounding;
+    ``python -m benchmarks.loss_overhead`` measures the cost of each relative to optax's
+    cross-entropy alone.
 
     Args:
       logits: ``[..., num_classes]`` scores (16-bit floats are computed in float32).
-      labels: ``[...]`` integer class ids or ``[..., num_classes]`` probability vectors.
+      labels: ``[...]`` integer class ids, the rule of `gsc_jax.cross_entropy` (ids in
+        ``[-n, n)``, negative ones from the end; an id outside it or naming a masked-out class
+        gives NaN for that example, value and gradient row), or ``[..., num_classes]``
+        probability vectors.
       gamma: weight of the GSC term, ``>= 0``. The paper uses 0.05 (AlexNet, CIFAR-10), 0.02
         (ConvMixer, ImageNet ResNets) and suggests starting from 0.01. May be traced.
       top_c: number of top scores in the term, ``1 <= top_c <= num_classes``.
       mu, normalize_entropy, stop_gradient_sigma, axis, where: see `gsc_term`.
+      implementation: None (default) or ``'fused'``: the fused path, first-order reverse-mode
+        derivatives only (`jax.grad`, `jax.vjp`, under `jax.jit`, `jax.vmap` and sharding;
+        forward mode and second derivatives raise an error naming ``'reference'``);
+        ``'reference'``: plain autodiff, every transformation. See `gsc_term`.
 
     Returns:
       ``[...]`` per-example loss.
@@ -325,59 +327,28 @@ def gsc_loss(
       ValueError / TypeError: as `gsc_term`, plus a negative ``gamma`` or labels whose shape fits
       neither form.
     """
+    implementation = _check_implementation(implementation)
     _validation.check_non_negative("gamma", gamma)
+    options = dict(
+        top_c=top_c, mu=mu, normalize_entropy=normalize_entropy,
+        stop_gradient_sigma=stop_gradient_sigma,
+    )
+    if implementation == "reference":
+        term = gsc_term(logits, axis=axis, where=where, implementation="reference", **options)
+        return _losses.cross_entropy(logits, labels, axis=axis, where=where) + gamma * term
     logits_shape = jnp.shape(logits)
     logits_last, where_last, axis, num_classes = _validation.prepare_logits(
         logits, axis, where, upcast=False
     )
-    top_c = _validation.check_top_c(top_c, num_classes)
-    mu = _check_mu(mu)
+    options["top_c"] = _validation.check_top_c(top_c, num_classes)
+    options["mu"] = _check_mu(mu)
     labels_last, label_kind = _validation.prepare_labels(labels, logits_shape, axis)
     if label_kind == "soft":
         labels_last = labels_last.astype(_validation.compute_dtype(logits_last.dtype))
     cross_entropy, term = _fused_gsc_last_axis(
-        logits_last,
-        where_last,
-        labels_last,
-        label_kind,
-        top_c=top_c,
-        mu=mu,
-        normalize_entropy=normalize_entropy,
-        stop_gradient_sigma=stop_gradient_sigma,
+        logits_last, where_last, labels_last, label_kind, **options
     )
     return cross_entropy + gamma * term
-
-
-def gsc_loss_reference(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    *,
-    gamma: Union[float, ArrayLike],
-    top_c: int,
-    mu: float = 0.0,
-    normalize_entropy: bool = True,
-    stop_gradient_sigma: bool = False,
-    axis: int = -1,
-    where: Optional[ArrayLike] = None,
-) -> Array:
-    r"""`gsc_loss` by plain autodiff: `gsc_jax.cross_entropy` plus ``gamma`` times `gsc_term`.
-
-    The straightforward implementation (softmax, entropy, `jax.lax.top_k`, autodiff), kept as the
-    reference the fused `gsc_loss` is tested against. It supports every JAX transformation,
-    including forward mode and second derivatives, at several times the cost. Arguments, return
-    value and errors as `gsc_loss`.
-    """
-    _validation.check_non_negative("gamma", gamma)
-    term = gsc_term(
-        logits,
-        top_c=top_c,
-        mu=mu,
-        normalize_entropy=normalize_entropy,
-        stop_gradient_sigma=stop_gradient_sigma,
-        axis=axis,
-        where=where,
-    )
-    return _losses.cross_entropy(logits, labels, axis=axis, where=where) + gamma * term
 
 
 LossFn = Callable[..., Array]
@@ -391,6 +362,7 @@ def with_gsc(
     mu: float = 0.0,
     normalize_entropy: bool = True,
     stop_gradient_sigma: bool = False,
+    implementation: Optional[str] = None,
 ) -> LossFn:
     r"""Adds ``gamma`` times the GSC term to any per-example classification loss.
 
@@ -403,24 +375,27 @@ def with_gsc(
     smoothing, focal, entropy-regularised, online label smoothing, margin logits fed to
     cross-entropy) and with a user's own.
 
-    When ``base_loss`` is `gsc_jax.cross_entropy` itself, the result is the fused `gsc_loss`
-    (one softmax pass, closed-form gradient, first-order reverse mode only). Any other base loss,
-    a wrapper around `gsc_jax.cross_entropy` included, gets the autodiff `gsc_term` added, which
-    supports every transformation.
+    When ``base_loss`` is `gsc_jax.cross_entropy` itself, the result is `gsc_loss` (with the fused
+    implementation, one softmax pass for both terms). Any other base loss, a wrapper around
+    `gsc_jax.cross_entropy` included, gets `gsc_term` added. Both take ``implementation``.
 
     Args:
       base_loss: ``(logits, labels, **kwargs) -> per-example loss``.
       gamma: weight of the GSC term, ``>= 0`` (paper: 0.005-0.05 for clean classification, up to 2
         for noisy labels). May be a traced scalar (e.g. from a schedule).
       top_c, mu, normalize_entropy, stop_gradient_sigma: see `gsc_term`.
+      implementation: None (default) or ``'fused'``: first-order reverse-mode derivatives of the
+        GSC part; ``'reference'``: plain autodiff, every transformation. See `gsc_term`.
 
     Returns:
       The combined per-example loss function.
 
     Raises:
-      ValueError: negative or non-finite ``gamma``, or ``top_c < 1``, at construction; the other
-        checks of `gsc_term` when the returned function is traced.
+      ValueError: negative or non-finite ``gamma``, ``top_c < 1`` or an unknown
+        ``implementation``, at construction; the other checks of `gsc_term` when the returned
+        function is traced.
     """
+    _check_implementation(implementation)
     _validation.check_non_negative("gamma", gamma)
     if isinstance(top_c, bool) or not isinstance(top_c, numbers.Integral) or top_c < 1:
         raise ValueError(f"`top_c` must be an int >= 1, got {top_c!r}.")
@@ -430,15 +405,16 @@ def with_gsc(
         mu=mu,
         normalize_entropy=normalize_entropy,
         stop_gradient_sigma=stop_gradient_sigma,
+        implementation=implementation,
     )
 
     if base_loss is _losses.cross_entropy:
 
         @functools.wraps(base_loss)
-        def fused_cross_entropy_with_gsc(logits, labels, *, axis=-1, where=None):
+        def cross_entropy_with_gsc(logits, labels, *, axis=-1, where=None):
             return gsc_loss(logits, labels, gamma=gamma, axis=axis, where=where, **gsc_kwargs)
 
-        return fused_cross_entropy_with_gsc
+        return cross_entropy_with_gsc
 
     @functools.wraps(base_loss)
     def loss_with_gsc(logits, labels, **base_kwargs):

@@ -29,10 +29,17 @@ def _targets(labels: Array, kind: str, num_classes: int, dtype) -> Array:
 
 
 def _prepare(logits, labels, axis, where):
-    """Validates and moves everything class-axis-last; returns logits, mask, targets, kind."""
+    """Validates and moves everything class-axis-last; returns logits, mask, targets, labels, kind.
+
+    Integer labels follow the rule of `cross_entropy` (`_validation.label_ids`): the returned ids
+    are in ``[0, num_classes)`` and the logits of rows with an invalid label are NaN.
+    """
     logits_shape = jnp.shape(logits)
     logits_last, where_last, axis, num_classes = _validation.prepare_logits(logits, axis, where)
     labels_last, kind = _validation.prepare_labels(labels, logits_shape, axis)
+    if kind == "int":
+        labels_last, valid = _validation.label_ids(labels_last, num_classes, where_last)
+        logits_last = _validation.poison_invalid_rows(logits_last, valid)
     targets = _targets(labels_last, kind, num_classes, logits_last.dtype)
     return logits_last, where_last, targets, labels_last, kind
 
@@ -56,10 +63,27 @@ def cross_entropy(
     Integer labels go through `optax.losses.softmax_cross_entropy_with_integer_labels`; probability
     vectors use a masked log-softmax whose gradient stays finite for masked classes.
 
+    Integer labels follow one rule in every loss of `gsc_jax` (`cross_entropy`,
+    `label_smoothing_cross_entropy`, `focal_loss`, `entropy_regularized_cross_entropy`,
+    `online_label_smoothing_loss`, `gsc_loss` on both implementations, `with_gsc`,
+    `arcface_logits`, `cosface_logits`), the rule of NumPy indexing:
+
+    - ids in ``[-n, n)`` are valid (``n`` = number of classes); negative ids count from the end,
+      so ``-1`` is class ``n - 1``;
+    - an id outside ``[-n, n)``, or one naming a class that ``where`` masks out, gives a NaN loss
+      for that example and NaN in its whole gradient row; the other examples are unaffected;
+    - a row whose ``where`` is all False (no class takes part) gives 0, whatever its label;
+    - a row whose logits are all ``-inf`` has no softmax and gives NaN.
+
+    (`optax.losses.softmax_cross_entropy_with_integer_labels` also reads negative ids from the end
+    and gives NaN for an out-of-range id, but with a finite gradient that lacks the label's term,
+    and it takes a masked-out label as the target.) To leave an example out of a batch, give it
+    any valid id and weight its loss by 0; an invalid id makes its gradient NaN.
+
     Args:
       logits: ``[..., num_classes]`` scores (16-bit floats are computed in float32).
-      labels: ``[...]`` integer ids in ``[0, num_classes)`` (not checked) or ``[..., num_classes]``
-        probability vectors.
+      labels: ``[...]`` integer ids (see the rule above) or ``[..., num_classes]`` probability
+        vectors.
       axis: the class axis.
       where: optional ``[..., num_classes]`` boolean class mask.
 
@@ -88,7 +112,8 @@ def label_smoothing_cross_entropy(
 
     Args:
       logits: ``[..., num_classes]`` scores.
-      labels: integer ids ``[...]`` or probability vectors ``[..., num_classes]``.
+      labels: integer ids ``[...]`` (the rule of `cross_entropy`) or probability vectors
+        ``[..., num_classes]``.
       alpha: smoothing weight in ``[0, 1]``.
       axis: the class axis.
       where: optional boolean class mask of the logits' shape.
@@ -130,7 +155,8 @@ def focal_loss(
 
     Args:
       logits: ``[..., num_classes]`` scores.
-      labels: integer ids ``[...]`` or probability vectors ``[..., num_classes]``.
+      labels: integer ids ``[...]`` (the rule of `cross_entropy`) or probability vectors
+        ``[..., num_classes]``.
       eta: focusing parameter, ``>= 0``.
       axis: the class axis.
       where: optional boolean class mask of the logits' shape.
@@ -196,7 +222,8 @@ def entropy_regularized_cross_entropy(
 
     Args:
       logits: ``[..., num_classes]`` scores.
-      labels: integer ids ``[...]`` or probability vectors ``[..., num_classes]``.
+      labels: integer ids ``[...]`` (the rule of `cross_entropy`) or probability vectors
+        ``[..., num_classes]``.
       entropy_weight: :math:`\lambda \ge 0`.
       normalize_entropy: use :math:`H = E/\log n` (True) or :math:`E` in nats (False).
       axis: the class axis.

@@ -2,8 +2,12 @@ r"""Additive margin logits for face recognition: CosFace (Wang et al. 2018) and 
 2019), following insightface's ``arcface_torch`` losses. Feed the result to `gsc_jax.cross_entropy`
 or `gsc_jax.with_gsc(gsc_jax.cross_entropy, ...)` (GSC paper Table 5).
 
-Inputs are cosines between L2-normalised embeddings and L2-normalised class weights. Rows whose
-label is -1 are left without a margin (insightface's partial-FC convention).
+Inputs are cosines between L2-normalised embeddings and L2-normalised class weights. Labels follow
+the rule of `gsc_jax.cross_entropy`, as the loss the logits are fed to reads them: ids in
+``[-K, K)`` are valid and negative ids count from the end (``-1`` is class ``K - 1``, which gets
+the margin); a row with an id outside that range comes out NaN (and so does its gradient), as its
+cross-entropy would. insightface's partial-FC convention, where ``-1`` marks a target held on
+another device, has no counterpart here: the logits cover all ``K`` classes.
 """
 
 from __future__ import annotations
@@ -20,7 +24,12 @@ ArrayLike = jax.typing.ArrayLike
 
 
 def _target_mask(cosines: Array, labels: ArrayLike) -> tuple[Array, Array]:
-    """Validates ``cosines [..., K]`` and integer ``labels [...]``; returns the target one-hot mask."""
+    """Validates ``cosines [..., K]`` and integer ``labels [...]``.
+
+    Returns:
+      ``(cosines, target)``: the cosines with the rows of invalid labels NaN, and the ``[..., K]``
+      one-hot mask of each row's target class.
+    """
     num_classes = _validation.check_num_classes(cosines, cosines.ndim - 1, name="cosines")
     labels = jnp.asarray(labels)
     if labels.shape != cosines.shape[:-1] or not jnp.issubdtype(labels.dtype, jnp.integer):
@@ -28,8 +37,9 @@ def _target_mask(cosines: Array, labels: ArrayLike) -> tuple[Array, Array]:
             f"`labels` must be integer ids of shape {cosines.shape[:-1]}, got {labels.shape} "
             f"{labels.dtype}."
         )
-    classes = jnp.arange(num_classes)
-    return (labels[..., None] == classes) & (labels[..., None] >= 0), labels
+    ids, valid = _validation.label_ids(labels, num_classes)
+    target = ids[..., None] == jnp.arange(num_classes)
+    return _validation.poison_invalid_rows(cosines, valid), target
 
 
 def _check_scale_margin(scale, margin) -> None:
@@ -44,7 +54,7 @@ def cosface_logits(
 
     Args:
       cosines: ``[..., K]`` cosine similarities in [-1, 1].
-      labels: ``[...]`` integer ids; -1 leaves the row without a margin.
+      labels: ``[...]`` integer ids, the rule of `gsc_jax.cross_entropy` (see above).
       scale: :math:`s` (insightface default 64).
       margin: :math:`m` (default 0.4).
 
@@ -53,7 +63,7 @@ def cosface_logits(
     """
     _check_scale_margin(scale, margin)
     cosines = _validation.check_float_array("cosines", cosines)
-    target, _ = _target_mask(cosines, labels)
+    cosines, target = _target_mask(cosines, labels)
     return scale * jnp.where(target, cosines - margin, cosines)
 
 
@@ -75,7 +85,7 @@ def arcface_logits(
 
     Args:
       cosines: ``[..., K]`` cosine similarities; clipped to [-1, 1].
-      labels: ``[...]`` integer ids; -1 leaves the row without a margin.
+      labels: ``[...]`` integer ids, the rule of `gsc_jax.cross_entropy` (see above).
       scale: :math:`s` (insightface default 64).
       margin: angular margin :math:`m` in radians (default 0.5).
       easy_margin: see above.
@@ -85,7 +95,7 @@ def arcface_logits(
     """
     _check_scale_margin(scale, margin)
     cosines = _validation.check_float_array("cosines", cosines)
-    target, _ = _target_mask(cosines, labels)
+    cosines, target = _target_mask(cosines, labels)
     cos_t = jnp.clip(cosines, -1.0, 1.0)
     sin_squared = 1.0 - jnp.square(cos_t)
     positive = sin_squared > 0

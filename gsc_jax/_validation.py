@@ -135,6 +135,48 @@ def label_kind(labels: jax.Array, logits: jax.Array, axis: int) -> str:
     )
 
 
+def label_ids(
+    labels: jax.Array, num_classes: int, where: Optional[jax.Array] = None
+) -> tuple[jax.Array, jax.Array]:
+    """Integer class ids under the library's one rule, as NumPy indexing reads them.
+
+    Ids in ``[-num_classes, num_classes)`` are valid, negative ones counting from the end (``-1``
+    is class ``num_classes - 1``). An id outside that range is invalid, and so is one naming a
+    class that ``where`` masks out, unless ``where`` masks out the whole row (no class takes part;
+    the losses give 0 there).
+
+    Args:
+      labels: ``[...]`` integer ids.
+      num_classes: the number of classes ``n``.
+      where: optional ``[..., n]`` boolean class mask.
+
+    Returns:
+      ``(ids, valid)``: ``[...]`` int32 ids in ``[0, n)`` (0 where invalid) and ``[...]`` bool.
+    """
+    labels = jnp.asarray(labels)
+    unsigned = jnp.issubdtype(labels.dtype, jnp.unsignedinteger)
+    if labels.dtype.itemsize < 4:  # room for labels + num_classes
+        labels = labels.astype(jnp.uint32 if unsigned else jnp.int32)
+    if not unsigned:
+        labels = jnp.where(labels < 0, labels + num_classes, labels)
+    valid = labels < num_classes if unsigned else (labels >= 0) & (labels < num_classes)
+    ids = jnp.where(valid, labels, 0).astype(jnp.int32)
+    if where is not None:
+        named = jnp.take_along_axis(where, ids[..., None], axis=-1)[..., 0]
+        valid = valid & (named | ~jnp.any(where, axis=-1))
+    return ids, valid
+
+
+def poison_invalid_rows(logits: jax.Array, valid: jax.Array) -> jax.Array:
+    """``logits`` times 1, or times NaN in the rows where ``valid`` is False.
+
+    Every loss computed from the result is NaN in those rows, and so is its whole gradient row
+    (the cotangent is multiplied by NaN too, also where it is 0); other rows are unchanged, bit
+    for bit.
+    """
+    return logits * jnp.where(valid, 1.0, jnp.nan).astype(logits.dtype)[..., None]
+
+
 def prepare_logits(
     logits: ArrayLike, axis: int, where: Optional[ArrayLike], *, upcast: bool = True
 ) -> tuple[jax.Array, Optional[jax.Array], int, int]:

@@ -1,115 +1,58 @@
-"""The CPU row kernels of the fused cross-entropy + GSC path: built on first use, optional.
+"""The row kernels as JAX operations: FFI registration and data-parallel wrappers.
 
-``_cpu_kernel.cc`` holds two XLA FFI custom calls on float32 or bfloat16 rows (computing in
-float32; bfloat16 needs no float32 copy of the logits). `row_statistics` (the forward
-pass): per row the max ``m``, ``exp(z - m)``, its sum, ``sum_i exp(z_i - m) (z_i - m)`` and the
-top-c logits with `jax.lax.top_k`'s tie order, in one sweep over the row while it is in cache.
-`row_gradient` (the backward pass): ``exp(z - m) (a - b (z - m))`` per entry with per-row ``a``,
-``b``, then the few entries per row where the top-c and label terms enter written in place. XLA:CPU
-compiles the same work to several passes over memory (its reduction fusions do not share a pass)
-or, for short rows, to dozens of small operations, which made the fused loss 2-4x the cost of
-cross-entropy on CPU; see ``benchmarks/loss_overhead.py``.
+``row_kernels.cc`` holds two XLA FFI custom calls on float32 or bfloat16 rows (computing in
+float32; bfloat16 needs no float32 copy of the logits). `row_statistics` (the forward pass): per
+row the max ``m``, ``exp(z - m)``, its sum, ``sum_i exp(z_i - m) (z_i - m)`` and the top-c logits
+with `jax.lax.top_k`'s tie order, in one sweep over the row while it is in cache. `row_gradient`
+(the backward pass): ``exp(z - m) (a - b (z - m))`` per entry with per-row ``a``, ``b``, then the
+few entries per row where the top-c and label terms enter written in place.
 
-The kernel is compiled once per machine with the system C++ compiler (``$CXX``, else ``c++``)
-against the XLA FFI headers that ship with jaxlib (`jax.ffi.include_dir`), with
-``-march=native``, into ``$GSC_JAX_CACHE_DIR`` (default ``~/.cache/gsc_jax``), keyed by a hash of
-the source, the compiler command and the jaxlib version. Without a compiler, or with
-``GSC_JAX_CPU_KERNEL=0`` in the environment, `available` is False and `gsc_jax._fused` computes
-the same statistics with XLA operations (the path every non-CPU backend takes). A failed build
-logs one warning and falls back the same way.
-
-Rows are independent, so both calls are wrapped to stay data-parallel: a
-`custom_partitioning` rule lets XLA shard every leading (row) axis and keeps the class axis whole
-on each device (a logits array sharded along its classes is gathered along them first), and a
-`custom_vmap` rule (`custom_partitioning` has no batching rule) treats a vmapped axis as one more
-row axis.
+Rows are independent, so both calls are wrapped to stay data-parallel: a `custom_partitioning`
+rule lets XLA shard every leading (row) axis and keeps the class axis whole on each device (a
+logits array sharded along its classes is gathered along them first), and a `custom_vmap` rule
+(`custom_partitioning` has no batching rule) treats a vmapped axis as one more row axis.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import logging
-import os
-import shutil
-import subprocess
-import tempfile
 
 import jax
 import jax.numpy as jnp
-import jaxlib
 import numpy as np
 from jax.custom_batching import custom_vmap
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
-_SOURCE = os.path.join(os.path.dirname(__file__), "_cpu_kernel.cc")
-_TARGET = "gsc_jax_row_statistics"
-_GRADIENT_TARGET = "gsc_jax_row_gradient"
-_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fopenmp-simd",
-          "-fno-math-errno", "-fno-trapping-math", "-w")
-_log = logging.getLogger(__name__)
+STATISTICS_TARGET = "gsc_jax_row_statistics"
+GRADIENT_TARGET = "gsc_jax_row_gradient"
+SYMBOLS = ("GscRowStatistics", "GscRowGradient")
+
+_registered = False
+_library = None  # the loaded library, kept referenced for the life of the process
 
 
-def _cache_dir() -> str:
-    default = os.path.join(os.path.expanduser("~"), ".cache", "gsc_jax")
-    return os.environ.get("GSC_JAX_CACHE_DIR", default)
+def register(library: ctypes.CDLL) -> None:
+    """Registers the library's two handlers as CPU FFI targets (once per process)."""
+    global _registered, _library
+    if _registered:
+        return
+    _library = library
+    jax.ffi.register_ffi_target(
+        STATISTICS_TARGET, jax.ffi.pycapsule(library.GscRowStatistics), platform="cpu"
+    )
+    jax.ffi.register_ffi_target(
+        GRADIENT_TARGET, jax.ffi.pycapsule(library.GscRowGradient), platform="cpu"
+    )
+    _registered = True
 
 
-def _build() -> str:
-    """Compiles the kernel unless a build of this source, compiler and jaxlib is cached; its path."""
-    compiler = os.environ.get("CXX", "c++")
-    if shutil.which(compiler) is None:
-        raise RuntimeError(f"no C++ compiler {compiler!r} on PATH")
-    with open(_SOURCE, "rb") as f:
-        source = f.read()
-    include = jax.ffi.include_dir()
-    command = [compiler, *_FLAGS, "-I", include]
-    key = hashlib.sha256(
-        source + " ".join(command).encode() + jaxlib.__version__.encode()
-    ).hexdigest()[:16]
-    os.makedirs(_cache_dir(), exist_ok=True)
-    library = os.path.join(_cache_dir(), f"row_statistics_{key}.so")
-    if not os.path.exists(library):
-        # Build beside the target and rename: concurrent processes never load a partial file.
-        fd, partial = tempfile.mkstemp(suffix=".so", dir=_cache_dir())
-        os.close(fd)
-        try:
-            subprocess.run([*command, _SOURCE, "-o", partial], check=True, capture_output=True,
-                           text=True)
-            os.replace(partial, library)
-        finally:
-            if os.path.exists(partial):
-                os.remove(partial)
-    return library
-
-
-@functools.cache
-def available() -> bool:
-    """Whether the CPU kernel is built and registered (builds it on the first call)."""
-    if os.environ.get("GSC_JAX_CPU_KERNEL", "1") == "0":
-        return False
-    try:
-        library = ctypes.cdll.LoadLibrary(_build())
-        jax.ffi.register_ffi_target(
-            _TARGET, jax.ffi.pycapsule(library.GscRowStatistics), platform="cpu"
+def _require_registered():
+    if not _registered:
+        raise RuntimeError(
+            "the gsc_jax CPU kernel is not enabled: call gsc_jax.cpu_kernel.enable() first."
         )
-        jax.ffi.register_ffi_target(
-            _GRADIENT_TARGET, jax.ffi.pycapsule(library.GscRowGradient), platform="cpu"
-        )
-    except (OSError, RuntimeError, subprocess.CalledProcessError, AttributeError) as error:
-        detail = getattr(error, "stderr", "") or error
-        _log.warning("gsc_jax: CPU kernel unavailable, using XLA operations instead: %s",
-                     str(detail)[-2000:])
-        return False
-    return True
-
-
-def _require_kernel():
-    if not available():
-        raise RuntimeError("the gsc_jax CPU kernel is not available (no C++ compiler, a failed "
-                           "build, or GSC_JAX_CPU_KERNEL=0); see the log's warning.")
 
 
 def _row_sharding(mesh, sharding, ndim):
@@ -162,7 +105,7 @@ def _statistics_call(top_c: int):
             jax.ShapeDtypeStruct(batch + (top_c,), jnp.float32),
             jax.ShapeDtypeStruct(batch + (top_c,), jnp.int32),
         )
-        return jax.ffi.ffi_call(_TARGET, shapes)(logits, top_c=np.int64(top_c))
+        return jax.ffi.ffi_call(STATISTICS_TARGET, shapes)(logits, top_c=np.int64(top_c))
 
     return _row_parallel(call, "... c -> ... c, ... o, ... o, ... o, ... k, ... k", 6)
 
@@ -171,7 +114,7 @@ def _statistics_call(top_c: int):
 def _gradient_call():
     def call(logits, exps, scale, slope, row_max, entry_indices, entries, labels, label_entries):
         result = jax.ShapeDtypeStruct(logits.shape, jnp.float32)
-        return jax.ffi.ffi_call(_GRADIENT_TARGET, result, input_output_aliases={1: 0})(
+        return jax.ffi.ffi_call(GRADIENT_TARGET, result, input_output_aliases={1: 0})(
             logits, exps, scale, slope, row_max, entry_indices, entries, labels, label_entries)
 
     return _row_parallel(call, "... c, ... c, ... o, ... o, ... o, ... k, ... k, ... o, ... o "
@@ -181,19 +124,17 @@ def _gradient_call():
 def row_statistics(logits: jax.Array, top_c: int):
     """The forward kernel on float32 or bfloat16 ``[..., C]`` logits (masked entries -inf).
 
-    Builds the kernel if needed.
-
     Returns:
       ``(exps [..., C], row_max [..., 1], total [..., 1], weighted [..., 1],
-      top_values [..., top_c], top_indices [..., top_c] int32)`` as defined in ``_cpu_kernel.cc``.
+      top_values [..., top_c], top_indices [..., top_c] int32)`` as defined in ``row_kernels.cc``.
     """
-    _require_kernel()
+    _require_registered()
     return _statistics_call(int(top_c))(logits)
 
 
 def row_gradient(logits, exps, scale, slope, row_max, entry_indices, entries, labels,
                  label_entries):
-    """The backward kernel on ``[..., C]`` rows; builds it if needed.
+    """The backward kernel on ``[..., C]`` rows.
 
     Args:
       logits, exps: ``[..., C]``, float32 or bfloat16 logits; float32 ``exps`` as
@@ -207,7 +148,7 @@ def row_gradient(logits, exps, scale, slope, row_max, entry_indices, entries, la
       ``[..., C]``: ``exps * (scale - slope * max(logits - row_max, -88))``, then
       ``[entry_indices] = entries``, then ``[labels] += label_entries``.
     """
-    _require_kernel()
+    _require_registered()
     return _gradient_call()(logits, exps, scale, slope, row_max,
                             entry_indices.astype(jnp.int32), entries, labels.astype(jnp.int32),
                             label_entries)

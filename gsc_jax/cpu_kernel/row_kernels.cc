@@ -19,8 +19,8 @@
 // GscRowGradient, the backward pass: exps * (a - b (z - m)) per entry with per-row a, b, then
 // the row's top-c entries set and its label entry added (see RowGradient), in exps' buffer.
 //
-// Rows are split over XLA's intra-op thread pool. Built on first use by gsc_jax/_cpu_kernel.py
-// with the system C++ compiler; see there.
+// Rows are split over XLA's intra-op thread pool. Built by gsc_jax.cpu_kernel.enable() with the
+// system C++ compiler (gsc_jax/cpu_kernel/_build.py).
 
 #include <algorithm>
 #include <atomic>
