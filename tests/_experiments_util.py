@@ -4,9 +4,12 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
+import jax.numpy as jnp
 import numpy as np
+import optax
 
-from experiments.common import data, losses
+from experiments.common import data, loop, losses
 from experiments.cifar10 import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,6 +37,32 @@ def tiny_config(loss=losses.LossSpec(), **changes) -> train.RunConfig:
                 learning_rate=0.01, progress=False, model_overrides=TINY_CONVMIXER)
     base.update(changes)
     return train.RunConfig(**base)
+
+
+class TinyNet(nn.Module):
+    """Flattened pixels -> BatchNorm -> dense: compiles in a fraction of a second, and its
+    batch_stats exercise the checkpointed BatchNorm state."""
+
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = x.reshape(x.shape[0], -1)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+        return nn.Dense(self.num_classes)(x)
+
+
+def tiny_loop_config(loss=losses.LossSpec(), **changes) -> loop.LoopConfig:
+    """A LoopConfig for TinyNet on `synthetic_dataset(size=4)`: batch 8, 2 epochs, no progress."""
+    base = dict(loss=loss, epochs=2, batch_size=8, eval_batch_size=8, seed=0,
+                mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), progress=False)
+    base.update(changes)
+    return loop.LoopConfig(**base)
+
+
+def sgd(lr_fn=lambda step: jnp.float32(0.1)):
+    """`make_tx` for the loop: SGD with momentum on the schedule `lr_fn(step)`."""
+    return lambda steps_per_epoch: (optax.sgd(lr_fn, momentum=0.9), lr_fn)
 
 
 def run_python(code: str, env_extra=None, timeout=300) -> subprocess.CompletedProcess:

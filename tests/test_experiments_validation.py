@@ -1,7 +1,9 @@
 """Bad input fails before training with a message that says what to do."""
 
 import dataclasses
+import re
 
+import numpy as np
 import pytest
 
 from experiments.common import data, losses
@@ -75,6 +77,26 @@ def test_cli_reports_bad_flags_without_traceback(tmp_path):
     assert proc.returncode != 0
     assert "error: --data_dir" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_cli_reports_an_image_of_another_size_in_one_line(tmp_path):
+    # Each kind of unreadable image raises DataError (tests/test_experiments_data.py); the CLI
+    # turns any DataError of the loader into one line, before anything is trained.
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (tmp_path / "d" / split / cls).mkdir(parents=True)
+            Image.fromarray(np.full((6, 6, 3), 9, np.uint8)).save(
+                tmp_path / "d" / split / cls / "0.png")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "d/train/b/0.png")
+    proc = run_module(["experiments.cifar10", "--workdir", str(tmp_path / "w"), "--data_dir",
+                       str(tmp_path / "d")])
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert re.fullmatch(r"error: the images in '.*/train' have different sizes: 6x6 \(a/0.png\), "
+                        r"4x4 \(b/0.png\); resize them to one size first.",
+                        proc.stderr.strip().splitlines()[-1])
+    assert not (tmp_path / "w" / "checkpoints").exists()
 
 
 def test_num_test_examples_takes_the_first_test_images():

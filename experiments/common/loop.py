@@ -207,11 +207,13 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
 
     def finish_early(state, status, message, **fields) -> RunResult:
         """Writes a summary.json whose metrics are null and whose status says why."""
+        manager.wait_until_finished()  # the last epoch's checkpoint, saved asynchronously
         summary = {"status": status, "message": message, "step": int(state.step),
                    **{k: None for k in SUMMARY_METRICS}, **fields, **base_summary}
         if is_main:
             report.write_json(os.path.join(workdir, "summary.json"), summary)
-        say(message)
+        if status == STOPPED:  # a diverged run's message is for the caller to report
+            say(message)
         return RunResult(state, summary, fields.get("interrupted_by"), status, message)
 
     def diverged(state, bad_step: int) -> RunResult:
@@ -272,7 +274,6 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
                     if bad:  # never checkpoint a diverged state
                         return diverged(state, bad)
                     checkpoint.save(manager, state)
-                    manager.wait_until_finished()
                     return finish_early(
                         state, STOPPED,
                         f"Stopped at step {step}/{total}; checkpoint saved in {workdir}. "
