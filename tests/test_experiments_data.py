@@ -122,7 +122,7 @@ def test_unreadable_images_name_the_file(tmp_path, damage, message):
 
 def test_image_folder_splits_are_mixed_so_a_prefix_holds_every_class(tmp_path):
     # --num_train_examples / --num_test_examples take a prefix: class-sorted splits would give
-    # one class (a smoke run once "evaluated" on 1,000 airplanes).
+    # one class (a smoke run on the first 1,000 test images would see airplanes only).
     rng = np.random.RandomState(0)
     for split in ("train", "test"):
         for cls in ("a", "b", "c"):

@@ -57,7 +57,7 @@ def uninterrupted(tmp_path_factory):
 
 def test_a_stop_on_any_step_resumes_to_the_uninterrupted_metrics(tmp_path, uninterrupted):
     # One invocation per step, each stopping after it: the stops land on every step 1..5,
-    # among them 3, the last step of epoch 1, which used to lose that epoch's record.
+    # among them 3, the last step of epoch 1, whose evaluation must still be recorded.
     workdir, full = uninterrupted
     config = tiny_loop_config(stop_after_steps=1)
     for step in range(1, 6):
@@ -137,9 +137,12 @@ def test_cifar_resume_refuses_another_configuration_and_extends_epochs(tmp_path,
         (dict(model_overrides=(("dim", 16), ("depth", 1))), ["model_overrides.dim: 8 -> 16"]),
         (dict(learning_rate=0.1), ["recipe.learning_rate: 0.01 -> 0.1"]),
     ]
-    for changes, differences in refusals:
+    other_source = ds._replace(source="/data/cifar10_copy")  # another --data_dir or dataset
+    refusals.append(({}, ["data.source: '' -> '/data/cifar10_copy'"]))
+    for n, (changes, differences) in enumerate(refusals):
         with pytest.raises(checkpoint.ConfigMismatchError) as error:
-            train.run(tiny_config(**{"loss": L("ce"), "epochs": 1, **changes}), ds, str(tmp_path))
+            train.run(tiny_config(**{"loss": L("ce"), "epochs": 1, **changes}),
+                      other_source if n == len(refusals) - 1 else ds, str(tmp_path))
         message = str(error.value)
         assert "holds a run with another configuration" in message and "\n" not in message
         for difference in differences:

@@ -67,7 +67,8 @@ def test_data_dir_without_image_folder_layout(tmp_path, layout, message):
 
 def test_no_network_and_no_data_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "network_available", lambda *a, **k: False)
-    with pytest.raises(data.DataError, match="pass --data_dir DIR with the image-folder layout DIR/train/<class>/<image>"):
+    with pytest.raises(data.DataError,
+                       match="pass --data_dir DIR with the image-folder layout DIR/train/<class>"):
         train.check_data_source(None, str(tmp_path / "empty_tfds"))
 
 
