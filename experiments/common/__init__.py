@@ -1,1 +1,2 @@
-"""Shared training harness: data, augmentation, losses, sharding, steps, checkpoints, reports."""
+"""Shared experiment layer: data, augmentation, losses, layers, sharding, steps, evaluation,
+checkpoints, the epoch loop and reports."""
