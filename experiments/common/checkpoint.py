@@ -14,10 +14,11 @@ from experiments.common import report
 CONFIG_FILE = "config.json"
 
 
-def make_manager(workdir: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
-    """A CheckpointManager over WORKDIR/checkpoints keeping the newest `max_to_keep` steps."""
+def make_manager(workdir: str, max_to_keep: int = 2,
+                 name: str = "checkpoints") -> ocp.CheckpointManager:
+    """A CheckpointManager over WORKDIR/<name> keeping the newest `max_to_keep` steps."""
     return ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")),
+        os.path.abspath(os.path.join(workdir, name)),
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
     )
 

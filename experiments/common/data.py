@@ -30,6 +30,8 @@ class Dataset(NamedTuple):
       class_names: tuple of K names; label k is `class_names[k]`.
       source: where the data came from (an image folder's absolute path, 'tfds:<name>',
         'sklearn:digits'); part of a run's configuration, which a resume must match.
+      val_images: uint8 [V, H, W, C] of a validation split, or None (no validation split).
+      val_labels: int32 [V] (clean), or None.
     """
 
     train_images: np.ndarray
@@ -38,10 +40,16 @@ class Dataset(NamedTuple):
     test_labels: np.ndarray
     class_names: tuple
     source: str = ""
+    val_images: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def has_validation(self) -> bool:
+        return self.val_labels is not None
 
 
 class DataError(ValueError):

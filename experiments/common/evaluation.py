@@ -25,7 +25,7 @@ TOP_K = 5
 
 
 def batch_sums(logits: jax.Array, labels: jax.Array, *, example_mask: jax.Array | None = None,
-               num_bins: int = NUM_BINS) -> dict:
+               num_bins: int = NUM_BINS, confusion: bool = False) -> dict:
     """Sums of one batch's statistics over the examples where `example_mask` is True.
 
     Args:
@@ -33,12 +33,15 @@ def batch_sums(logits: jax.Array, labels: jax.Array, *, example_mask: jax.Array 
       labels: int [B].
       example_mask: bool [B]; False marks padding. Default: every example counts.
       num_bins: calibration bins.
+      confusion: also count the confusion matrix.
 
     Returns:
       A dict of scalars 'count' (examples), 'correct1' and 'correct5' (top-1 / top-min(5, K) hits),
       'nll' (sum of -log softmax(logits)_y), 'nonfinite' (examples with a NaN or infinite logit;
       never counted as hits, and they make 'nll' non-finite), and 'calib' (the
-      `gsc_jax.metrics.CalibrationStats` of softmax(logits)).
+      `gsc_jax.metrics.CalibrationStats` of softmax(logits)); with `confusion`, also 'confusion',
+      int32 [K, K]: [i, j] counts the examples of label i whose top-1 class is j (examples with a
+      non-finite logit, or a label outside [0, K), are not counted).
     """
     logits = logits.astype(jnp.float32)
     mask = (jnp.ones(labels.shape, bool) if example_mask is None
@@ -48,7 +51,14 @@ def batch_sums(logits: jax.Array, labels: jax.Array, *, example_mask: jax.Array 
     hit_weight = weight * finite
     k = min(TOP_K, logits.shape[-1])
     nll = metrics.negative_log_likelihood(logits, labels)
-    return {
+    extra = {}
+    if confusion:
+        num_classes = logits.shape[-1]
+        counted = mask & finite & (labels >= 0) & (labels < num_classes)
+        extra["confusion"] = jnp.zeros((num_classes, num_classes), jnp.int32).at[
+            jnp.where(counted, labels, 0), jnp.argmax(logits, axis=-1)].add(
+                counted.astype(jnp.int32))
+    return {**extra,
         "count": jnp.sum(weight),
         "correct1": jnp.sum(metrics.top_k_accuracy(logits, labels, k=1) * hit_weight),
         "correct5": jnp.sum(metrics.top_k_accuracy(logits, labels, k=k) * hit_weight),
@@ -64,9 +74,9 @@ def add(a: dict, b: dict) -> dict:
     return jax.tree.map(jnp.add, a, b)
 
 
-def zeros(num_classes: int, num_bins: int = NUM_BINS) -> dict:
+def zeros(num_classes: int, num_bins: int = NUM_BINS, confusion: bool = False) -> dict:
     """The sums of no examples, in `batch_sums`' structure."""
-    shapes = jax.eval_shape(functools.partial(batch_sums, num_bins=num_bins),
+    shapes = jax.eval_shape(functools.partial(batch_sums, num_bins=num_bins, confusion=confusion),
                             jax.ShapeDtypeStruct((1, num_classes), jnp.float32),
                             jax.ShapeDtypeStruct((1,), jnp.int32))
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
@@ -78,11 +88,20 @@ def finalize(sums: dict) -> dict:
     Returns:
       {'count': int, 'top1', 'top5', 'nll', 'ece': fractions (NaN for no examples; 'nll' and 'ece'
       are NaN when an example had a non-finite logit), 'nonfinite': int, 'reliability': dict of
-      per-bin lists bin_lower, bin_upper, count, accuracy, confidence}.
+      per-bin lists bin_lower, bin_upper, count, accuracy, confidence}; when the sums hold a
+      confusion matrix, also 'confusion' (K lists of K ints) and 'per_class_accuracy' (K
+      fractions, the diagonal over the row sums; NaN for a class without examples).
     """
     n = float(sums["count"])
     mean = lambda key: float(sums[key]) / n if n > 0 else float("nan")  # noqa: E731
-    return {
+    extra = {}
+    if "confusion" in sums:
+        confusion = np.asarray(sums["confusion"], np.int64)
+        rows = confusion.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_class = np.where(rows > 0, np.diag(confusion) / np.maximum(rows, 1), np.nan)
+        extra = {"confusion": confusion.tolist(), "per_class_accuracy": per_class.tolist()}
+    return {**extra,
         "count": int(round(n)),
         "top1": mean("correct1"),
         "top5": mean("correct5"),
@@ -105,7 +124,8 @@ def pad_to_multiple(images: np.ndarray, labels: np.ndarray, multiple: int):
 
 
 def make_evaluator(logits_fn: Callable, *, batch_size: int, num_classes: int,
-                   num_bins: int = NUM_BINS, replicated=None, batch_sharded=None) -> Callable:
+                   num_bins: int = NUM_BINS, replicated=None, batch_sharded=None,
+                   confusion: bool = False) -> Callable:
     """Builds `evaluate(variables, images, labels, mask) -> finalize(...)` over padded arrays.
 
     Args:
@@ -115,11 +135,12 @@ def make_evaluator(logits_fn: Callable, *, batch_size: int, num_classes: int,
       num_bins: calibration bins.
       replicated: sharding of the running sums (e.g. `parallel.replicated(mesh)`); None: default.
       batch_sharded: sharding constraint of each batch (e.g. `parallel.batch_sharded(mesh)`).
+      confusion: also count the confusion matrix (and report per-class accuracy).
 
     Each batch is one call of a jitted accumulation `sums + batch_sums(batch i)`; the host reads the
     sums once, at the end.
     """
-    init = jax.jit(lambda: zeros(num_classes, num_bins), out_shardings=replicated)
+    init = jax.jit(lambda: zeros(num_classes, num_bins, confusion), out_shardings=replicated)
 
     def accumulate(sums, variables, images_all, labels_all, mask_all, i):
         def batch(a):
@@ -129,7 +150,8 @@ def make_evaluator(logits_fn: Callable, *, batch_size: int, num_classes: int,
 
         images, labels, mask = batch(images_all), batch(labels_all), batch(mask_all)
         logits = logits_fn(variables, images)
-        return add(sums, batch_sums(logits, labels, example_mask=mask, num_bins=num_bins))
+        return add(sums, batch_sums(logits, labels, example_mask=mask, num_bins=num_bins,
+                                    confusion=confusion))
 
     accumulate = jax.jit(accumulate, donate_argnums=0)
 

@@ -12,7 +12,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from experiments.common import checkpoint, evaluation, losses, parallel, report, steps
+from experiments.common import (checkpoint, evaluation, losses, parallel, plateau, report,
+                                steps)
 from experiments.common.data import Dataset
 
 # summary.json "status" values.
@@ -38,6 +39,12 @@ class LoopConfig:
       stop_after_steps: if > 0, checkpoint and return after this many steps in this invocation
         (for time-sliced schedulers; the next invocation resumes).
       progress: show a tqdm progress bar.
+      plateau_factor: if > 0, reduce-on-plateau on the validation top-1 (needs a validation split;
+        `plateau` module): the updates are scaled by plateau_factor after more than
+        plateau_patience epochs without improvement. 0 turns it off.
+      plateau_patience: epochs without improvement that are tolerated (PyTorch's patience).
+      per_class: report per-class accuracy and the confusion matrix of the evaluation splits
+        (summary.json, confusion.png).
     """
 
     loss: losses.LossSpec
@@ -52,6 +59,9 @@ class LoopConfig:
     num_bins: int = evaluation.NUM_BINS
     stop_after_steps: int = 0
     progress: bool = True
+    plateau_factor: float = 0.0
+    plateau_patience: int = 5
+    per_class: bool = False
 
 
 @dataclasses.dataclass
@@ -100,9 +110,15 @@ def run_identity(config: LoopConfig, dataset: Dataset, extra: dict | None = None
     test labels, so that label noise and subsets count), plus the caller's `extra` (model, recipe,
     ...)."""
     labels = hashlib.sha256()
-    for split in (dataset.train_labels, dataset.test_labels):
+    val = (dataset.val_labels,) if dataset.has_validation else ()
+    for split in (dataset.train_labels, dataset.test_labels, *val):
         labels.update(np.ascontiguousarray(split, np.int64).tobytes())
-    return {
+    optional = {}
+    if dataset.has_validation:
+        optional["num_val_examples"] = int(len(dataset.val_labels))
+    if config.plateau_factor > 0:
+        optional["plateau"] = [config.plateau_factor, config.plateau_patience]
+    return {**optional,
         "loss": config.loss.hyperparameters(), "batch_size": config.batch_size,
         "seed": config.seed, "mean": list(config.mean), "std": list(config.std),
         "augment": config.augment,
@@ -124,7 +140,8 @@ def _divergence_message(step: int, steps_per_epoch: int, total: int, workdir: st
 
 def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Dataset,
                        workdir: str, run_info: dict | None = None,
-                       identity: dict | None = None) -> RunResult:
+                       identity: dict | None = None, *, train_views: Callable | None = None,
+                       eval_views: Callable | None = None) -> RunResult:
     """Trains `model` on `dataset`, evaluating and checkpointing every epoch; resumes from workdir.
 
     Args:
@@ -139,6 +156,16 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
       run_info: extra fields copied into summary.json (model name, data source, ...).
       identity: extra fields of the run's configuration that a resume must match (model, recipe,
         ...), saved in config.json with `run_identity`'s.
+      train_views: `train_views(key, images) -> [B, V, h, w, C]`: V training examples per image
+        in place of config.augment's crop and flip (`steps.make_train_step`).
+      eval_views: `eval_views(images) -> [B, V, h, w, C]`: evaluation averages the logits over
+        the V views of each image (e.g. TenCrop; `steps.make_logits_fn`).
+
+    With a validation split (`dataset.val_images`), every epoch's record also has val_top1,
+    val_top5, val_nll and val_ece; the state with the best validation top-1 so far is kept in
+    WORKDIR/checkpoints_best, and the summary adds val_accuracy (final), best_val_accuracy,
+    best_val_epoch and the test metrics of the best-validation state (test_accuracy_at_best_val,
+    test_ece_at_best_val, test_nll_at_best_val).
 
     Returns:
       A RunResult. Its `summary` (also in summary.json) has "status": "completed" with
@@ -151,6 +178,13 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
       checkpoint.ConfigMismatchError: workdir holds a run with another configuration.
     """
     losses.validate_loss_spec(config.loss, dataset.num_classes)
+    if config.plateau_factor > 0:
+        if not dataset.has_validation:
+            raise ValueError("plateau_factor > 0 reduces the learning rate on the validation "
+                             "accuracy: the dataset needs a validation split (val_images).")
+        if not 0 < config.plateau_factor < 1 or config.plateau_patience < 0:
+            raise ValueError(f"need 0 < plateau_factor < 1 and plateau_patience >= 0, got "
+                             f"{config.plateau_factor} and {config.plateau_patience}.")
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
     parallel.check_batch_size(config.eval_batch_size, mesh)
@@ -170,10 +204,15 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
 
     dtype = jnp.bfloat16 if config.bf16 else jnp.float32
     tx, lr_fn = make_tx(steps_per_epoch)
+    plateau_spec = None
+    if config.plateau_factor > 0:
+        plateau_spec = plateau.PlateauSpec(config.plateau_factor, config.plateau_patience)
+        tx = plateau.scale_by_plateau(tx, plateau_spec)
     key = jax.random.key(config.seed)
-    init_key, shuffle_key, aug_key = (jax.random.fold_in(key, i) for i in range(3))
+    init_key, shuffle_key, aug_key, dropout_key = (jax.random.fold_in(key, i) for i in range(4))
     repl = parallel.replicated(mesh)
-    sample = jnp.zeros((1, *dataset.train_images.shape[1:]), dtype)
+    sample = jnp.zeros((1, *steps.model_input_shape(dataset.train_images, train_views,
+                                                    eval_views)), dtype)
     init = jax.jit(lambda k: steps.init_state(model, tx, sample, k, dataset.num_classes,
                                               config.loss.uses_ols), out_shardings=repl)
     state = checkpoint.restore_latest(manager, init(init_key))
@@ -188,17 +227,32 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
     test = evaluation.pad_to_multiple(dataset.test_images, dataset.test_labels,
                                       config.eval_batch_size)
     test_x, test_y, test_m = (parallel.put_replicated(a, mesh) for a in test)
+    if dataset.has_validation:
+        val = evaluation.pad_to_multiple(dataset.val_images, dataset.val_labels,
+                                         config.eval_batch_size)
+        val_x, val_y, val_m = (parallel.put_replicated(a, mesh) for a in val)
 
     train_step = jax.jit(steps.make_train_step(
         model=model, tx=tx, loss_spec=config.loss, lr_fn=lr_fn, steps_per_epoch=steps_per_epoch,
         batch_size=config.batch_size, mesh=mesh, mean=config.mean, std=config.std,
-        use_augment=config.augment, compute_dtype=dtype, aug_key=aug_key), donate_argnums=0)
+        use_augment=config.augment, compute_dtype=dtype, aug_key=aug_key,
+        train_views=train_views, dropout_key=dropout_key), donate_argnums=0)
     evaluator = evaluation.make_evaluator(
-        steps.make_logits_fn(model, mean=config.mean, std=config.std, compute_dtype=dtype),
+        steps.make_logits_fn(model, mean=config.mean, std=config.std, compute_dtype=dtype,
+                             eval_views=eval_views),
         batch_size=config.eval_batch_size, num_classes=dataset.num_classes,
-        num_bins=config.num_bins, replicated=repl, batch_sharded=parallel.batch_sharded(mesh))
+        num_bins=config.num_bins, replicated=repl, batch_sharded=parallel.batch_sharded(mesh),
+        confusion=config.per_class)
     permute = jax.jit(steps.epoch_permutation, static_argnums=2, out_shardings=repl)
     evaluate = lambda st: evaluator(st, test_x, test_y, test_m)  # noqa: E731
+    evaluate_val = lambda st: evaluator(st, val_x, val_y, val_m)  # noqa: E731
+    best_manager = (checkpoint.make_manager(workdir, max_to_keep=1, name="checkpoints_best")
+                    if dataset.has_validation else None)
+    plateau_update = jax.jit(lambda st, accuracy: st.replace(opt_state=plateau.epoch_update(
+        plateau_spec, st.opt_state, accuracy)), out_shardings=repl, donate_argnums=0)
+    lr_scale = lambda st: (float(plateau.current_scale(st.opt_state))  # noqa: E731
+                           if plateau_spec else 1.0)
+    latest_val = {}
 
     total = config.epochs * steps_per_epoch
     base_summary = {"epochs": config.epochs, "steps": total, "loss": config.loss.label,
@@ -208,6 +262,8 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
     def finish_early(state, status, message, **fields) -> RunResult:
         """Writes a summary.json whose metrics are null and whose status says why."""
         manager.wait_until_finished()  # the last epoch's checkpoint, saved asynchronously
+        if best_manager is not None:
+            best_manager.wait_until_finished()
         summary = {"status": status, "message": message, "step": int(state.step),
                    **{k: None for k in SUMMARY_METRICS}, **fields, **base_summary}
         if is_main:
@@ -223,19 +279,36 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
     def end_epoch(state, epoch: int, seconds: float) -> dict:
         """Evaluates, and appends the epoch's record to metrics.jsonl (process 0)."""
         ev = evaluate(state)
+        val_fields = {}
+        if dataset.has_validation:
+            latest_val.update(evaluate_val(state))
+            val_fields = {f"val_{k}": latest_val[k] for k in ("top1", "top5", "nll", "ece")}
         record = {"epoch": epoch, "step": epoch * steps_per_epoch,
                   **steps.epoch_means(jax.device_get(state.epoch_sums), config.loss),
                   "test_top1": ev["top1"], "test_top5": ev["top5"], "test_nll": ev["nll"],
-                  "test_ece": ev["ece"],
-                  "learning_rate": float(lr_fn(epoch * steps_per_epoch - 1)),
+                  "test_ece": ev["ece"], **val_fields,
+                  "learning_rate": float(lr_fn(epoch * steps_per_epoch - 1)) * lr_scale(state),
                   "epoch_time_s": seconds}
         records.append(record)
         if is_main:
             report.append_jsonl(metrics_path, record)
+        val_text = f"val_top1 {val_fields['val_top1']:.4f} " if val_fields else ""
         say(f"epoch {epoch}/{config.epochs}: train_loss {record['train_loss']:.4f} "
             f"top1 {ev['top1']:.4f} top5 {ev['top5']:.4f} nll {ev['nll']:.4f} "
-            f"ece {ev['ece']:.4f} lr {record['learning_rate']:.3g} ({seconds:.0f}s)")
+            f"ece {ev['ece']:.4f} {val_text}lr {record['learning_rate']:.3g} ({seconds:.0f}s)")
         return ev
+
+    def after_validation(state, update_plateau: bool = True):
+        """Steps the plateau scale on the epoch's validation top-1; keeps the best state."""
+        if not dataset.has_validation:
+            return state
+        accuracy = records[-1]["val_top1"]
+        if plateau_spec and update_plateau:
+            state = plateau_update(state, accuracy)
+        earlier = [r["val_top1"] for r in records[:-1] if r.get("val_top1") is not None]
+        if accuracy is not None and accuracy > max(earlier, default=-1.0):
+            checkpoint.save(best_manager, state)
+        return state
 
     ev = None
     if 0 < start <= total and start % steps_per_epoch == 0 and not any(
@@ -243,6 +316,7 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
         # The checkpoint ends an epoch whose record is missing (its line was cut short by a
         # crash): the checkpoint holds that epoch's sums, so evaluate it now.
         ev = end_epoch(state, start // steps_per_epoch, 0.0)
+        state = after_validation(state, update_plateau=False)  # saved after the update
 
     step = start
     with checkpoint.StopOnSignal() as stop, tqdm(
@@ -266,6 +340,7 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
                     bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{float(lr):.2g}")
                 if epoch_done:
                     ev = end_epoch(state, epoch + 1, time.time() - t0)
+                    state = after_validation(state)
                     checkpoint.save(manager, state)
                 limit_hit = config.stop_after_steps and step - start >= config.stop_after_steps
                 signum = agreed_stop_signal(stop, step)
@@ -282,6 +357,8 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
     manager.wait_until_finished()
     if ev is None:  # resumed an already finished run
         ev = evaluate(state)
+        if dataset.has_validation:
+            latest_val.update(evaluate_val(state))
     accuracies = [r["test_top1"] for r in records
                   if r.get("test_top1") is not None and np.isfinite(r["test_top1"])]
     summary = {
@@ -293,9 +370,44 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
         "train_time_s": float(sum(r["epoch_time_s"] for r in records)),
         "reliability": ev["reliability"],
     }
+    if config.per_class:
+        summary.update(test_per_class_accuracy=ev["per_class_accuracy"],
+                       test_confusion=ev["confusion"])
+    if dataset.has_validation:
+        summary.update(_best_validation_summary(best_manager, state, evaluate, records,
+                                                steps_per_epoch, config.per_class))
+        summary.update(val_accuracy=latest_val["top1"], val_nll=latest_val["nll"],
+                       val_ece=latest_val["ece"])
+        if config.per_class:
+            summary["val_per_class_accuracy"] = latest_val["per_class_accuracy"]
     if is_main:
         report.write_json(os.path.join(workdir, "summary.json"), summary)
         report.plot_curves(records, os.path.join(workdir, "curves.png"), config.loss.label)
         report.plot_reliability(ev["reliability"], os.path.join(workdir, "reliability.png"),
                                 config.loss.label, ece=ev["ece"])
+        if config.per_class:
+            report.plot_confusion(ev["confusion"], dataset.class_names,
+                                  os.path.join(workdir, "confusion.png"),
+                                  f"{config.loss.label}: test, final model (% of each label)")
     return RunResult(state, summary)
+
+
+def _best_validation_summary(best_manager, state, evaluate: Callable, records: list,
+                             steps_per_epoch: int, per_class: bool) -> dict:
+    """The best-validation state's epoch, validation top-1 and test metrics, for summary.json."""
+    best_manager.wait_until_finished()
+    step = best_manager.latest_step()
+    if step is None:  # no epoch had a finite validation accuracy
+        return {"best_val_accuracy": None, "best_val_epoch": None,
+                "test_accuracy_at_best_val": None}
+    epoch = step // steps_per_epoch
+    best = checkpoint.restore_latest(best_manager, state)
+    ev = evaluate(best)
+    accuracy = next((r["val_top1"] for r in records if r["epoch"] == epoch), None)
+    out = {"best_val_accuracy": accuracy, "best_val_epoch": epoch,
+           "test_accuracy_at_best_val": ev["top1"], "test_ece_at_best_val": ev["ece"],
+           "test_nll_at_best_val": ev["nll"]}
+    if per_class:
+        out.update(test_per_class_accuracy_at_best_val=ev["per_class_accuracy"],
+                   test_confusion_at_best_val=ev["confusion"])
+    return out

@@ -110,17 +110,24 @@ def write_json(path: str, obj) -> None:
 
 
 def plot_curves(records: list, path: str, title: str = "") -> None:
-    """Plots train loss, test top-1, test NLL and test ECE against epoch into a PNG."""
+    """Plots train loss, test top-1, test NLL and test ECE against epoch into a PNG.
+
+    Records with validation metrics (val_top1, val_nll, val_ece) get them on the same axes.
+    """
     epochs = [r["epoch"] for r in records]
-    keys = [("train_loss", "train loss"), ("test_top1", "test top-1"),
-            ("test_nll", "test NLL"), ("test_ece", "test ECE (15 bins)")]
+    keys = [("train_loss", "train loss"), ("test_top1", "top-1"),
+            ("test_nll", "NLL"), ("test_ece", "ECE (15 bins)")]
+    with_val = any("val_top1" in r for r in records)
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
     for ax, (key, name) in zip(axes, keys):
-        values = [np.nan if r.get(key) is None else r[key] for r in records]
-        ax.plot(epochs, values, marker="o")
+        for k in (key, key.replace("test_", "val_")) if with_val and "test_" in key else (key,):
+            values = [np.nan if r.get(k) is None else r[k] for r in records]
+            ax.plot(epochs, values, marker="o", label=k.split("_")[0])
         ax.set_xlabel("epoch")
-        ax.set_title(name)
+        ax.set_title(name if "test_" not in key or with_val else f"test {name}")
         ax.grid(alpha=0.3)
+        if with_val and "test_" in key:
+            ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -167,6 +174,59 @@ def plot_sweep(xs: list, curves: dict, baseline: float, path: str) -> None:
     ax.set_ylabel("test top-1 %")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_loss_curves(runs: dict, path: str, eval_split: str = "val") -> None:
+    """Training and evaluation loss, and evaluation top-1, against epoch for several runs.
+
+    One figure for comparing runs (e.g. CE against CE+GSC, GSC paper Fig. 7): left, each run's
+    training loss (solid; the trained objective) and `eval_split` NLL (dashed; cross-entropy of
+    the evaluated logits); right, its `eval_split` top-1.
+
+    Args:
+      runs: {label: metrics.jsonl records}.
+      path: output PNG.
+      eval_split: 'val' or 'test' (the records' <split>_nll and <split>_top1).
+    """
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for n, (label, records) in enumerate(runs.items()):
+        color = f"C{n}"
+        epochs = [r["epoch"] for r in records]
+        get = lambda key: [np.nan if r.get(key) is None else r[key] for r in records]  # noqa
+        ax_loss.plot(epochs, get("train_loss"), color=color, label=f"{label} train loss")
+        ax_loss.plot(epochs, get(f"{eval_split}_nll"), color=color, ls="--",
+                     label=f"{label} {eval_split} NLL")
+        ax_acc.plot(epochs, get(f"{eval_split}_top1"), color=color, marker="o", label=label)
+    for ax, name in ((ax_loss, "loss"), (ax_acc, f"{eval_split} top-1")):
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion(confusion: list, class_names, path: str, title: str = "") -> None:
+    """The confusion matrix (rows: label, columns: top-1 class) as row-normalised percentages."""
+    counts = np.asarray(confusion, np.float64)
+    rows = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * k, 0.8 + 0.7 * k))
+    ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{100 * share[i, j]:.0f}", ha="center", va="center", fontsize=8,
+                    color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("label")
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -64,37 +64,75 @@ def epoch_permutation(key: jax.Array, epoch: jax.Array, num_examples: int) -> ja
     return jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
 
 
-def apply_model(model, state: TrainState, params, x: jax.Array, train: bool):
-    """Runs the model; returns (float32 logits [B, K], new batch_stats)."""
+def apply_model(model, state: TrainState, params, x: jax.Array, train: bool, rngs=None):
+    """Runs the model; returns (float32 logits [B, K], new batch_stats).
+
+    `rngs` (e.g. {'dropout': key}) reaches the model in training only; models without random
+    layers ignore it.
+    """
     variables = {"params": params}
+    rngs = rngs if train else None
     if not state.batch_stats:
-        return model.apply(variables, x, train=train).astype(jnp.float32), state.batch_stats
+        return (model.apply(variables, x, train=train, rngs=rngs).astype(jnp.float32),
+                state.batch_stats)
     variables["batch_stats"] = state.batch_stats
     if not train:
         return model.apply(variables, x, train=False).astype(jnp.float32), state.batch_stats
-    logits, new = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    logits, new = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs=rngs)
     return logits.astype(jnp.float32), new["batch_stats"]
 
 
-def make_logits_fn(model, *, mean, std, compute_dtype) -> Callable:
-    """`logits_fn(state, images uint8 [B, H, W, C]) -> float32 logits [B, K]` in eval mode."""
+def model_input_shape(images, train_views: Callable | None = None,
+                      eval_views: Callable | None = None) -> tuple:
+    """(h, w, C) of one model input: an image of `images` [N, H, W, C], or one of its views."""
+    image = jax.ShapeDtypeStruct((1, *images.shape[1:]), images.dtype)
+    if eval_views is not None:
+        return tuple(jax.eval_shape(eval_views, image).shape[2:])
+    if train_views is not None:
+        return tuple(jax.eval_shape(train_views, jax.random.key(0), image).shape[2:])
+    return tuple(images.shape[1:])
+
+
+def flatten_views(views: jax.Array) -> jax.Array:
+    """[B, V, h, w, C] views -> [B * V, h, w, C] model inputs (the views of an image adjacent)."""
+    return views.reshape(-1, *views.shape[2:])
+
+
+def make_logits_fn(model, *, mean, std, compute_dtype, eval_views: Callable | None = None
+                   ) -> Callable:
+    """`logits_fn(state, images uint8 [B, H, W, C]) -> float32 logits [B, K]` in eval mode.
+
+    With `eval_views(images) -> [B, V, h, w, C]` (e.g. TenCrop), every view is evaluated and the
+    logits are averaged over the V views of each image.
+    """
 
     def logits_fn(state: TrainState, images):
-        x = augment.normalize(images, mean, std, compute_dtype)
-        return apply_model(model, state, state.params, x, train=False)[0]
+        if eval_views is None:
+            x = augment.normalize(images, mean, std, compute_dtype)
+            return apply_model(model, state, state.params, x, train=False)[0]
+        views = eval_views(images)
+        x = augment.normalize(flatten_views(views), mean, std, compute_dtype)
+        logits = apply_model(model, state, state.params, x, train=False)[0]
+        return jnp.mean(logits.reshape(views.shape[0], views.shape[1], -1), axis=1)
 
     return logits_fn
 
 
 def make_train_step(*, model, tx, loss_spec: losses.LossSpec, lr_fn: Callable,
                     steps_per_epoch: int, batch_size: int, mesh, mean, std, use_augment: bool,
-                    compute_dtype, aug_key: jax.Array) -> Callable:
+                    compute_dtype, aug_key: jax.Array, train_views: Callable | None = None,
+                    dropout_key: jax.Array | None = None) -> Callable:
     """Builds `train_step(state, images [N,H,W,C] u8, labels [N], perm [N]) -> (state, metrics)`.
 
     Step s trains on perm[i*B:(i+1)*B] with i = s % steps_per_epoch (the last partial batch of an
     epoch is dropped), augmented with key fold_in(aug_key, s). The batch mean of the per-example
     loss is minimised (`losses.make_objective`). For 'ols', the OLS accumulators are updated every
     step and finalised on the last step of each epoch (gsc_jax.ols_update / ols_finalize_epoch).
+
+    `train_views(key, images) -> [B, V, h, w, C]`, when given, replaces `use_augment`'s crop and
+    flip: each of the V views of an image is a training example with the image's label (B * V
+    examples a step, e.g. TenCrop). `dropout_key` feeds the model's 'dropout' stream with
+    fold_in(dropout_key, s).
 
     The loss's parts (batch means) are summed in `state.epoch_sums`: 'base_loss' (the loss without
     GSC) and 'gsc_term' (unscaled by gamma; 0 when GSC is off). The sums restart at each epoch's
@@ -108,13 +146,20 @@ def make_train_step(*, model, tx, loss_spec: losses.LossSpec, lr_fn: Callable,
         idx = jax.lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)
         idx = jax.lax.with_sharding_constraint(idx, parallel.batch_sharded(mesh))
         images, labels = images_all[idx], labels_all[idx]
-        if use_augment:
-            images = augment.random_crop_flip(jax.random.fold_in(aug_key, state.step), images)
+        step_key = jax.random.fold_in(aug_key, state.step)
+        if train_views is not None:
+            views = train_views(step_key, images)
+            labels = jnp.repeat(labels, views.shape[1])
+            images = flatten_views(views)
+        elif use_augment:
+            images = augment.random_crop_flip(step_key, images)
         x = augment.normalize(images, mean, std, compute_dtype)
         soft = state.ols.soft_labels if loss_spec.uses_ols else None
+        rngs = None if dropout_key is None else {
+            "dropout": jax.random.fold_in(dropout_key, state.step)}
 
         def objective(params):
-            logits, batch_stats = apply_model(model, state, params, x, train=True)
+            logits, batch_stats = apply_model(model, state, params, x, train=True, rngs=rngs)
             loss, parts = objective_fn(logits, labels, soft)
             return loss, (parts, logits, batch_stats)
 
