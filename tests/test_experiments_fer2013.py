@@ -2,21 +2,37 @@
 VGG, bad input, and a tiny end-to-end run (generated faces in tmp_path; no real data needed)."""
 
 import csv
+import dataclasses
+import functools
+import json
+import os
+import subprocess
+import sys
 
+import flax.linen as nn
+import gsc_jax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from PIL import Image
 
+from experiments.common import data as common_data
+from experiments.common import evaluation, loop, losses, parallel, plateau, steps
 from experiments.common.data import DataError
-from experiments.fer2013 import augment, data, models
+from experiments.fer2013 import augment, data, models, train
+
+from _experiments_util import REPO
 
 SIDE = 12  # generated faces are SIDE x SIDE (FER2013's are 48 x 48)
 # Per usage, how many faces of each label (every emotion present in every split).
 COUNTS = {"Training": (3, 1, 2, 3, 2, 2, 3), "PublicTest": (1,) * 7, "PrivateTest": (2, 1, 1, 1, 1,
                                                                                    1, 1)}
 FOLDER_OF = {usage: split for split, usage in data.FOLDER_USAGE.items()}
+# A run small enough to compile and train in seconds on 20x20 faces.
+TINY = train.RunConfig(epochs=1, batch_size=8, crop=16, width=2, hidden=8, eval_batch_size=4,
+                       progress=False)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -323,3 +339,266 @@ def test_dropout_is_active_only_in_training():
     assert not np.allclose(train(1), train(2))
     evaluate = jax.jit(lambda: model.apply(variables, x))
     np.testing.assert_array_equal(evaluate(), evaluate())
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared loop's validation options: reduce-on-plateau, best-validation checkpoint, per-class
+# accuracy, views (TenCrop) in training and evaluation.
+
+
+def _torch_reduce_on_plateau(accuracies, factor, patience, threshold=1e-4):
+    """torch.optim.lr_scheduler.ReduceLROnPlateau(mode='max', threshold_mode='rel', cooldown=0):
+    the lr multiplier in effect after each epoch's step(accuracy), written out."""
+    best, bad, scale, out = -np.inf, 0, 1.0, []
+    for a in accuracies:
+        if a > best * (1 + threshold):
+            best, bad = a, 0
+        else:
+            bad += 1
+        if bad > patience:
+            scale, bad = scale * factor, 0
+        out.append(scale)
+    return out
+
+
+@pytest.mark.parametrize("patience", [0, 2, 5])
+def test_plateau_scale_follows_pytorch_reduce_lr_on_plateau(patience):
+    spec = plateau.PlateauSpec(0.75, patience)
+    tx = plateau.scale_by_plateau(optax.sgd(1.0), spec)
+    step = jax.jit(lambda s, a: plateau.epoch_update(spec, s, a))
+    rng = np.random.RandomState(patience)
+    n = 3589  # validation faces: accuracies move in steps of 1/n
+    for _ in range(3):
+        accuracies = np.round(np.clip(0.3 + np.cumsum(rng.randn(40) * 0.01 + 0.002), 0, 1)
+                              * n) / n
+        state, ours = tx.init({"w": jnp.zeros(3)}), []
+        for a in accuracies:
+            state = step(state, a)
+            ours.append(float(plateau.current_scale(state)))
+        expected = _torch_reduce_on_plateau(accuracies, 0.75, patience)
+        np.testing.assert_allclose(ours, expected, rtol=1e-6)  # float32 scale
+        assert expected[-1] < 1.0  # the sequence reaches at least one reduction
+    # The scale multiplies the wrapped transformation's updates.
+    updates, _ = tx.update({"w": jnp.ones(3)}, state, {"w": jnp.zeros(3)})
+    np.testing.assert_allclose(updates["w"], -expected[-1])
+
+
+class _Linear(nn.Module):
+    """Flattened pixels -> dense (no random or BatchNorm state): fixed parameters give a fixed
+    validation accuracy."""
+
+    num_classes: int = 7
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        del train
+        return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+
+
+def _synthetic(n_train=32, n_eval=16, side=8, val=True):
+    rng = np.random.RandomState(0)
+    split = lambda n: (rng.randint(0, 256, (n, side, side, 1)).astype(np.uint8),  # noqa: E731
+                       (np.arange(n) % 7).astype(np.int32))
+    train_split, test_split, val_split = split(n_train), split(n_eval), split(n_eval)
+    return common_data.Dataset(*train_split, *test_split, data.EMOTIONS, "synthetic",
+                               *(val_split if val else (None, None)))
+
+
+def _loop_config(**changes):
+    base = dict(loss=losses.LossSpec(), epochs=3, batch_size=8, eval_batch_size=8, seed=0,
+                mean=(0.0,), std=(1.0,), augment=False, progress=False, per_class=True)
+    base.update(changes)
+    return loop.LoopConfig(**base)
+
+
+def _frozen_sgd(steps_per_epoch):
+    """SGD whose step is 0 (the validation accuracy never improves) on a nominal lr of 0.1."""
+    del steps_per_epoch
+    return optax.sgd(0.0), optax.constant_schedule(0.1)
+
+
+def test_loop_reduces_on_plateau_and_keeps_the_best_validation_state(tmp_path):
+    config = _loop_config(plateau_factor=0.5, plateau_patience=0)
+    result = loop.train_and_evaluate(config, _Linear(), _frozen_sgd, _synthetic(),
+                                     str(tmp_path))
+    records = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+    # Epoch 1 improves on nothing; epochs 2 and 3 do not improve: with patience 0 each halves
+    # the scale after its evaluation, so epoch 3 trained at half the learning rate.
+    assert [r["learning_rate"] for r in records] == pytest.approx([0.1, 0.1, 0.05])
+    assert float(plateau.current_scale(result.state.opt_state)) == pytest.approx(0.25)
+    assert len({r["val_top1"] for r in records}) == 1
+    s = result.summary
+    assert s["best_val_epoch"] == 1 and s["best_val_accuracy"] == records[0]["val_top1"]
+    assert s["val_accuracy"] == records[-1]["val_top1"]
+    assert s["test_accuracy_at_best_val"] == s["test_accuracy"]  # same parameters
+    assert (tmp_path / "checkpoints_best").is_dir() and (tmp_path / "confusion.png").exists()
+    confusion = np.asarray(s["test_confusion"])
+    assert confusion.shape == (7, 7) and confusion.sum() == 16
+    np.testing.assert_allclose(s["test_per_class_accuracy"],
+                               np.diag(confusion) / confusion.sum(1))
+    assert np.trace(confusion) / 16 == pytest.approx(s["test_accuracy"])
+    for key in ("val_top1", "val_top5", "val_nll", "val_ece", "test_top1"):
+        assert key in records[0]
+
+
+def test_best_validation_checkpoint_is_the_best_epoch_and_resume_is_exact(tmp_path):
+    config = _loop_config(plateau_factor=0.5, plateau_patience=1)
+    make_tx = lambda n: (optax.sgd(0.05), optax.constant_schedule(0.05))  # noqa: E731
+    ds = _synthetic()
+    full = loop.train_and_evaluate(config, _Linear(), make_tx, ds, str(tmp_path / "full"))
+    part = loop.train_and_evaluate(dataclasses.replace(config, stop_after_steps=6), _Linear(),
+                                   make_tx, ds, str(tmp_path / "resumed"))
+    assert part.status == loop.STOPPED
+    resumed = loop.train_and_evaluate(config, _Linear(), make_tx, ds, str(tmp_path / "resumed"))
+    for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    records = [json.loads(x) for x in open(tmp_path / "full" / "metrics.jsonl")]
+    best = int(np.argmax([r["val_top1"] for r in records])) + 1  # first epoch of the maximum
+    for s in (full.summary, resumed.summary):
+        assert s["best_val_epoch"] == best
+        assert s["best_val_accuracy"] == max(r["val_top1"] for r in records)
+        assert s["test_accuracy_at_best_val"] == pytest.approx(records[best - 1]["test_top1"])
+
+
+def test_plateau_needs_a_validation_split(tmp_path):
+    with pytest.raises(ValueError, match="needs a validation split"):
+        loop.train_and_evaluate(_loop_config(plateau_factor=0.5), _Linear(), _frozen_sgd,
+                                _synthetic(val=False), str(tmp_path))
+    with pytest.raises(ValueError, match="0 < plateau_factor < 1"):
+        loop.train_and_evaluate(_loop_config(plateau_factor=1.5), _Linear(), _frozen_sgd,
+                                _synthetic(), str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_confusion_counts_match_sklearn():
+    from sklearn.metrics import confusion_matrix  # pylint: disable=g-import-not-at-top
+
+    rng = np.random.RandomState(0)
+    logits = rng.randn(50, 7).astype(np.float32)
+    labels = rng.randint(0, 7, 50).astype(np.int32)
+    mask = rng.rand(50) > 0.2
+    logits[3] = np.nan  # not counted, like a padded example
+    sums = evaluation.batch_sums(jnp.asarray(logits), jnp.asarray(labels),
+                                 example_mask=jnp.asarray(mask), confusion=True)
+    keep = mask & np.isfinite(logits).all(1)
+    expected = confusion_matrix(labels[keep], logits[keep].argmax(1), labels=range(7))
+    np.testing.assert_array_equal(sums["confusion"], expected)
+    summary = evaluation.finalize(jax.device_get(sums))
+    np.testing.assert_allclose(summary["per_class_accuracy"],
+                               np.diag(expected) / expected.sum(1))
+
+
+def test_ten_crop_evaluation_is_the_mean_of_the_ten_crops_logits():
+    model = _Linear()
+    images = jnp.asarray(np.random.RandomState(0).randint(0, 256, (3, 20, 20, 1)), jnp.uint8)
+    state = steps.init_state(model, optax.sgd(0.1), jnp.zeros((1, 16, 16, 1)), jax.random.key(0),
+                             7, False)
+    logits_fn = steps.make_logits_fn(model, mean=(0.0,), std=(1.0,), compute_dtype=jnp.float32,
+                                     eval_views=functools.partial(augment.eval_views, crop=16))
+    got = jax.jit(logits_fn)(state, images)
+    plain = jax.jit(steps.make_logits_fn(model, mean=(0.0,), std=(1.0,),
+                                         compute_dtype=jnp.float32))
+    crops = np.stack([_numpy_ten_crop(im, 16) for im in np.asarray(images)])
+    each = np.stack([np.asarray(plain(state, jnp.asarray(crops[:, v]))) for v in range(10)], 1)
+    assert got.shape == (3, 7)
+    np.testing.assert_allclose(got, each.mean(1), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(each[:, 0], each[:, 5])  # the crops do differ
+
+
+def test_train_step_trains_every_view_with_its_image_label():
+    model, mesh = _Linear(), parallel.make_mesh()
+    images = np.random.RandomState(0).randint(0, 256, (8, 4, 4, 1)).astype(np.uint8)
+    labels = np.arange(8, dtype=np.int32) % 7
+    # Two views per image: the image and its negative; the step sees 16 examples.
+    views = lambda key, im: jnp.stack([im.astype(jnp.float32),  # noqa: E731
+                                       255.0 - im.astype(jnp.float32)], axis=1)
+    tx = optax.sgd(0.0)
+    state = steps.init_state(model, tx, jnp.zeros((1, 4, 4, 1)), jax.random.key(0), 7, False)
+    step = jax.jit(steps.make_train_step(
+        model=model, tx=tx, loss_spec=losses.LossSpec(), lr_fn=optax.constant_schedule(0.0),
+        steps_per_epoch=1, batch_size=8, mesh=mesh, mean=(0.0,), std=(1.0,), use_augment=True,
+        compute_dtype=jnp.float32, aug_key=jax.random.key(1), train_views=views,
+        dropout_key=jax.random.key(2)))
+    perm = jnp.arange(8)
+    new_state, metrics = step(state, jnp.asarray(images), jnp.asarray(labels), perm)
+    x = np.concatenate([images, 255 - images]).astype(np.float32) / 255.0
+    logits = model.apply({"params": state.params}, jnp.asarray(x))
+    expected = gsc_jax.cross_entropy(logits, jnp.asarray(np.concatenate([labels, labels])))
+    np.testing.assert_allclose(new_state.epoch_sums["loss"], np.mean(expected), rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad configurations, and the command line end to end.
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"loss": losses.LossSpec("ce", gsc_gamma=0.01, gsc_top_c=8)},
+     r"gsc_top_c must be in \[1, num_classes=7\]"),
+    ({"val_usage": "Test"}, "--val_usage must be one of PrivateTest, PublicTest"),
+    ({"train_crops": 5}, "--train_crops must be 1 or 10"),
+    ({"crop": 8}, "--crop must be >= 16"),
+    ({"crop": 24}, "--crop 24 exceeds the 20x20 faces"),
+    ({"width": 0}, "--width must be positive"),
+    ({"epochs": 0}, "--epochs must be positive"),
+    ({"learning_rate": -0.1}, "--learning_rate must be positive"),
+    ({"label_noise": 1.0}, r"--label_noise must be in \[0, 1\)"),
+    ({"num_eval_examples": -1}, "--num_eval_examples must be >= 0"),
+])
+def test_bad_run_config_fails_before_training(changes, message, tmp_path):
+    config = dataclasses.replace(TINY, **changes)
+    splits = data.load_csv(_write_csv(tmp_path / "f.csv", _faces(side=20)))
+    with pytest.raises(ValueError, match=message):
+        train.run(config, splits, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def _cli(args, tmp_path, timeout=300):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               JAX_DISABLE_MOST_OPTIMIZATIONS="1")  # tiny models: compile time dominates
+    return subprocess.run([sys.executable, "-m", "experiments.fer2013", *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+TINY_FLAGS = ["--epochs", "1", "--batch_size", "8", "--crop", "16", "--width", "2", "--hidden",
+              "8", "--eval_batch_size", "4"]
+# Faces of side 32: a 16x16 crop reaches the dense layers as 1x1 features, a whole face as 2x2,
+# so a model initialised on whole faces would fail on crops.
+CLI_SIDE = 32
+
+
+def test_cli_table6_trains_both_rows_and_writes_the_table_and_fig7(tmp_path):
+    csv_path = _write_csv(tmp_path / "fer2013.csv", _faces(side=CLI_SIDE))
+    work = tmp_path / "work"
+    out = _cli(["--workdir", str(work), "--csv", csv_path, "--table", "6", "--table_rows",
+                "ce,gsc_0.01_2", *TINY_FLAGS], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = (work / "table6.md").read_text()
+    assert "Test = PublicTest, validation = PrivateTest" in table
+    rows = [line for line in table.splitlines() if line.startswith("| CE")]
+    assert len(rows) == 4  # two methods, in the accuracy table and the per-class table
+    assert "| 72.12 | 73.82 |" in rows[0] and "| 72.72 | 73.25 |" in rows[1]
+    assert (work / "fig7.png").stat().st_size > 0
+    for row in ("ce_s0", "gsc_0.01_2_s0"):
+        summary = json.loads((work / "table6" / row / "summary.json").read_text())
+        assert summary["status"] == "completed"
+        assert summary["val_usage"] == "PrivateTest" and summary["test_usage"] == "PublicTest"
+        assert summary["num_train_examples"] == 16 and summary["num_val_examples"] == 8
+        assert len(summary["test_per_class_accuracy"]) == 7
+        assert any("train_crops" not in d and "epochs: 1" in d for d in summary["departures"])
+        (record,) = [json.loads(x) for x in open(work / "table6" / row / "metrics.jsonl")]
+        assert {"train_loss", "val_top1", "val_nll", "test_top1"} <= set(record)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--train_crops", "5"], "error: --train_crops must be 1 or 10"),
+    (["--table_rows", "ce,gsc_9"], "error: unknown --table_rows ['gsc_9']"),
+    (["--csv", "missing.csv"], "error: --csv 'missing.csv' is not a file"),
+], ids=["crops", "rows", "csv"])
+def test_cli_rejects_bad_input_before_training(args, message, tmp_path):
+    csv_path = _write_csv(tmp_path / "fer2013.csv", _faces(side=20))
+    flags = ["--workdir", str(tmp_path / "work"), *TINY_FLAGS, *args]
+    if "--csv" not in args:
+        flags += ["--csv", csv_path]
+    out = _cli(flags, tmp_path, timeout=120)
+    assert out.returncode != 0 and message in out.stderr
+    assert not (tmp_path / "work").exists()

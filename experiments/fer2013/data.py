@@ -131,7 +131,7 @@ def _decode_gray(path: str) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("L"), dtype=np.uint8)
-    except OSError as e:
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for files it cannot decode
         raise DataError(f"cannot read the image {path!r}: {e}") from e
 
 

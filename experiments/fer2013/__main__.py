@@ -1,0 +1,98 @@
+"""FER2013 experiments of the GSC paper (Table 6): `python -m experiments.fer2013 --workdir runs/x`.
+
+Examples:
+  python -m experiments.fer2013 --workdir runs/ce --data_dir DIR
+  python -m experiments.fer2013 --workdir runs/gsc --csv fer2013.csv --gsc_gamma 0.01 --gsc_top_c 2
+  python -m experiments.fer2013 --workdir runs/t6 --data_dir DIR --table 6 --seeds 0,1
+  python -m experiments.fer2013 --workdir runs/t6s --data_dir DIR --table 6 --table_rows \
+      ce,gsc_0.01_2 --seeds 0,1 --epochs 8 --train_crops 1 --width 8 --hidden 512
+DIR is an image folder DIR/{train,val,test}/<emotion>/<image> (train = Training, val = PublicTest,
+test = PrivateTest); --csv reads the Kaggle fer2013.csv instead. --val_usage says which test usage
+validates (default PrivateTest, as in usef-kh/fer); the other one is the test set.
+Running the same command again resumes from the latest checkpoint; SIGTERM/Ctrl-C saves and exits.
+"""
+
+import sys
+
+from absl import app, flags, logging
+
+from experiments.common import checkpoint, losses, parallel
+from experiments.common.data import DataError
+from experiments.fer2013 import data, tables, train
+
+F = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics, plots).",
+                    required=True)
+flags.DEFINE_string("data_dir", None, "Image folder DIR/{train,val,test}/<emotion>/<image>.")
+flags.DEFINE_string("csv", None, "The Kaggle fer2013.csv (emotion, pixels, Usage).")
+flags.DEFINE_enum("val_usage", data.DEFAULT_VAL_USAGE, data.VAL_USAGES,
+                  "The usage that validates; the other test usage is the test set.")
+flags.DEFINE_string("loss", "ce", "ce | entropy | focal | ls | ols.")
+flags.DEFINE_float("gsc_gamma", 0.0, "GSC strength gamma (0 turns GSC off).")
+flags.DEFINE_integer("gsc_top_c", 2, "GSC top_c, 1 <= top_c <= 7.")
+flags.DEFINE_float("entropy_weight", 0.02, "lambda of --loss entropy.")
+flags.DEFINE_float("focal_eta", 2.0, "eta of --loss focal.")
+flags.DEFINE_float("ls_alpha", 0.1, "alpha of --loss ls.")
+flags.DEFINE_float("label_noise", 0.0, "Symmetric label-noise rate in [0, 1) (training labels).")
+flags.DEFINE_integer("epochs", None, "Epochs (default: recipe, 300).")
+flags.DEFINE_integer("batch_size", None, "Faces per step (default: recipe, 64).")
+flags.DEFINE_float("learning_rate", None, "Base lr (default: recipe, 0.01).")
+flags.DEFINE_integer("train_crops", train.RECIPE["train_crops"],
+                     "10: TenCrop, every crop a sample (recipe); 1: one of the ten per face.")
+flags.DEFINE_integer("crop", train.RECIPE["crop"], "Crop side (recipe 40).")
+flags.DEFINE_integer("width", train.RECIPE["width"], "VGG first-stage channels (recipe 64).")
+flags.DEFINE_integer("hidden", train.RECIPE["hidden"], "VGG hidden linear width (recipe 4096).")
+flags.DEFINE_integer("eval_batch_size", 64, "Faces per evaluation batch (ten crops each).")
+flags.DEFINE_integer("seed", 0, "Seed of init, shuffling, augmentation and dropout.")
+flags.DEFINE_list("seeds", ["0"], "Seeds of every --table row.")
+flags.DEFINE_integer("num_train_examples", 0, "Use the first N training faces (0 = all).")
+flags.DEFINE_integer("num_eval_examples", 0, "Use the first N validation / test faces (0 = all).")
+flags.DEFINE_bool("bf16", False, "bfloat16 compute.")
+flags.DEFINE_integer("table", 0, "6: the rows of the paper's Table 6 (see --table_rows).")
+flags.DEFINE_list("table_rows", [], f"Table 6 rows to run (default all): {tables.ROW_IDS}.")
+flags.DEFINE_integer("stop_after_steps", 0, "Checkpoint and exit after N steps (0 = off).")
+flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (or GSC_JAX_MULTIHOST=1).")
+
+
+def main(argv):
+    del argv
+    if not F["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    try:
+        loss = losses.LossSpec(F.loss, F.gsc_gamma, F.gsc_top_c, F.entropy_weight, F.focal_eta,
+                               F.ls_alpha)
+        config = train.RunConfig(
+            loss, F.label_noise, epochs=F.epochs, batch_size=F.batch_size,
+            learning_rate=F.learning_rate, train_crops=F.train_crops, crop=F.crop,
+            width=F.width, hidden=F.hidden, val_usage=F.val_usage,
+            eval_batch_size=F.eval_batch_size, seed=F.seed,
+            num_train_examples=F.num_train_examples, num_eval_examples=F.num_eval_examples,
+            bf16=F.bf16, stop_after_steps=F.stop_after_steps, progress=True)
+        if F.table not in (0, 6):
+            raise ValueError(f"--table must be 6 (the paper's FER2013 table), got {F.table}.")
+        rows = tables.check_rows(F.table_rows)
+        seeds = tuple(int(s) for s in F.seeds)
+        train.validate(config)
+        splits = data.load(F.data_dir, F.csv)
+        train.validate(config, splits.training[0].shape[1])
+    except ValueError as e:  # DataError is a ValueError
+        sys.exit(f"error: {e}")
+    parallel.maybe_initialize_distributed(F.multihost)
+    try:
+        if F.table == 6:
+            print(tables.run_table6(config, splits, F.workdir, seeds, rows))
+            return
+        result = train.run(config, splits, F.workdir)
+    except (DataError, checkpoint.ConfigMismatchError) as e:
+        sys.exit(f"error: {e}")
+    if result.status == "diverged":
+        sys.exit(f"error: {result.message}")
+    if result.interrupted_by:
+        sys.exit(128 + result.interrupted_by)
+    if result.status == "completed":
+        print({k: result.summary[k] for k in ("test_accuracy", "test_accuracy_at_best_val",
+                                              "val_accuracy", "best_val_accuracy", "test_ece")})
+
+
+if __name__ == "__main__":
+    app.run(main)
