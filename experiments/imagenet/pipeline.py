@@ -136,13 +136,13 @@ def folder_source(data_dir: str, eval_split: str = "val") -> Source:
                   evaluation, data_dir)
 
 
-def tfds_source(name: str, data_dir: str | None = None) -> Source:
+def tfds_source(name: str, data_dir: str | None = None, *, prepare: bool = True) -> Source:
     """A TFDS source, checked before any work.
 
     imagenet2012 needs the manual download: when it is not prepared and ILSVRC2012_img_train.tar
     or ILSVRC2012_img_val.tar is missing from the builder's manual directory, MissingDataError
     says where to put them. A dataset that is not prepared otherwise is downloaded and prepared
-    (needs network access) by process 0.
+    (needs network access) by process 0 when `prepare` (False under `tfds.testing.mock_data`).
     """
     if name not in TFDS_DATASETS:
         raise ValueError(f"unknown TFDS dataset {name!r}; choose one of {TFDS_DATASETS}.")
@@ -164,12 +164,21 @@ def tfds_source(name: str, data_dir: str | None = None) -> Source:
                     "DIR/downloads/manual), then run again; preparing takes a few hours once. "
                     "An image-folder copy (DIR/train/<wnid>/*.JPEG, DIR/val/<wnid>/*.JPEG) works "
                     "too with --dataset folder.")
-        if jax.process_index() == 0:
+        if prepare and jax.process_index() == 0:
             builder.download_and_prepare()
-    info = builder.info
-    names = tuple(info.features["label"].names)
-    return Source("tfds", name, names, info.splits[train_split].num_examples,
-                  info.splits[eval_split].num_examples, train_split, eval_split, data_dir)
+    names = tuple(builder.info.features["label"].names)
+    return Source("tfds", name, names, _num_examples(builder, train_split),
+                  _num_examples(builder, eval_split), train_split, eval_split, data_dir)
+
+
+def _num_examples(builder, split: str) -> int:
+    """The split's size from the dataset info; counted when the info has none (mock data)."""
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    try:
+        return builder.info.splits[split].num_examples
+    except KeyError:
+        ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+        return int(ds.reduce(0, lambda n, _: n + 1))
 
 
 def _is_prepared(builder) -> bool:

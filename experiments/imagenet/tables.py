@@ -55,58 +55,52 @@ def check_rows(table: int, rows) -> None:
                              f"{', '.join(row_ids(table))}.")
 
 
-def _finished(workdir: str) -> dict | None:
+def _summary(workdir: str) -> dict | None:
     path = os.path.join(workdir, "summary.json")
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        summary = json.load(f)
-    return summary if summary.get("status") == loop.COMPLETED else None
+        return json.load(f)
 
 
-def _cell(value, scale=100.0, subtract=None) -> str:
-    if value is None:
+def _cell(summary, key, subtract=None) -> str:
+    """A metric of a row in percent (or 100 - it); 'not run' / 'diverged' / 'stopped'."""
+    if summary is None:
         return "not run"
-    value = scale * value
+    if summary.get("status") != loop.COMPLETED:
+        return summary.get("status", "not run")
+    value = 100.0 * summary[key]
     return f"{subtract - value:.2f}" if subtract is not None else f"{value:.2f}"
 
 
-def run_table(table: int, base: train.RunConfig, workdir: str, source, rows=()) -> str:
-    """Trains the selected rows (all when `rows` is empty); writes table{3,4}.md and .json.
+def _rows(table: int) -> tuple:
+    """(row id, model, loss, paper top-1, paper top-5) of a table."""
+    if table == 3:
+        return TABLE3
+    return tuple((r, "resnet50", s, p1, p5) for r, s, p1, p5 in TABLE4)
 
-    Returns the markdown path. Raises SystemExit when a row was stopped (resume with the same
-    command).
-    """
-    spec = TABLE3 if table == 3 else tuple((r, "resnet50", s, p1, p5) for r, s, p1, p5 in TABLE4)
-    selected = set(rows or row_ids(table))
+
+def write_table(table: int, workdir: str) -> str:
+    """Writes WORKDIR/table{3,4}.md and .json from the rows' summary.json files (rows without one
+    read 'not run'); returns the markdown path."""
     results = []
-    for row_id, model, loss, paper1, paper5 in spec:
-        sub = os.path.join(workdir, f"table{table}", row_id)
-        summary = None
-        if row_id in selected:
-            result = train.run(dataclasses.replace(base, model=model, loss=loss), sub, source)
-            if result.status == loop.STOPPED:
-                raise SystemExit(128 + result.interrupted_by if result.interrupted_by else 0)
-            summary = result.summary if result.status == loop.COMPLETED else None
-        else:
-            summary = _finished(sub)
-        results.append({"row": row_id, "model": model, "method": loss.label,
-                        "paper_1": paper1, "paper_5": paper5,
-                        "top1": summary and summary["test_accuracy"],
-                        "top5": summary and summary["test_top5"],
-                        "best_top1": summary and summary["best_test_accuracy"],
-                        "ece": summary and summary["test_ece"],
-                        "epochs": summary and summary["epochs"],
-                        "image_size": summary and summary["image_size"],
-                        "dataset": summary and summary["dataset"]})
+    for row_id, model, loss, paper1, paper5 in _rows(table):
+        s = _summary(os.path.join(workdir, f"table{table}", row_id))
+        done = s is not None and s.get("status") == loop.COMPLETED
+        results.append({"row": row_id, "model": model, "method": loss.label, "paper_top1": paper1,
+                        "paper_top5": paper5, "status": s and s.get("status"),
+                        **{k: (s[k] if done else None) for k in (
+                            "test_accuracy", "test_top5", "best_test_accuracy", "test_ece",
+                            "epochs", "image_size", "dataset", "images_per_s")}})
+        results[-1]["summary"] = s
     if table == 3:
         lines = ["| model | method | epochs | top-1 err % (ours) | top-1 err % (paper) | "
                  "top-5 err % (ours) | top-5 err % (paper) | ECE % (ours) |",
                  "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['model']} | {r['method']} | {r['epochs'] or 'not run'} | "
-                  f"{_cell(r['top1'], subtract=100)} | {r['paper_1']:.2f} | "
-                  f"{_cell(r['top5'], subtract=100)} | {r['paper_5']:.2f} | {_cell(r['ece'])} |"
-                  for r in results]
+                  f"{_cell(r['summary'], 'test_accuracy', 100)} | {r['paper_top1']:.2f} | "
+                  f"{_cell(r['summary'], 'test_top5', 100)} | {r['paper_top5']:.2f} | "
+                  f"{_cell(r['summary'], 'test_ece')} |" for r in results]
         lines += ["", "Quoted in the paper from Zhang et al. (2021), 250 epochs (not run here):",
                   "", "| model | method | top-1 err % | top-5 err % |", "|---|---|---|---|"]
         lines += [f"| {m} | {n} | {e1:.2f} | {e5:.2f} |" for m, n, e1, e5 in TABLE3_QUOTED]
@@ -114,12 +108,16 @@ def run_table(table: int, base: train.RunConfig, workdir: str, source, rows=()) 
         lines = ["| method | epochs | top-1 % (ours, final) | best top-1 % (ours) | "
                  "top-1 % (paper) | top-5 % (ours) | top-5 % (paper) | ECE % (ours) |",
                  "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['method']} | {r['epochs'] or 'not run'} | {_cell(r['top1'])} | "
-                  f"{_cell(r['best_top1'])} | {r['paper_1']:.2f} | {_cell(r['top5'])} | "
-                  f"{r['paper_5']:.2f} | {_cell(r['ece'])} |" for r in results]
+        lines += [f"| {r['method']} | {r['epochs'] or 'not run'} | "
+                  f"{_cell(r['summary'], 'test_accuracy')} | "
+                  f"{_cell(r['summary'], 'best_test_accuracy')} | {r['paper_top1']:.2f} | "
+                  f"{_cell(r['summary'], 'test_top5')} | {r['paper_top5']:.2f} | "
+                  f"{_cell(r['summary'], 'test_ece')} |" for r in results]
+    for r in results:
+        del r["summary"]
     datasets = sorted({r["dataset"] for r in results if r["dataset"]})
     sizes = sorted({r["image_size"] for r in results if r["image_size"]})
-    header = (f"Table {table} rows run on {', '.join(datasets) or 'nothing yet'}"
+    header = (f"Table {table}: rows run on {', '.join(datasets) or 'nothing yet'}"
               f"{' at ' + ', '.join(f'{s} px' for s in sizes) if sizes else ''}.")
     path = os.path.join(workdir, f"table{table}.md")
     if jax.process_index() == 0:
@@ -128,3 +126,18 @@ def run_table(table: int, base: train.RunConfig, workdir: str, source, rows=()) 
             f.write(header + "\n\n" + "\n".join(lines) + "\n")
         report.write_json(os.path.join(workdir, f"table{table}.json"), {"rows": results})
     return path
+
+
+def run_table(table: int, base: train.RunConfig, workdir: str, source, rows=()) -> str:
+    """Trains the selected rows (all when `rows` is empty), then `write_table`.
+
+    Raises SystemExit when a row was stopped (resume with the same command).
+    """
+    selected = set(rows or row_ids(table))
+    for row_id, model, loss, _, _ in _rows(table):
+        if row_id in selected:
+            sub = os.path.join(workdir, f"table{table}", row_id)
+            result = train.run(dataclasses.replace(base, model=model, loss=loss), sub, source)
+            if result.status == loop.STOPPED:
+                raise SystemExit(128 + result.interrupted_by if result.interrupted_by else 0)
+    return write_table(table, workdir)
