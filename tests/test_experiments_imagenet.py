@@ -142,7 +142,7 @@ def test_eval_covers_every_image_once(folder, eval_batch):
             np.testing.assert_array_equal(image, pipeline.decode_eval(f.read(), image_size=SIZE))
 
 
-def test_tfds_mock_data_end_to_end(tmp_path):
+def test_tfds_mock_data_end_to_end(tmp_path, fast_compile):
     with tfds.testing.mock_data(num_examples=10):
         source = pipeline.tfds_source("oxford_flowers102", prepare=False)
         assert (source.num_classes, source.num_train, source.num_eval) == (102, 10, 10)
@@ -235,7 +235,16 @@ def test_resnet50_is_v1_5_and_bf16_computes_in_bf16():
     assert {np.dtype(x.dtype) for x in jax.tree.leaves(variables)} == {np.dtype(np.float32)}
 
 
-def test_stopped_mid_epoch_resumes_to_the_same_run(folder, tmp_path):
+@pytest.fixture
+def fast_compile():
+    """XLA with most optimisations off: these tiny runs spend their time compiling."""
+    previous = jax.config.jax_disable_most_optimizations
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def test_stopped_mid_epoch_resumes_to_the_same_run(folder, tmp_path, fast_compile):
     config = tiny_run_config(folder)
     whole = train.run(config, str(tmp_path / "whole"))
     stopped = train.run(train.RunConfig(**{**config.__dict__, "stop_after_steps": 4}),
