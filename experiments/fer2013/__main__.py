@@ -71,6 +71,8 @@ def main(argv):
         if F.table not in (0, 6):
             raise ValueError(f"--table must be 6 (the paper's FER2013 table), got {F.table}.")
         rows = tables.check_rows(F.table_rows)
+        if not F.seeds or not all(s.strip().isdigit() for s in F.seeds):
+            raise ValueError(f"--seeds must be non-negative integers, e.g. 0,1; got {F.seeds}.")
         seeds = tuple(int(s) for s in F.seeds)
         train.validate(config)
         splits = data.load(F.data_dir, F.csv)

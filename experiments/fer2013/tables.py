@@ -36,7 +36,10 @@ def check_rows(rows) -> tuple:
 
 
 def mean_std(values) -> str:
-    """'mean +- std' in percent of fractions (sample std, ddof 1; only the mean for one value)."""
+    """'mean +- std' in percent of fractions (sample std, ddof 1; only the mean for one value;
+    'n/a' when a run has no value)."""
+    if any(x is None for x in values):
+        return "n/a"
     v = 100 * np.asarray(values, np.float64)
     if len(v) == 1:
         return f"{v[0]:.2f}"
