@@ -1,14 +1,19 @@
 """The fused cross-entropy + GSC path (`gsc_jax._fused`) against the autodiff reference.
 
-Values and first derivatives of `gsc_jax.gsc_loss` (fused) must equal `gsc_jax.gsc_loss_reference`
-to 1e-5 relative in float32 and 1e-10 in float64: with respect to the logits, ``gamma``, ``mu``
-and soft labels; on ties among the top scores (`jax.lax.top_k`'s choice), masked classes, rows
-with fewer than 2 classes, extreme logits, every option, other class axes and batch ranks; under
-jit, vmap and sharding. Second derivatives are refused with an error naming the reference.
+Values and first derivatives of `gsc_jax.gsc_loss` (the default, fused implementation) must equal
+``gsc_loss(..., implementation="reference")`` to 1e-5 relative in float32 and 1e-10 in float64:
+with respect to the logits, ``gamma``, ``mu`` and soft labels; on ties among the top scores
+(`jax.lax.top_k`'s choice), masked classes, rows with fewer than 2 classes, extreme logits, every
+option, other class axes and batch ranks; under jit, vmap and sharding; on the three row paths
+(XLA operations with the CPU's top-c selection, with `jax.lax.top_k` as on other backends, and the
+opt-in CPU kernel). The integer-label rule holds on both implementations, values and gradients.
+Second derivatives are refused with an error naming ``implementation="reference"``.
 """
 
 import functools
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -22,10 +27,15 @@ import numpy as np
 import pytest
 
 import gsc_jax
-from gsc_jax import _cpu_kernel, _fused
+from gsc_jax import _fused, cpu_kernel
 
 F32_RTOL = 1e-5
 F64_RTOL = 1e-10
+HAS_COMPILER = shutil.which((shlex.split(os.environ.get("CXX", "")) or ["c++"])[0]) is not None
+
+
+def _reference(logits, labels, **kwargs):
+    return gsc_jax.gsc_loss(logits, labels, implementation="reference", **kwargs)
 
 
 def _assert_close(actual, expected, rtol, scale_floor=np.finfo(np.float32).tiny):
@@ -79,21 +89,28 @@ def _check(
         return jax.jit(f)(*args)
 
     fused = run(gsc_jax.gsc_loss, None)
-    reference = run(gsc_jax.gsc_loss_reference, reference_dtype)
+    reference = run(_reference, reference_dtype)
     for actual, expected in zip(fused, reference):
         _assert_close(actual, expected, rtol)
     return fused
 
 
-@pytest.fixture(params=("cpu_kernel", "xla"))
+@pytest.fixture(params=("xla", "top_k", "cpu_kernel"))
 def row_path(request, monkeypatch):
-    """Runs a test on both row-statistics paths: the CPU kernel and the XLA operations (which
-    every other backend uses)."""
-    if request.param == "xla":
-        monkeypatch.setattr(_cpu_kernel, "available", lambda: False)
-    elif not _cpu_kernel.available():
-        pytest.skip("no C++ compiler: the CPU kernel is not built (tests/test_cpu_kernel.py)")
-    return request.param
+    """Runs a test on each row-statistics path: the default XLA operations (on CPU with the
+    hand-written top-c selection), the XLA operations with `jax.lax.top_k` (the selection of every
+    other backend) and the opt-in CPU kernel."""
+    if request.param == "top_k":
+        monkeypatch.setattr(_fused, "select_top", _fused.top_logits_top_k)
+        jax.clear_caches()
+    elif request.param == "cpu_kernel":
+        if not HAS_COMPILER:
+            pytest.skip("no C++ compiler on PATH: the opt-in CPU kernel cannot be built")
+        cpu_kernel.enable()
+    yield request.param
+    if request.param == "cpu_kernel":
+        cpu_kernel.disable()
+    jax.clear_caches()
 
 
 def _int_labels(shape, num_classes, seed=1):
@@ -162,14 +179,13 @@ def test_masked_classes_and_rows_with_fewer_than_two_classes(row_path):
     where = where.at[0].set(False)  # no class
     where = where.at[1].set(False).at[1, 17].set(True)  # one class
     where = where.at[2].set(False).at[2, [4, 250]].set(True)  # two classes, top_c > n
-    labels = _int_labels((6,), 300)
+    # A class taking part in each row (any class in row 0, which has none).
+    labels = jnp.argmax(where * jax.random.uniform(jax.random.key(4), where.shape), axis=-1)
     value = _check(logits, labels, top_c=5, where=where)[0]
     assert value[0] == 0.0
     soft = jax.nn.softmax(_logits((6, 300), seed=9))
     _check(logits, soft, top_c=5, where=where, soft=True)
-    np.testing.assert_array_equal(
-        gsc_jax.gsc_term_fused(logits, top_c=5, where=where)[:2], 0.0
-    )
+    np.testing.assert_array_equal(gsc_jax.gsc_term(logits, top_c=5, where=where)[:2], 0.0)
 
 
 def test_extreme_logits_stay_finite():
@@ -196,7 +212,7 @@ def test_under_vmap():
     logits = _logits((3, 5, 300))
     labels = _int_labels((3, 5), 300)
     loss = lambda z, y: gsc_jax.gsc_loss(z, y, gamma=0.3, top_c=3)  # noqa: E731
-    reference = lambda z, y: gsc_jax.gsc_loss_reference(z, y, gamma=0.3, top_c=3)  # noqa: E731
+    reference = lambda z, y: _reference(z, y, gamma=0.3, top_c=3)  # noqa: E731
     grad = lambda fn: jax.vmap(jax.grad(lambda z, y: fn(z, y).sum()))  # noqa: E731
     _assert_close(jax.vmap(loss)(logits, labels), jax.vmap(reference)(logits, labels), F32_RTOL)
     _assert_close(grad(loss)(logits, labels), grad(reference)(logits, labels), F32_RTOL)
@@ -216,7 +232,9 @@ def test_16_bit_logits_count_their_classes_in_float32(dtype, num_classes, row_pa
     # float16 cannot hold 70000 (inf) and bfloat16 rounds 1001: n and log n are float32 here.
     logits = _logits((2, num_classes), dtype=dtype)
     np.testing.assert_allclose(
-        gsc_jax.gsc_term_fused(logits, top_c=2), gsc_jax.gsc_term(logits, top_c=2), rtol=1e-5
+        gsc_jax.gsc_term(logits, top_c=2),
+        gsc_jax.gsc_term(logits, top_c=2, implementation="reference"),
+        rtol=1e-5,
     )
 
 
@@ -252,6 +270,159 @@ def test_minus_infinity_logits_give_finite_values_and_gradients(num_classes, row
     assert np.all(grad[:, 2] == 0)
 
 
+def _assert_close_or_both_nan(actual, expected, rtol=F32_RTOL):
+    """NaN exactly where ``expected`` is NaN; elsewhere `_assert_close`."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
+    _assert_close(actual[~np.isnan(expected)], expected[~np.isnan(expected)], rtol)
+
+
+def _per_example_value_and_grad(loss_fn, logits, labels, **kwargs):
+    """Per-example loss and the gradient of their sum with respect to the logits (jitted)."""
+    def total(z):
+        value = loss_fn(z, labels, **kwargs)
+        return value.sum(), value
+
+    (_, value), grad = jax.jit(jax.value_and_grad(total, has_aux=True))(logits)
+    return value, grad
+
+
+@pytest.mark.parametrize("num_classes", (4, 300))
+def test_integer_label_rule(num_classes, row_path):
+    # Ids in [-n, n) are valid, negative ones from the end; any other id gives NaN for its
+    # example, value and whole gradient row, on both implementations; other rows are unaffected.
+    n = num_classes
+    labels = jnp.array([0, n - 1, -1, -n, -n - 1, n, n + 7, -(2**31), 2**31 - 1, 2], jnp.int32)
+    valid = np.array([True] * 4 + [False] * 5 + [True])
+    logits = _logits((labels.shape[0], n))
+    kwargs = dict(gamma=0.5, top_c=3)
+    value, grad = map(np.asarray, _per_example_value_and_grad(
+        gsc_jax.gsc_loss, logits, labels, **kwargs))
+    ref_value, ref_grad = _per_example_value_and_grad(_reference, logits, labels, **kwargs)
+    assert np.isnan(value[~valid]).all() and np.isnan(grad[~valid]).all()
+    _assert_close_or_both_nan(value, ref_value)
+    _assert_close_or_both_nan(grad, ref_grad)
+    # The valid rows equal the same rows alone, with the negative ids read from the end.
+    ids = jnp.where(labels < 0, labels + n, labels)[valid]
+    alone_value, alone_grad = _per_example_value_and_grad(
+        gsc_jax.gsc_loss, logits[valid], ids, **kwargs
+    )
+    np.testing.assert_allclose(value[valid], alone_value, rtol=1e-6)
+    np.testing.assert_allclose(grad[valid], alone_grad, rtol=1e-6, atol=1e-8)
+    with_gsc = gsc_jax.with_gsc(gsc_jax.cross_entropy, gamma=0.5, top_c=3)
+    np.testing.assert_allclose(with_gsc(logits, labels), value, rtol=1e-6)
+
+
+def test_label_minus_five_of_four_classes_is_nan():
+    # -5 is outside [-4, 4): NaN, not class 3 without its gradient term.
+    logits = _logits((2, 4))
+    labels = jnp.array([-5, 1])
+    value, grad = _per_example_value_and_grad(gsc_jax.gsc_loss, logits, labels, gamma=0.5, top_c=2)
+    assert np.isnan(value[0]) and np.isnan(grad[0]).all()
+    assert np.isfinite(value[1]) and np.isfinite(grad[1]).all()
+
+
+@pytest.mark.parametrize("num_classes", (10, 300))
+def test_label_of_a_masked_out_class_is_nan(num_classes, row_path):
+    logits = _logits((4, num_classes))
+    where = jnp.ones((4, num_classes), bool).at[:2, 3].set(False).at[2].set(False)
+    labels = jnp.array([3, 2, 3, -1])  # row 0 names its masked class 3; row 2 has no class
+    kwargs = dict(gamma=0.5, top_c=3, where=where)
+    value, grad = map(np.asarray, _per_example_value_and_grad(
+        gsc_jax.gsc_loss, logits, labels, **kwargs))
+    ref_value, ref_grad = _per_example_value_and_grad(_reference, logits, labels, **kwargs)
+    assert np.isnan(value[0]) and np.isnan(grad[0]).all()
+    assert np.isfinite(value[[1, 3]]).all() and np.isfinite(grad[[1, 3]]).all()
+    assert value[2] == 0.0 and np.all(grad[2] == 0.0)  # no class takes part: 0, as documented
+    _assert_close_or_both_nan(value, ref_value)
+    _assert_close_or_both_nan(grad, ref_grad)
+
+
+@pytest.mark.parametrize("num_classes", (10, 300))
+def test_rows_of_minus_infinity_logits_are_nan(num_classes, row_path):
+    # No softmax: NaN on both implementations (not a huge finite value); other rows unaffected.
+    logits = _logits((3, num_classes)).at[0].set(-jnp.inf)
+    labels = jnp.array([0, 1, 2])
+    kwargs = dict(gamma=0.5, top_c=3)
+    value, grad = _per_example_value_and_grad(gsc_jax.gsc_loss, logits, labels, **kwargs)
+    ref_value, ref_grad = _per_example_value_and_grad(_reference, logits, labels, **kwargs)
+    assert np.isnan(value[0]) and np.isnan(grad[0]).all()
+    assert np.isfinite(value[1:]).all() and np.isfinite(grad[1:]).all()
+    _assert_close_or_both_nan(value, ref_value)
+    _assert_close_or_both_nan(grad, ref_grad)
+    term = gsc_jax.gsc_term(logits, top_c=3)
+    _assert_close_or_both_nan(term, gsc_jax.gsc_term(logits, top_c=3, implementation="reference"))
+    assert np.isnan(term[0])
+    # With a mask: the classes taking part all -inf is NaN too; no class taking part is 0.
+    where = jnp.ones(logits.shape, bool).at[1].set(False).at[0, 5:].set(False)
+    value = gsc_jax.gsc_loss(logits, labels, where=where, **kwargs)
+    _assert_close_or_both_nan(value, _reference(logits, labels, where=where, **kwargs))
+    assert np.isnan(value[0]) and value[1] == 0.0
+
+
+GOLDEN_SCRIPT = textwrap.dedent(
+    """
+    import io, logging, subprocess, sys, warnings
+    warnings.simplefilter("error")
+    log = io.StringIO()
+    logging.basicConfig(stream=log, level=logging.WARNING, force=True)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a subprocess was started: {args}")
+
+    subprocess.Popen = refuse
+    import jax, jax.numpy as jnp, numpy as np
+    import gsc_jax
+
+    assert not gsc_jax.cpu_kernel.is_enabled()
+    i = np.arange(4 * 7, dtype=np.float64).reshape(4, 7)
+    logits = jnp.asarray((3.0 * np.sin(1.7 * i + 0.3) + 0.5 * np.cos(0.9 * i * i)).astype(np.float32))
+    labels = jnp.array([0, 3, 6, 2], jnp.int32)
+    for implementation in (None, "reference"):
+        step = jax.jit(jax.value_and_grad(lambda z: gsc_jax.gsc_loss(
+            z, labels, gamma=0.5, top_c=3, implementation=implementation).mean()))
+        value, grad = step(logits)
+        print(repr(float(value)), repr(np.asarray(grad).tolist()))
+    term = jax.jit(jax.grad(lambda z: gsc_jax.with_gsc(
+        gsc_jax.focal_loss, gamma=0.5, top_c=2)(z, labels).sum()))(logits)
+    assert np.isfinite(term).all()
+    assert log.getvalue() == "", log.getvalue()
+    """
+)
+GOLDEN_VALUE = 3.185882806777954  # the mean loss of GOLDEN_SCRIPT's logits and labels
+GOLDEN_GRAD = [
+    [-0.22510287165641785, 0.148085817694664, 0.000399684882722795, 0.00023325062647927552,
+     0.052471790462732315, 0.023653065785765648, 0.00025924728834070265],
+    [0.002845520619302988, 0.15046951174736023, 0.005045376718044281, -0.24987682700157166,
+     0.006837164517492056, 0.08304791897535324, 0.0016313763335347176],
+    [0.0004699149285443127, 0.05714937672019005, 0.0530506856739521, 0.00019414775306358933,
+     0.0006311229080893099, 0.12509867548942566, -0.23659394681453705],
+    [0.00019331538351252675, 0.004309208132326603, -0.09557169675827026, 0.0012403164291754365,
+     9.238987695425749e-05, 0.03935528174042702, 0.050381191074848175],
+]
+
+
+def test_default_path_needs_no_compiler_and_keeps_its_values(tmp_path):
+    # No C++ compiler on PATH (only the interpreter's directory), no CXX, every subprocess start
+    # refused: importing gsc_jax and a jitted value_and_grad of gsc_loss on CPU run without a
+    # warning or a log line and give the values the fused loss has always given.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    os.symlink(sys.executable, bin_dir / "python")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {key: value for key, value in os.environ.items() if key not in ("CXX", "XLA_FLAGS")}
+    env.update(PATH=str(bin_dir), JAX_PLATFORMS="cpu",
+               PYTHONPATH=root + os.pathsep + env.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-W", "error", "-c", GOLDEN_SCRIPT], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr == "", result.stderr[-3000:]
+    fused, reference = (line.split(" ", 1) for line in result.stdout.strip().splitlines())
+    for value, grad in (fused, reference):
+        np.testing.assert_allclose(float(value), GOLDEN_VALUE, rtol=1e-6)
+        np.testing.assert_allclose(np.array(eval(grad)), GOLDEN_GRAD, rtol=1e-6, atol=1e-7)
+
+
 def test_float64_to_1e10():
     with jax.enable_x64(True):
         logits = _logits((4, 300), dtype=jnp.float64)
@@ -270,13 +441,18 @@ def test_float64_to_1e10():
         )
 
 
-def test_gsc_term_fused_equals_gsc_term():
+def test_gsc_term_fused_equals_reference(row_path):
     logits = _logits((5, 300))
     where = jax.random.bernoulli(jax.random.key(2), 0.8, (5, 300))
     for kwargs in ({}, {"where": where, "mu": 0.4}, {"stop_gradient_sigma": True}):
-        fused = jax.value_and_grad(lambda z: gsc_jax.gsc_term_fused(z, top_c=3, **kwargs).sum())
-        plain = jax.value_and_grad(lambda z: gsc_jax.gsc_term(z, top_c=3, **kwargs).sum())
-        for actual, expected in zip(fused(logits), plain(logits)):
+        def value_and_grad(**implementation):
+            return jax.jit(jax.value_and_grad(
+                lambda z: gsc_jax.gsc_term(z, top_c=3, **implementation, **kwargs).sum()))(logits)
+
+        fused, forced = value_and_grad(), value_and_grad(implementation="fused")
+        plain = value_and_grad(implementation="reference")
+        for actual, same, expected in zip(fused, forced, plain):
+            np.testing.assert_array_equal(actual, same)
             _assert_close(actual, expected, F32_RTOL)
 
 
@@ -286,25 +462,59 @@ def test_with_gsc_dispatches_cross_entropy_to_the_fused_path():
     np.testing.assert_array_equal(
         fused(logits, labels), gsc_jax.gsc_loss(logits, labels, gamma=0.2, top_c=2)
     )
-    with pytest.raises(NotImplementedError, match="gsc_loss_reference"):
-        jax.hessian(lambda z: fused(z, labels).sum())(logits)
+    with pytest.raises(NotImplementedError, match='implementation="reference"'):
+        jax.jit(jax.hessian(lambda z: fused(z, labels).sum()))(logits)
+    reference = gsc_jax.with_gsc(
+        gsc_jax.cross_entropy, gamma=0.2, top_c=2, implementation="reference"
+    )
+    _assert_close(reference(logits, labels), fused(logits, labels), F32_RTOL)
+    jax.jit(jax.hessian(lambda z: reference(z, labels).sum()))(logits)
+    # Any other base loss gets gsc_term, with the implementation passed on.
     wrapped = gsc_jax.with_gsc(
         lambda z, y, **kw: gsc_jax.cross_entropy(z, y, **kw), gamma=0.2, top_c=2
     )
     _assert_close(wrapped(logits, labels), fused(logits, labels), F32_RTOL)
-    jax.jvp(lambda z: wrapped(z, labels).sum(), (logits,), (logits,))  # the reference path
+    with pytest.raises(NotImplementedError, match='implementation="reference"'):
+        jax.jit(jax.hessian(lambda z: wrapped(z, labels).sum()))(logits)
+    wrapped_reference = gsc_jax.with_gsc(
+        lambda z, y, **kw: gsc_jax.cross_entropy(z, y, **kw), gamma=0.2, top_c=2,
+        implementation="reference",
+    )
+    jax.jvp(lambda z: wrapped_reference(z, labels).sum(), (logits,), (logits,))
 
 
-@pytest.mark.parametrize("num_classes", (10, 300))  # 300: through the CPU kernel
+@pytest.mark.parametrize("num_classes", (10, 300))
 def test_second_derivatives_are_refused_with_a_clear_error(num_classes):
+    # (With the CPU kernel enabled: tests/test_cpu_kernel.py.)
     logits, labels = _logits((3, num_classes)), _int_labels((3,), num_classes)
-    loss = lambda z: gsc_jax.gsc_loss(z, labels, gamma=0.5, top_c=2).sum()  # noqa: E731
-    with pytest.raises(NotImplementedError, match="gsc_loss_reference"):
-        jax.hessian(loss)(logits)
-    with pytest.raises(NotImplementedError, match="first-order reverse-mode"):
-        jax.grad(lambda z: jax.grad(loss)(z).sum())(logits)
-    with pytest.raises(TypeError, match="forward-mode"):
-        jax.jvp(loss, (logits,), (logits,))
+    for loss in (
+        lambda z: gsc_jax.gsc_loss(z, labels, gamma=0.5, top_c=2).sum(),
+        lambda z: gsc_jax.gsc_term(z, top_c=2).sum(),
+    ):
+        with pytest.raises(NotImplementedError, match='implementation="reference"'):
+            jax.jit(jax.hessian(loss))(logits)
+        with pytest.raises(NotImplementedError, match="first-order reverse-mode"):
+            jax.jit(jax.grad(lambda z: jax.grad(loss)(z).sum()))(logits)
+        with pytest.raises(TypeError, match="forward-mode"):
+            jax.jit(lambda z: jax.jvp(loss, (z,), (z,)))(logits)
+    small = logits[:, :10]
+    reference = lambda z: _reference(z, labels % 10, gamma=0.5, top_c=2).sum()  # noqa: E731
+    assert jax.jit(jax.hessian(reference))(small).shape == 2 * small.shape
+
+
+@pytest.mark.parametrize("implementation", ("Fused", "xla", "", 1, True))
+def test_unknown_implementation_is_refused(implementation):
+    logits, labels = _logits((3, 10)), _int_labels((3,), 10)
+    calls = (
+        lambda: gsc_jax.gsc_loss(logits, labels, gamma=0.1, top_c=2, implementation=implementation),
+        lambda: gsc_jax.gsc_term(logits, implementation=implementation),
+        lambda: gsc_jax.with_gsc(gsc_jax.focal_loss, gamma=0.1, top_c=2,
+                                 implementation=implementation),
+    )
+    for call in calls:
+        with pytest.raises(ValueError, match="`implementation` must be None .*'fused' or "
+                                             "'reference'"):
+            call()
 
 
 @pytest.mark.parametrize(
@@ -327,7 +537,7 @@ def test_errors_are_the_references(call):
     labels = call.pop("labels", jnp.zeros((4,), jnp.int32))
     call.setdefault("gamma", 0.1)
     errors = []
-    for fn in (gsc_jax.gsc_loss, gsc_jax.gsc_loss_reference):
+    for fn in (gsc_jax.gsc_loss, _reference):
         with pytest.raises((ValueError, TypeError)) as info:
             fn(logits, labels, **call)
         errors.append((type(info.value), str(info.value)))
@@ -342,7 +552,7 @@ def _compiled_pair(top_c):
         # mu = 0: d/dmu has no cancellation across rows (mu != 0 is covered by test_options).
         return jax.jit(lambda z, y: _value_and_grads(fn, z, y, 0.7, 0.0, False, top_c=top_c))
 
-    return pair(gsc_jax.gsc_loss), pair(gsc_jax.gsc_loss_reference)
+    return pair(gsc_jax.gsc_loss), pair(_reference)
 
 
 @hypothesis.settings(max_examples=30, deadline=None)
@@ -393,36 +603,40 @@ def test_property_arbitrary_logits(logits, top_c):
 
 SHARDED_SCRIPT = textwrap.dedent(
     """
-    import os
+    import functools, os, sys
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     import gsc_jax
 
     assert jax.device_count() == 8, jax.devices()
+    if sys.argv[1] == "cpu_kernel":
+        gsc_jax.cpu_kernel.enable()
     mesh = Mesh(np.array(jax.devices()), ("batch",))
     logits = 3.0 * jax.random.normal(jax.random.key(0), (16, 300))
     labels = jax.random.randint(jax.random.key(1), (16,), 0, 300)
     logits = jax.device_put(logits, NamedSharding(mesh, P("batch", None)))
     labels = jax.device_put(labels, NamedSharding(mesh, P("batch")))
+    reference = functools.partial(gsc_jax.gsc_loss, implementation="reference")
 
     def value_and_grad(fn):
         loss = lambda z, g: fn(z, labels, gamma=g, top_c=3).mean()
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(logits, 0.5)
 
     (value, (grad, ggamma)) = value_and_grad(gsc_jax.gsc_loss)
-    (ref, (ref_grad, ref_ggamma)) = value_and_grad(gsc_jax.gsc_loss_reference)
+    (ref, (ref_grad, ref_ggamma)) = value_and_grad(reference)
     assert len(grad.sharding.device_set) == 8, grad.sharding
     np.testing.assert_allclose(value, ref, rtol=1e-5)
     np.testing.assert_allclose(ggamma, ref_ggamma, rtol=1e-5)
     assert np.abs(grad - ref_grad).max() <= 1e-5 * np.abs(ref_grad).max()
 
-    # Each device runs the CPU kernels on its own rows: no rows gathered.
+    # Each device works on its own rows: no rows gathered.
     step = jax.jit(jax.value_and_grad(lambda z: gsc_jax.gsc_loss(z, labels, gamma=0.5, top_c=3).mean()))
     hlo = step.lower(logits).compile().as_text()
-    if "gsc_jax_row_statistics" in hlo:  # the kernel is built (a C++ compiler exists)
+    assert ("gsc_jax_row_statistics" in hlo) == (sys.argv[1] == "cpu_kernel")
+    if sys.argv[1] == "cpu_kernel":
         assert "gsc_jax_row_gradient" in hlo, "the backward kernel is missing"
-        assert "all-gather" not in hlo, "the kernels' rows were gathered onto every device"
+    assert "all-gather" not in hlo, "rows were gathered onto every device"
 
     # Classes split over devices (gathered along them first), and vmap over a sharded axis.
     wide = 3.0 * jax.random.normal(jax.random.key(2), (16, 320))
@@ -431,20 +645,23 @@ SHARDED_SCRIPT = textwrap.dedent(
     grad_fn = jax.jit(jax.grad(lambda z: gsc_jax.gsc_loss(z, wide_labels, gamma=0.5, top_c=3).sum()))
     np.testing.assert_allclose(grad_fn(per_class), grad_fn(wide), rtol=1e-6, atol=1e-7)
     stacked = jax.device_put(wide.reshape(2, 8, 320), NamedSharding(mesh, P(None, "batch", None)))
-    per_row = jax.jit(jax.vmap(lambda z: gsc_jax.gsc_term_fused(z, top_c=2)))(stacked)
-    np.testing.assert_allclose(per_row.reshape(16), gsc_jax.gsc_term_fused(wide, top_c=2), rtol=1e-6)
+    per_row = jax.jit(jax.vmap(lambda z: gsc_jax.gsc_term(z, top_c=2)))(stacked)
+    np.testing.assert_allclose(per_row.reshape(16), gsc_jax.gsc_term(wide, top_c=2), rtol=1e-5)
     print("sharded ok")
     """
 )
 
 
-def test_sharded_over_eight_cpu_devices():
+@pytest.mark.parametrize("path", ("xla", "cpu_kernel"))
+def test_sharded_over_eight_cpu_devices(path):
+    if path == "cpu_kernel" and not HAS_COMPILER:
+        pytest.skip("no C++ compiler on PATH: the opt-in CPU kernel cannot be built")
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     result = subprocess.run(
-        [sys.executable, "-c", SHARDED_SCRIPT],
+        [sys.executable, "-c", SHARDED_SCRIPT, path],
         env=env,
         capture_output=True,
         text=True,

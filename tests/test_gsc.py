@@ -1,4 +1,8 @@
-"""Tests of the GSC term, gsc_loss and with_gsc against the paper and independent formulas."""
+"""Tests of the GSC term, gsc_loss and with_gsc against the paper and independent formulas.
+
+Each check runs on both implementations (``implementation=None``, the fused default, and
+``"reference"``, plain autodiff) where it applies to both.
+"""
 
 import functools
 import math
@@ -70,10 +74,14 @@ class GscTermTest(chex.TestCase):
         np.testing.assert_allclose(value, 0.157571, atol=5e-7)
 
     @chex.variants(with_jit=True, without_jit=True)
-    @parameterized.product(top_c=(1, 2, 5, 10), mu=(0.0, 0.3), normalize_entropy=(True, False))
-    def test_matches_numpy_reference(self, top_c, mu, normalize_entropy):
+    @parameterized.product(
+        top_c=(1, 2, 5, 10), mu=(0.0, 0.3), normalize_entropy=(True, False),
+        implementation=(None, "reference"),
+    )
+    def test_matches_numpy_reference(self, top_c, mu, normalize_entropy, implementation):
         fn = self.variant(
-            lambda z: gsc_jax.gsc_term(z, top_c=top_c, mu=mu, normalize_entropy=normalize_entropy)
+            lambda z: gsc_jax.gsc_term(z, top_c=top_c, mu=mu, normalize_entropy=normalize_entropy,
+                                       implementation=implementation)
         )
         expected = numpy_gsc(self.logits, top_c, mu, normalize_entropy)
         np.testing.assert_allclose(fn(self.logits), expected, rtol=2e-5, atol=1e-7)
@@ -104,32 +112,35 @@ class GscTermTest(chex.TestCase):
             rtol=1e-6,
         )
 
-    def test_mask_equals_dropping_the_masked_classes(self):
+    @parameterized.parameters(None, "reference")
+    def test_mask_equals_dropping_the_masked_classes(self, implementation):
         keep = np.array([True, False, True, True, False, True, True, True, True, False])
         where = jnp.broadcast_to(keep, self.logits.shape)
-        masked = gsc_jax.gsc_term(self.logits, top_c=3, where=where)
-        dropped = gsc_jax.gsc_term(self.logits[:, keep], top_c=3)
+        term = functools.partial(gsc_jax.gsc_term, top_c=3, implementation=implementation)
+        masked = term(self.logits, where=where)
+        dropped = term(self.logits[:, keep])
         np.testing.assert_allclose(masked, dropped, rtol=1e-5)
-        grads = jax.jit(jax.grad(lambda z: gsc_jax.gsc_term(z, top_c=3, where=where).sum()))(
-            self.logits
-        )
+        grads = jax.jit(jax.grad(lambda z: term(z, where=where).sum()))(self.logits)
         chex.assert_tree_all_finite(grads)
         np.testing.assert_array_equal(grads[:, ~keep], 0.0)
 
-    def test_rows_with_fewer_than_two_classes_give_zero(self):
+    @parameterized.parameters(None, "reference")
+    def test_rows_with_fewer_than_two_classes_give_zero(self, implementation):
         where = jnp.array([[True, False, False], [False, False, False], [True, True, False]])
         logits = jnp.array([[1.0, 2.0, 3.0]] * 3)
         value, grads = jax.value_and_grad(
-            lambda z: gsc_jax.gsc_term(z, top_c=1, where=where).sum()
+            lambda z: gsc_jax.gsc_term(z, top_c=1, where=where, implementation=implementation).sum()
         )(logits)
         expected_last = numpy_gsc(np.array([[1.0, 2.0]]), 1)[0]
         np.testing.assert_allclose(value, expected_last, rtol=1e-5)
         chex.assert_tree_all_finite(grads)
 
     @parameterized.product(
-        stop_gradient_sigma=(True, False), normalize_entropy=(True, False), top_c=(1, 2, 4)
+        stop_gradient_sigma=(True, False), normalize_entropy=(True, False), top_c=(1, 2, 4),
+        implementation=(None, "reference"),
     )
-    def test_finite_for_extreme_inputs(self, stop_gradient_sigma, normalize_entropy, top_c):
+    def test_finite_for_extreme_inputs(self, stop_gradient_sigma, normalize_entropy, top_c,
+                                       implementation):
         rows = jnp.array(
             [
                 [1e4, -1e4, 0.0, 3.0, -2.0],
@@ -148,18 +159,23 @@ class GscTermTest(chex.TestCase):
                 stop_gradient_sigma=stop_gradient_sigma,
                 normalize_entropy=normalize_entropy,
                 where=where,
+                implementation=implementation,
             ).sum()
 
         value, grads = jax.value_and_grad(total)(rows)
         chex.assert_tree_all_finite((value, grads))
 
-    def test_dtypes(self):
-        bf16 = gsc_jax.gsc_term(self.logits.astype(jnp.bfloat16), top_c=2)
+    @parameterized.parameters(None, "reference")
+    def test_dtypes(self, implementation):
+        bf16 = gsc_jax.gsc_term(self.logits.astype(jnp.bfloat16), top_c=2,
+                                implementation=implementation)
         self.assertEqual(bf16.dtype, jnp.float32)
-        fp16 = gsc_jax.gsc_loss(self.logits.astype(jnp.float16), jnp.zeros(6, int), gamma=1.0, top_c=2)
+        fp16 = gsc_jax.gsc_loss(self.logits.astype(jnp.float16), jnp.zeros(6, int), gamma=1.0,
+                                top_c=2, implementation=implementation)
         self.assertEqual(fp16.dtype, jnp.float32)
         with jax.enable_x64(True):
-            value = gsc_jax.gsc_term(jnp.asarray(np.asarray(self.logits), jnp.float64), top_c=2)
+            value = gsc_jax.gsc_term(jnp.asarray(np.asarray(self.logits), jnp.float64), top_c=2,
+                                     implementation=implementation)
             self.assertEqual(value.dtype, jnp.float64)
 
 
@@ -167,9 +183,11 @@ class GscGradientTest(parameterized.TestCase):
     """Autodiff gradients against central finite differences in float64."""
 
     @parameterized.product(
-        stop_gradient_sigma=(False, True), normalize_entropy=(True, False), top_c=(1, 2, 3)
+        stop_gradient_sigma=(False, True), normalize_entropy=(True, False), top_c=(1, 2, 3),
+        implementation=(None, "reference"),
     )
-    def test_gradient_matches_finite_differences(self, stop_gradient_sigma, normalize_entropy, top_c):
+    def test_gradient_matches_finite_differences(self, stop_gradient_sigma, normalize_entropy, top_c,
+                                                 implementation):
         with jax.enable_x64(True):
             logits = jnp.asarray(
                 np.random.default_rng(0).normal(size=(3, 6)) * 1.5, jnp.float64
@@ -190,6 +208,7 @@ class GscGradientTest(parameterized.TestCase):
                     top_c=top_c,
                     normalize_entropy=normalize_entropy,
                     stop_gradient_sigma=stop_gradient_sigma,
+                    implementation=implementation,
                 ).sum()
             )(logits)
             step = 1e-6
@@ -212,6 +231,24 @@ class GscGradientTest(parameterized.TestCase):
                 )
                 numeric = (sigma_fixed(p + step) - sigma_fixed(p - step)) / (2 * step)
                 np.testing.assert_allclose(grad, numeric, rtol=1e-7)
+
+
+def test_reference_supports_second_derivatives_and_agrees_with_the_fused_gradient():
+    with jax.enable_x64(True):
+        logits = jnp.asarray(np.random.default_rng(4).normal(size=(2, 6)), jnp.float64)
+        reference = lambda z: gsc_jax.gsc_term(z, top_c=2, implementation="reference").sum()  # noqa: E731
+        fused_grad = jax.jit(jax.grad(
+            lambda z: gsc_jax.gsc_term(z, top_c=2, implementation="fused").sum()))
+        hessian = jax.jit(jax.hessian(reference))(logits)
+        assert hessian.shape == 2 * logits.shape and np.isfinite(hessian).all()
+        np.testing.assert_allclose(fused_grad(logits), jax.jit(jax.grad(reference))(logits),
+                                   rtol=1e-10, atol=1e-14)
+        # A column of the Hessian against central differences of the fused gradient.
+        step = 1e-5
+        direction = jnp.zeros_like(logits).at[0, 1].set(1.0)
+        numeric = (fused_grad(logits + step * direction)
+                   - fused_grad(logits - step * direction)) / (2 * step)
+        np.testing.assert_allclose(hessian[:, :, 0, 1], numeric, rtol=1e-6, atol=1e-9)
 
 
 def _gsc_with_fixed_sigma(logits, sigma, top_c):
@@ -299,6 +336,15 @@ class BadInputTest(parameterized.TestCase):
         with self.assertRaisesRegex(TypeError, "labels"):
             gsc_jax.gsc_loss(self.logits, jnp.zeros(4), gamma=0.1, top_c=2)
 
+    def test_unknown_implementation(self):
+        for bad in ("autodiff", "FUSED", 0):
+            with self.assertRaisesRegex(ValueError, "`implementation` must be"):
+                gsc_jax.gsc_term(self.logits, implementation=bad)
+            with self.assertRaisesRegex(ValueError, "`implementation` must be"):
+                gsc_jax.gsc_loss(self.logits, self.labels, gamma=0.1, top_c=2, implementation=bad)
+            with self.assertRaisesRegex(ValueError, "`implementation` must be"):
+                gsc_jax.with_gsc(gsc_jax.cross_entropy, gamma=0.1, top_c=2, implementation=bad)
+
     def test_fewer_than_two_classes(self):
         with self.assertRaisesRegex(ValueError, "at least 2 classes"):
             gsc_jax.gsc_term(jnp.zeros((4, 1)), top_c=1)
@@ -312,10 +358,11 @@ class BadInputTest(parameterized.TestCase):
             gsc_jax.gsc_term(self.logits, axis=(0, 1))
 
 
-@functools.partial(jax.jit, static_argnames=("top_c", "normalize_entropy"))
-def _value_and_grads(logits, top_c, normalize_entropy):
+@functools.partial(jax.jit, static_argnames=("top_c", "normalize_entropy", "implementation"))
+def _value_and_grads(logits, top_c, normalize_entropy, implementation):
     def fn(z):
-        return gsc_jax.gsc_term(z, top_c=top_c, normalize_entropy=normalize_entropy)
+        return gsc_jax.gsc_term(z, top_c=top_c, normalize_entropy=normalize_entropy,
+                                implementation=implementation)
 
     grads = jax.grad(lambda z: fn(z).sum())(logits)
     return fn(logits), grads, fn(logits[:, ::-1])
@@ -326,13 +373,18 @@ def _value_and_grads(logits, top_c, normalize_entropy):
     data=st.data(),
     num_classes=st.sampled_from([2, 5, 12]),
     normalize_entropy=st.booleans(),
+    implementation=st.sampled_from((None, "reference")),
 )
-def test_property_finite_nonnegative_and_permutation_invariant(data, num_classes, normalize_entropy):
+def test_property_finite_nonnegative_and_permutation_invariant(
+    data, num_classes, normalize_entropy, implementation
+):
     logits = data.draw(
         hnp.arrays(np.float32, (4, num_classes), elements=st.floats(-1e4, 1e4, width=32))
     )
     top_c = data.draw(st.sampled_from(sorted({1, 2, num_classes})))
-    value, grads, flipped = _value_and_grads(jnp.asarray(logits), top_c, normalize_entropy)
+    value, grads, flipped = _value_and_grads(
+        jnp.asarray(logits), top_c, normalize_entropy, implementation
+    )
     assert np.all(np.isfinite(value)) and np.all(np.isfinite(grads))
     assert np.all(value >= 0)
     np.testing.assert_allclose(flipped, value, rtol=1e-4, atol=1e-30)

@@ -46,7 +46,8 @@ class BaseLossTest(chex.TestCase):
         soft = self.one_hot.copy()
         soft[:, 1] = 0.0
         soft = (soft / np.maximum(soft.sum(-1, keepdims=True), 1)).astype(np.float32)
-        for labels in (self.labels, soft):
+        ids = np.where(self.labels == 1, 0, self.labels)  # a masked-out id is NaN (see below)
+        for labels in (ids, soft):
             grads = jax.grad(lambda z: gsc_jax.cross_entropy(z, labels, where=where).sum())(
                 jnp.asarray(self.logits)
             )
@@ -192,14 +193,13 @@ class MarginLogitsTest(parameterized.TestCase):
         rng = np.random.default_rng(5)
         self.cosines = np.clip(rng.normal(size=(6, 4)) * 0.6, -0.999, 0.999).astype(np.float32)
         self.cosines[0, 1] = -0.99  # theta + m > pi: the threshold branch
-        self.labels = np.array([1, 0, 3, -1, 2, 2])
+        self.labels = np.array([1, 0, 3, -1, 2, 2])  # -1 is class 3
 
     def test_cosface(self):
         out = gsc_jax.cosface_logits(self.cosines, self.labels, scale=30.0, margin=0.35)
         expected = self.cosines.astype(np.float64).copy()
         for i, y in enumerate(self.labels):
-            if y >= 0:
-                expected[i, y] -= 0.35
+            expected[i, y] -= 0.35  # -1: class 3, as NumPy indexing reads it
         np.testing.assert_allclose(out, 30.0 * expected, rtol=1e-5)
 
     @parameterized.parameters(False, True)
@@ -208,8 +208,6 @@ class MarginLogitsTest(parameterized.TestCase):
         out = gsc_jax.arcface_logits(self.cosines, self.labels, scale=s, margin=m, easy_margin=easy_margin)
         expected = self.cosines.astype(np.float64).copy()
         for i, y in enumerate(self.labels):
-            if y < 0:
-                continue
             t = expected[i, y]
             shifted = math.cos(math.acos(t) + m)
             if easy_margin:
@@ -227,3 +225,112 @@ class MarginLogitsTest(parameterized.TestCase):
             return loss(gsc_jax.arcface_logits(c, labels), labels).sum()
 
         chex.assert_tree_all_finite(jax.grad(total)(cosines))
+
+    @parameterized.parameters("cosface", "arcface")
+    def test_labels_follow_the_rule_of_the_losses(self, name):
+        fn = getattr(gsc_jax, f"{name}_logits")
+        labels = np.array([1, -4, 4, -5, -1, 2])  # -4 is class 0, -1 class 3; 4 and -5 invalid
+        out = np.asarray(fn(self.cosines, labels))
+        grad = np.asarray(jax.grad(lambda c: fn(c, labels).sum())(jnp.asarray(self.cosines)))
+        valid = np.array([True, True, False, False, True, True])
+        assert np.isnan(out[~valid]).all() and np.isnan(grad[~valid]).all()
+        np.testing.assert_array_equal(out[valid], fn(self.cosines[valid], labels[valid] % 4))
+        assert np.isfinite(grad[valid]).all()
+
+
+def _all_losses():
+    """Every integer-label loss of the library, as ``(name, fn(logits, labels, **kw))``."""
+    soft = jnp.full((4, 4), 0.25)
+    return (
+        ("ce", gsc_jax.cross_entropy),
+        ("ls", lambda z, y, **kw: gsc_jax.label_smoothing_cross_entropy(z, y, alpha=0.1, **kw)),
+        ("focal", lambda z, y, **kw: gsc_jax.focal_loss(z, y, eta=2.0, **kw)),
+        ("entropy", lambda z, y, **kw: gsc_jax.entropy_regularized_cross_entropy(
+            z, y, entropy_weight=0.1, **kw)),
+        ("ols", lambda z, y, **kw: gsc_jax.online_label_smoothing_loss(
+            z, y, soft_labels=soft, **kw)),
+        ("gsc_loss", lambda z, y, **kw: gsc_jax.gsc_loss(z, y, gamma=0.5, top_c=2, **kw)),
+        ("gsc_loss_reference", lambda z, y, **kw: gsc_jax.gsc_loss(
+            z, y, gamma=0.5, top_c=2, implementation="reference", **kw)),
+        ("with_gsc_focal", gsc_jax.with_gsc(gsc_jax.focal_loss, gamma=0.5, top_c=2)),
+        ("with_gsc_ls_reference", lambda z, y, **kw: gsc_jax.with_gsc(
+            gsc_jax.label_smoothing_cross_entropy, gamma=0.5, top_c=2,
+            implementation="reference")(z, y, alpha=0.1, **kw)),
+        ("with_gsc_ce", gsc_jax.with_gsc(gsc_jax.cross_entropy, gamma=0.5, top_c=2)),
+    )
+
+
+def _value_and_grad(fn, logits, labels, **kwargs):
+    def total(z):
+        value = fn(z, labels, **kwargs)
+        return value.sum(), value
+
+    (_, value), grad = jax.value_and_grad(total, has_aux=True)(jnp.asarray(logits))
+    return np.asarray(value), np.asarray(grad)
+
+
+class IntegerLabelRuleTest(parameterized.TestCase):
+    """One rule for integer labels in every loss (see `gsc_jax.cross_entropy`)."""
+
+    logits = np.asarray(jax.random.normal(jax.random.key(3), (6, 4)) * 2.0)
+
+    @parameterized.named_parameters(*_all_losses())
+    def test_negative_ids_count_from_the_end(self, fn):
+        labels = np.array([-1, -2, -3, -4, -1, -4])
+        value, grad = _value_and_grad(fn, self.logits, labels)
+        expected_value, expected_grad = _value_and_grad(fn, self.logits, labels + 4)
+        np.testing.assert_allclose(value, expected_value, rtol=1e-6)
+        np.testing.assert_allclose(grad, expected_grad, rtol=1e-6, atol=1e-8)
+        assert np.all(value > 0)  # focal_loss read -1 as no class at all (-0.0)
+
+    @parameterized.named_parameters(*_all_losses())
+    def test_ids_outside_the_range_give_nan_for_their_example_only(self, fn):
+        labels = np.array([0, -5, 4, 100, -(2**31), 3])
+        invalid = np.array([False, True, True, True, True, False])
+        value, grad = _value_and_grad(fn, self.logits, labels)
+        assert np.isnan(value[invalid]).all(), value
+        assert np.isnan(grad[invalid]).all(), grad
+        alone_value, alone_grad = _value_and_grad(fn, self.logits[~invalid], labels[~invalid])
+        np.testing.assert_allclose(value[~invalid], alone_value, rtol=1e-6)
+        np.testing.assert_allclose(grad[~invalid], alone_grad, rtol=1e-6, atol=1e-8)
+
+    @parameterized.named_parameters(*_all_losses())
+    def test_a_masked_out_label_gives_nan_and_a_row_without_classes_zero(self, fn):
+        where = np.ones((6, 4), bool)
+        where[0, 2] = False  # row 0's label
+        where[1, 0] = False  # another class of row 1
+        where[2] = False  # no class takes part
+        labels = np.array([2, 3, 1, -2, 0, 1])
+        value, grad = _value_and_grad(fn, self.logits, labels, where=where)
+        assert np.isnan(value[0]) and np.isnan(grad[0]).all()  # was negative for cross-entropy
+        assert np.isfinite(value[[1, 3, 4, 5]]).all() and np.isfinite(grad[[1, 3, 4, 5]]).all()
+        assert value[2] == 0.0 and np.all(grad[2] == 0.0)
+
+    @parameterized.named_parameters(*_all_losses())
+    def test_a_row_of_minus_infinity_logits_is_nan(self, fn):
+        logits = self.logits.copy()
+        logits[1] = -np.inf
+        value, grad = _value_and_grad(fn, logits, np.array([0, 1, 2, 3, 0, 1]))
+        assert np.isnan(value[1]) and np.isnan(grad[1]).all()
+        assert np.isfinite(np.delete(value, 1)).all() and np.isfinite(np.delete(grad, 1, 0)).all()
+
+    def test_focal_loss_and_label_smoothing_regressions(self):
+        # focal_loss gave -0.0 for -1 and for out-of-range ids; label smoothing a finite value.
+        labels = np.array([-1, 7, 3])
+        focal = np.asarray(gsc_jax.focal_loss(self.logits[:3], labels, eta=2.0))
+        assert focal[0] > 0
+        np.testing.assert_allclose(
+            focal[0], gsc_jax.focal_loss(self.logits[:1], np.array([3]), eta=2.0)[0], rtol=1e-6
+        )
+        assert np.isnan(focal[1])
+        smoothed = np.asarray(
+            gsc_jax.label_smoothing_cross_entropy(self.logits[:3], labels, alpha=0.1))
+        assert np.isnan(smoothed[1]) and np.isfinite(smoothed[[0, 2]]).all()
+
+    def test_optax_reads_negative_ids_the_same_way(self):
+        labels = np.array([-1, -4, 0, 3, 2, -2])
+        np.testing.assert_allclose(
+            gsc_jax.cross_entropy(self.logits, labels),
+            optax.softmax_cross_entropy_with_integer_labels(self.logits, labels),
+            rtol=1e-6,
+        )

@@ -71,8 +71,14 @@ def prepare_cache_dir(path: str) -> str:
     """
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.exists(path):
-        os.makedirs(path, exist_ok=True)
-        os.chmod(path, 0o755)
+        try:
+            os.makedirs(path, exist_ok=True)
+            os.chmod(path, 0o755)
+        except OSError as error:
+            raise BuildError(
+                f"cannot create the kernel cache directory {path}: {error}. Pass "
+                "gsc_jax.cpu_kernel.enable(cache_dir=...) a directory you can write to."
+            ) from None
     info = os.stat(path)
     if not stat.S_ISDIR(info.st_mode):
         raise BuildError(f"the kernel cache {path} is not a directory.")
@@ -208,7 +214,11 @@ def load(*, source: str = SOURCE, cache_dir: Optional[str] = None,
         try:
             return _open(library, symbols)
         except (OSError, AttributeError):
-            os.remove(library)  # truncated or corrupt (e.g. an interrupted copy): rebuilt below
+            # Truncated or corrupt (e.g. an interrupted copy): rebuilt below, once.
+            try:
+                os.remove(library)
+            except FileNotFoundError:
+                pass
     build(source, library, command, timeout_s)
     try:
         return _open(library, symbols)
