@@ -1,6 +1,7 @@
 r"""ResNet train step with and without GSC, and the streaming input pipeline's throughput.
 
-1. The jitted train step of `experiments.imagenet` (ResNet-50 v1.5 at 224x224, 1000 classes, SGD
+1. The jitted train step of the shared loop on a streamed batch (`steps.make_batch_train_step`,
+   as `experiments.imagenet` runs it: ResNet-50 v1.5 at 224x224, 1000 classes, SGD
    with Nesterov momentum and weight decay, the pycls recipe) on a synthetic uint8 batch, timed
    round-robin (`benchmarks._timing.interleaved_medians`) for ``ce`` and ``ce_gsc``
    (`gsc_jax.gsc_loss`, gamma 0.02, top_c 7 as in the paper's ResNet-50 row); the ratio
@@ -65,15 +66,16 @@ def main(argv=None):
              "ce_gsc": losses.LossSpec("ce", gsc_gamma=args.gamma, gsc_top_c=args.top_c)}
     compiled = {}
     for name, spec in specs.items():
-        step = jax.jit(train.make_train_step(
+        step = jax.jit(steps.make_batch_train_step(
             model=model, tx=tx, loss_spec=spec, lr_fn=lr_fn, steps_per_epoch=1000,
             mean=pipeline.IMAGENET_MEAN, std=pipeline.IMAGENET_STD, compute_dtype=dtype))
         start = time.perf_counter()
-        compiled[name] = step.lower(state, batch).compile()
+        compiled[name] = step.lower(state, batch["image"], batch["label"]).compile()
         print(f"compiled {name} in {time.perf_counter() - start:.1f}s", file=sys.stderr)
     machine = _timing.machine_info()
     timings = _timing.interleaved_medians(
-        {name: (lambda s=s: s(state, batch)) for name, s in compiled.items()},
+        {name: (lambda s=s: s(state, batch["image"], batch["label"]))
+         for name, s in compiled.items()},
         repeats=args.repeats)
     ratio = timings["ce_gsc"]["median_s"] / timings["ce"]["median_s"]
     synthetic_rate = args.batch / timings["ce"]["median_s"]
@@ -97,11 +99,12 @@ def main(argv=None):
         pipeline_rate = args.data_steps * args.batch / (time.perf_counter() - start)
         fed = pipeline.prefetch_to_devices(host, sharded)
         step = compiled["ce"]
-        out = step(state, next(fed))
+        first = next(fed)
+        out = step(state, first["image"], first["label"])
         jax.block_until_ready(out)
         start = time.perf_counter()
         for b in itertools.islice(fed, args.data_steps):
-            out = step(state, b)
+            out = step(state, b["image"], b["label"])
         jax.block_until_ready(out)
         real_rate = args.data_steps * args.batch / (time.perf_counter() - start)
         data = {"pipeline_images_per_s": pipeline_rate, "real_data_step_images_per_s": real_rate,

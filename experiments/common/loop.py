@@ -13,7 +13,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from experiments.common import (checkpoint, evaluation, losses, parallel, plateau, report,
-                                steps)
+                                steps, streaming)
 from experiments.common.data import Dataset
 
 # summary.json "status" values.
@@ -109,6 +109,10 @@ def run_identity(config: LoopConfig, dataset: Dataset, extra: dict | None = None
     size, the seed, the preprocessing, the data (source, sizes, shapes, a digest of the train and
     test labels, so that label noise and subsets count), plus the caller's `extra` (model, recipe,
     ...)."""
+    if isinstance(dataset, streaming.StreamingDataset):
+        return {"loss": config.loss.hyperparameters(), "batch_size": config.batch_size,
+                "seed": config.seed, "mean": list(config.mean), "std": list(config.std),
+                "data": dataset.identity(), **(extra or {})}
     labels = hashlib.sha256()
     val = (dataset.val_labels,) if dataset.has_validation else ()
     for split in (dataset.train_labels, dataset.test_labels, *val):
@@ -141,18 +145,22 @@ def _divergence_message(step: int, steps_per_epoch: int, total: int, workdir: st
 def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Dataset,
                        workdir: str, run_info: dict | None = None,
                        identity: dict | None = None, *, train_views: Callable | None = None,
-                       eval_views: Callable | None = None) -> RunResult:
+                       eval_views: Callable | None = None,
+                       prepare_state: Callable | None = None) -> RunResult:
     """Trains `model` on `dataset`, evaluating and checkpointing every epoch; resumes from workdir.
 
     Args:
       config: the run's hyper-parameters.
       model: a Flax Linen module called as `model(x [B,H,W,C], train=bool) -> logits [B, K]`.
       make_tx: `make_tx(steps_per_epoch) -> (optax transformation, lr_fn(step))`.
-      dataset: in-memory data (labels possibly noisy already).
+      dataset: in-memory data (labels possibly noisy already), or a
+        `streaming.StreamingDataset` whose batches arrive augmented (config.augment,
+        train_views and eval_views do not apply) and whose evaluation is streamed.
       workdir: holds checkpoints/, config.json, metrics.jsonl, summary.json, curves.png,
         reliability.png. metrics.jsonl has one record per epoch: epoch, step, train_loss,
         train_base_loss, train_gsc_term (only when GSC is on; see `steps.epoch_means`),
-        test_top1, test_top5, test_nll, test_ece, learning_rate, epoch_time_s.
+        test_top1, test_top5, test_nll, test_ece, learning_rate, epoch_time_s, images_per_s
+        (training images per second of the epoch's steps in this invocation).
       run_info: extra fields copied into summary.json (model name, data source, ...).
       identity: extra fields of the run's configuration that a resume must match (model, recipe,
         ...), saved in config.json with `run_identity`'s.
@@ -160,6 +168,8 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
         in place of config.augment's crop and flip (`steps.make_train_step`).
       eval_views: `eval_views(images) -> [B, V, h, w, C]`: evaluation averages the logits over
         the V views of each image (e.g. TenCrop; `steps.make_logits_fn`).
+      prepare_state: `prepare_state(state) -> state` applied to a fresh run's initial state (e.g.
+        pretrained weights); a resumed run restores its checkpoint instead.
 
     With a validation split (`dataset.val_images`), every epoch's record also has val_top1,
     val_top5, val_nll and val_ece; the state with the best validation top-1 so far is kept in
@@ -185,11 +195,16 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
         if not 0 < config.plateau_factor < 1 or config.plateau_patience < 0:
             raise ValueError(f"need 0 < plateau_factor < 1 and plateau_patience >= 0, got "
                              f"{config.plateau_factor} and {config.plateau_patience}.")
+    stream = isinstance(dataset, streaming.StreamingDataset)
+    if stream and (train_views is not None or eval_views is not None):
+        raise ValueError("a streamed dataset brings its own augmentation: train_views and "
+                         "eval_views apply to in-memory datasets only.")
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
     parallel.check_batch_size(config.eval_batch_size, mesh)
-    n_train = len(dataset.train_labels)
-    steps_per_epoch = n_train // config.batch_size
+    n_train = 0 if stream else len(dataset.train_labels)
+    steps_per_epoch = (dataset.steps_per_epoch(config.batch_size) if stream
+                       else n_train // config.batch_size)
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {config.batch_size} exceeds the {n_train} training images.")
     os.makedirs(workdir, exist_ok=True)
@@ -211,22 +226,26 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
     key = jax.random.key(config.seed)
     init_key, shuffle_key, aug_key, dropout_key = (jax.random.fold_in(key, i) for i in range(4))
     repl = parallel.replicated(mesh)
-    sample = jnp.zeros((1, *steps.model_input_shape(dataset.train_images, train_views,
-                                                    eval_views)), dtype)
+    sample = jnp.zeros((1, *(dataset.image_shape if stream else steps.model_input_shape(
+        dataset.train_images, train_views, eval_views))), dtype)
     init = jax.jit(lambda k: steps.init_state(model, tx, sample, k, dataset.num_classes,
                                               config.loss.uses_ols), out_shardings=repl)
-    state = checkpoint.restore_latest(manager, init(init_key))
+    state = init(init_key)
+    if prepare_state is not None and manager.latest_step() is None:
+        state = prepare_state(state)
+    state = checkpoint.restore_latest(manager, state)
     start = int(state.step)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     records = [r for r in report.read_jsonl(metrics_path) if r["step"] <= start]
     if is_main:
         report.write_jsonl(metrics_path, records)
 
-    train_x = parallel.put_replicated(dataset.train_images, mesh)
-    train_y = parallel.put_replicated(dataset.train_labels, mesh)
-    test = evaluation.pad_to_multiple(dataset.test_images, dataset.test_labels,
-                                      config.eval_batch_size)
-    test_x, test_y, test_m = (parallel.put_replicated(a, mesh) for a in test)
+    if not stream:
+        train_x = parallel.put_replicated(dataset.train_images, mesh)
+        train_y = parallel.put_replicated(dataset.train_labels, mesh)
+        test = evaluation.pad_to_multiple(dataset.test_images, dataset.test_labels,
+                                          config.eval_batch_size)
+        test_x, test_y, test_m = (parallel.put_replicated(a, mesh) for a in test)
     if dataset.has_validation:
         val = evaluation.pad_to_multiple(dataset.val_images, dataset.val_labels,
                                          config.eval_batch_size)
@@ -245,6 +264,16 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
         confusion=config.per_class)
     permute = jax.jit(steps.epoch_permutation, static_argnums=2, out_shardings=repl)
     evaluate = lambda st: evaluator(st, test_x, test_y, test_m)  # noqa: E731
+    if stream:
+        train_step = jax.jit(steps.make_batch_train_step(
+            model=model, tx=tx, loss_spec=config.loss, lr_fn=lr_fn,
+            steps_per_epoch=steps_per_epoch, mean=config.mean, std=config.std,
+            compute_dtype=dtype, dropout_key=dropout_key), donate_argnums=0)
+        evaluate = streaming.make_evaluator(
+            steps.make_logits_fn(model, mean=config.mean, std=config.std, compute_dtype=dtype),
+            dataset, batch_size=config.eval_batch_size, num_bins=config.num_bins,
+            replicated=repl, batch_sharded=parallel.batch_sharded(mesh),
+            confusion=config.per_class)
     evaluate_val = lambda st: evaluator(st, val_x, val_y, val_m)  # noqa: E731
     best_manager = (checkpoint.make_manager(workdir, max_to_keep=1, name="checkpoints_best")
                     if dataset.has_validation else None)
@@ -276,7 +305,7 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
         return finish_early(state, DIVERGED, _divergence_message(
             bad_step, steps_per_epoch, total, workdir), diverged_at_step=bad_step)
 
-    def end_epoch(state, epoch: int, seconds: float) -> dict:
+    def end_epoch(state, epoch: int, seconds: float, images_per_s: float | None = None) -> dict:
         """Evaluates, and appends the epoch's record to metrics.jsonl (process 0)."""
         ev = evaluate(state)
         val_fields = {}
@@ -288,7 +317,7 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
                   "test_top1": ev["top1"], "test_top5": ev["top5"], "test_nll": ev["nll"],
                   "test_ece": ev["ece"], **val_fields,
                   "learning_rate": float(lr_fn(epoch * steps_per_epoch - 1)) * lr_scale(state),
-                  "epoch_time_s": seconds}
+                  "epoch_time_s": seconds, "images_per_s": images_per_s}
         records.append(record)
         if is_main:
             report.append_jsonl(metrics_path, record)
@@ -319,16 +348,23 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
         state = after_validation(state, update_plateau=False)  # saved after the update
 
     step = start
+    batches = dataset.train_batches(batch_size=config.batch_size, start_step=start,
+                                    num_steps=total, sharding=parallel.batch_sharded(mesh)
+                                    ) if stream else None
     with checkpoint.StopOnSignal() as stop, tqdm(
             total=total, initial=start, disable=not (config.progress and is_main),
             desc=config.loss.label, unit="step", dynamic_ncols=True) as bar:
         say = bar.write if is_main else say
         while step < total:
             epoch = step // steps_per_epoch
-            perm = permute(shuffle_key, epoch, n_train)
-            t0 = time.time()
+            perm = None if stream else permute(shuffle_key, epoch, n_train)
+            t0, step0 = time.time(), step
             for _ in range(step % steps_per_epoch, steps_per_epoch):
-                state, m = train_step(state, train_x, train_y, perm)
+                if stream:
+                    batch = next(batches)
+                    state, m = train_step(state, batch["image"], batch["label"])
+                else:
+                    state, m = train_step(state, train_x, train_y, perm)
                 step += 1
                 bar.update(1)
                 epoch_done = step % steps_per_epoch == 0
@@ -337,9 +373,13 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
                         (m["loss"], m["learning_rate"], state.first_nonfinite_step))
                     if bad:
                         return diverged(state, int(bad))
-                    bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{float(lr):.2g}")
+                    rate = (step - step0) * config.batch_size / max(time.time() - t0, 1e-9)
+                    bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{float(lr):.2g}",
+                                    img_s=f"{rate:.1f}")
                 if epoch_done:
-                    ev = end_epoch(state, epoch + 1, time.time() - t0)
+                    seconds = time.time() - t0
+                    ev = end_epoch(state, epoch + 1, seconds,
+                                   (step - step0) * config.batch_size / max(seconds, 1e-9))
                     state = after_validation(state)
                     checkpoint.save(manager, state)
                 limit_hit = config.stop_after_steps and step - start >= config.stop_after_steps

@@ -118,21 +118,17 @@ def make_logits_fn(model, *, mean, std, compute_dtype, eval_views: Callable | No
     return logits_fn
 
 
-def make_train_step(*, model, tx, loss_spec: losses.LossSpec, lr_fn: Callable,
-                    steps_per_epoch: int, batch_size: int, mesh, mean, std, use_augment: bool,
-                    compute_dtype, aug_key: jax.Array, train_views: Callable | None = None,
-                    dropout_key: jax.Array | None = None) -> Callable:
-    """Builds `train_step(state, images [N,H,W,C] u8, labels [N], perm [N]) -> (state, metrics)`.
+def make_batch_train_step(*, model, tx, loss_spec: losses.LossSpec, lr_fn: Callable,
+                          steps_per_epoch: int, mean, std, compute_dtype,
+                          dropout_key: jax.Array | None = None) -> Callable:
+    """Builds `step(state, images u8 [B, H, W, C], labels [B]) -> (state, metrics)`: one batch.
 
-    Step s trains on perm[i*B:(i+1)*B] with i = s % steps_per_epoch (the last partial batch of an
-    epoch is dropped), augmented with key fold_in(aug_key, s). The batch mean of the per-example
-    loss is minimised (`losses.make_objective`). For 'ols', the OLS accumulators are updated every
-    step and finalised on the last step of each epoch (gsc_jax.ols_update / ols_finalize_epoch).
-
-    `train_views(key, images) -> [B, V, h, w, C]`, when given, replaces `use_augment`'s crop and
-    flip: each of the V views of an image is a training example with the image's label (B * V
-    examples a step, e.g. TenCrop). `dropout_key` feeds the model's 'dropout' stream with
-    fold_in(dropout_key, s).
+    One optimisation step on a batch that is already drawn and augmented (by `make_train_step`
+    from the device-resident dataset, or by a streaming input pipeline): normalisation, the batch
+    mean of the per-example loss (`losses.make_objective`), the update, and for 'ols' the OLS
+    accumulators (updated every step, finalised on the last step of each epoch,
+    gsc_jax.ols_update / ols_finalize_epoch). `dropout_key` feeds the model's 'dropout' stream
+    with fold_in(dropout_key, s) at step s.
 
     The loss's parts (batch means) are summed in `state.epoch_sums`: 'base_loss' (the loss without
     GSC) and 'gsc_term' (unscaled by gamma; 0 when GSC is off). The sums restart at each epoch's
@@ -141,18 +137,8 @@ def make_train_step(*, model, tx, loss_spec: losses.LossSpec, lr_fn: Callable,
     """
     objective_fn = losses.make_objective(loss_spec)
 
-    def train_step(state: TrainState, images_all, labels_all, perm):
+    def batch_step(state: TrainState, images, labels):
         i = state.step % steps_per_epoch
-        idx = jax.lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)
-        idx = jax.lax.with_sharding_constraint(idx, parallel.batch_sharded(mesh))
-        images, labels = images_all[idx], labels_all[idx]
-        step_key = jax.random.fold_in(aug_key, state.step)
-        if train_views is not None:
-            views = train_views(step_key, images)
-            labels = jnp.repeat(labels, views.shape[1])
-            images = flatten_views(views)
-        elif use_augment:
-            images = augment.random_crop_flip(step_key, images)
         x = augment.normalize(images, mean, std, compute_dtype)
         soft = state.ols.soft_labels if loss_spec.uses_ols else None
         rngs = None if dropout_key is None else {
@@ -185,6 +171,41 @@ def make_train_step(*, model, tx, loss_spec: losses.LossSpec, lr_fn: Callable,
                                   batch_stats=batch_stats, opt_state=opt_state, ols=ols,
                                   epoch_sums=sums, first_nonfinite_step=first_bad)
         return new_state, {**parts, "learning_rate": lr_fn(state.step)}
+
+    return batch_step
+
+
+def make_train_step(*, model, tx, loss_spec: losses.LossSpec, lr_fn: Callable,
+                    steps_per_epoch: int, batch_size: int, mesh, mean, std, use_augment: bool,
+                    compute_dtype, aug_key: jax.Array, train_views: Callable | None = None,
+                    dropout_key: jax.Array | None = None) -> Callable:
+    """Builds `train_step(state, images [N,H,W,C] u8, labels [N], perm [N]) -> (state, metrics)`.
+
+    Step s trains on perm[i*B:(i+1)*B] with i = s % steps_per_epoch (the last partial batch of an
+    epoch is dropped), augmented with key fold_in(aug_key, s), then takes the step of
+    `make_batch_train_step` (loss, update, OLS, epoch sums, divergence flag).
+
+    `train_views(key, images) -> [B, V, h, w, C]`, when given, replaces `use_augment`'s crop and
+    flip: each of the V views of an image is a training example with the image's label (B * V
+    examples a step, e.g. TenCrop).
+    """
+    batch_step = make_batch_train_step(
+        model=model, tx=tx, loss_spec=loss_spec, lr_fn=lr_fn, steps_per_epoch=steps_per_epoch,
+        mean=mean, std=std, compute_dtype=compute_dtype, dropout_key=dropout_key)
+
+    def train_step(state: TrainState, images_all, labels_all, perm):
+        i = state.step % steps_per_epoch
+        idx = jax.lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)
+        idx = jax.lax.with_sharding_constraint(idx, parallel.batch_sharded(mesh))
+        images, labels = images_all[idx], labels_all[idx]
+        step_key = jax.random.fold_in(aug_key, state.step)
+        if train_views is not None:
+            views = train_views(step_key, images)
+            labels = jnp.repeat(labels, views.shape[1])
+            images = flatten_views(views)
+        elif use_augment:
+            images = augment.random_crop_flip(step_key, images)
+        return batch_step(state, images, labels)
 
     return train_step
 

@@ -14,7 +14,7 @@ import sys
 
 from absl import app, flags, logging
 
-from experiments.common import losses, parallel
+from experiments.common import checkpoint, loop, losses, parallel
 from experiments.imagenet import pipeline, tables, train
 
 F = flags.FLAGS
@@ -70,12 +70,17 @@ def main(argv):
             train.validate(config, source.num_classes)
     except ValueError as e:  # includes pipeline.MissingDataError
         sys.exit(f"error: {e}")
-    if F.table:
-        print(tables.run_table(F.table, config, F.workdir, source, F.rows))
-        return
-    result = train.run(config, F.workdir, source)
+    try:
+        if F.table:
+            print(tables.run_table(F.table, config, F.workdir, source, F.rows))
+            return
+        result = train.run(config, F.workdir, source)
+    except checkpoint.ConfigMismatchError as e:
+        sys.exit(f"error: {e}")
     if result.interrupted_by:
         sys.exit(128 + result.interrupted_by)
+    if result.status == loop.DIVERGED:
+        sys.exit(f"error: {result.message}")
     print({k: result.summary.get(k) for k in ("status", "test_accuracy", "test_top5", "test_ece",
                                               "test_nll", "images_per_s")})
 

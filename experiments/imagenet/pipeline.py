@@ -1,4 +1,4 @@
-"""Streaming ImageNet-style input: tf.data decoding and augmentation, per-host shards, global arrays.
+"""Streaming ImageNet-style input: tf.data decoding and augmentation, host shards, global arrays.
 
 Sources: an image-folder tree (DIR/train/<class>/*, DIR/val/<class>/*; how many users keep
 ImageNet) and TFDS builders (`imagenet2012`, `oxford_flowers102`). Every host reads only its own
@@ -37,6 +37,8 @@ from typing import Iterator
 import jax
 import numpy as np
 
+from experiments.common import streaming
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 EVAL_CROP_FRACTION = 224 / 256
@@ -58,6 +60,7 @@ class MissingDataError(ValueError):
 def _tf():
     """TensorFlow with its devices hidden (tf.data only; the accelerators belong to JAX)."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf.get_logger().setLevel("ERROR")  # AutoGraph's notes on the lambdas it runs as they are
     try:
         tf.config.set_visible_devices([], "GPU")
         tf.config.set_visible_devices([], "TPU")
@@ -490,3 +493,40 @@ def prefetch_to_devices(batches: Iterator[dict], sharding, size: int = 2) -> Ite
             yield queue.popleft()
     while queue:
         yield queue.popleft()
+
+
+class ImageStream(streaming.StreamingDataset):
+    """A Source with its StreamConfig as the shared loop's `streaming.StreamingDataset`.
+
+    The loop's batch sizes replace the config's (`global_batch`, `eval_batch`).
+    """
+
+    def __init__(self, source: Source, config: StreamConfig):
+        self.data, self.config = source, config
+        self.num_classes = source.num_classes
+        self.class_names = source.class_names
+        self.source = f"{source.kind}:{source.name}"
+        self.image_shape = (config.image_size, config.image_size, 3)
+
+    def _config(self, batch_size: int, eval_batch: int | None = None) -> StreamConfig:
+        return dataclasses.replace(self.config, global_batch=batch_size,
+                                   eval_batch=eval_batch or self.config.eval_batch)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return steps_per_epoch(self.data, self._config(batch_size))
+
+    def train_batches(self, *, batch_size, start_step, num_steps, sharding):
+        return prefetch_to_devices(train_batches(self.data, self._config(batch_size),
+                                                 start_step=start_step, num_steps=num_steps),
+                                   sharding)
+
+    def eval_batches(self, *, batch_size, sharding):
+        config = self._config(self.config.global_batch, batch_size)
+        return prefetch_to_devices(eval_batches(self.data, config), sharding)
+
+    def identity(self) -> dict:
+        c = self.config
+        return {"source": self.source, "num_classes": self.num_classes,
+                "num_train_examples": self.data.num_train, "num_test_examples": self.data.num_eval,
+                "image_size": c.image_size, "train_crop": c.train_crop, "eval_crop": c.eval_crop,
+                "lighting_std": c.lighting_std, "stream_seed": c.seed}

@@ -16,20 +16,15 @@ Recipes:
 """
 
 import dataclasses
-import math
 import os
-import time
 
 import flax
-import gsc_jax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm import tqdm
 
-from experiments.common import augment, checkpoint, evaluation, loop, losses, parallel, report
-from experiments.common import steps
+from experiments.common import checkpoint, loop, losses, report, steps
 from experiments.imagenet import models, pipeline
 
 RECIPES = {
@@ -146,62 +141,6 @@ def make_tx(recipe: dict, steps_per_epoch: int):
     return tx, lr_fn
 
 
-def make_train_step(*, model, tx, loss_spec: losses.LossSpec, lr_fn, steps_per_epoch: int,
-                    mean, std, compute_dtype):
-    """`train_step(state, batch {'image' u8 [B,S,S,3], 'label' [B]}) -> (state, metrics)`.
-
-    The streaming counterpart of `steps.make_train_step` (same state, loss, OLS epoch update,
-    epoch sums and divergence flag); the batch arrives augmented from the input pipeline.
-    """
-    objective_fn = losses.make_objective(loss_spec)
-
-    def train_step(state: steps.TrainState, batch):
-        i = state.step % steps_per_epoch
-        x = augment.normalize(batch["image"], mean, std, compute_dtype)
-        labels = batch["label"]
-        soft = state.ols.soft_labels if loss_spec.uses_ols else None
-
-        def objective(params):
-            logits, batch_stats = steps.apply_model(model, state, params, x, train=True)
-            loss, parts = objective_fn(logits, labels, soft)
-            return loss, (parts, logits, batch_stats)
-
-        (loss, (parts, logits, batch_stats)), grads = jax.value_and_grad(
-            objective, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        ols = state.ols
-        if loss_spec.uses_ols:
-            ols = gsc_jax.ols_update(ols, jax.lax.stop_gradient(logits), labels)
-            ols = jax.tree.map(lambda a, b: jnp.where(i == steps_per_epoch - 1, a, b),
-                               gsc_jax.ols_finalize_epoch(ols), ols)
-        values = {"loss": loss, "base_loss": parts["base_loss"],
-                  "gsc_term": parts.get("gsc_term", jnp.zeros((), jnp.float32)),
-                  "count": jnp.ones((), jnp.float32)}
-        sums = {k: jnp.where(i > 0, state.epoch_sums[k] + values[k], values[k])
-                for k in steps.EPOCH_SUM_KEYS}
-        first_bad = jnp.where((state.first_nonfinite_step == 0) & ~jnp.isfinite(loss),
-                              state.step + 1, state.first_nonfinite_step)
-        return state.replace(step=state.step + 1,
-                             params=optax.apply_updates(state.params, updates),
-                             batch_stats=batch_stats, opt_state=opt_state, ols=ols,
-                             epoch_sums=sums, first_nonfinite_step=first_bad), \
-            {**parts, "learning_rate": lr_fn(state.step)}
-
-    return train_step
-
-
-def make_eval_step(model, *, mean, std, compute_dtype, num_classes: int):
-    """`eval_step(sums, state, batch {'image','label','mask'}) -> sums` (evaluation.batch_sums)."""
-    logits_fn = steps.make_logits_fn(model, mean=mean, std=std, compute_dtype=compute_dtype)
-
-    def eval_step(sums, state, batch):
-        logits = logits_fn(state, batch["image"])
-        return evaluation.add(sums, evaluation.batch_sums(logits, batch["label"],
-                                                          example_mask=batch["mask"]))
-
-    return eval_step
-
-
 def _load_backbone(state: steps.TrainState, workdir: str) -> steps.TrainState:
     """`state` with params and batch_stats (all but the classifier 'head') from workdir's latest
     checkpoint of the same architecture."""
@@ -226,169 +165,46 @@ def _load_backbone(state: steps.TrainState, workdir: str) -> steps.TrainState:
 
 def run(config: RunConfig, workdir: str, source: pipeline.Source | None = None,
         run_info: dict | None = None) -> loop.RunResult:
-    """Trains and evaluates (every epoch) one configuration in `workdir`, resuming from it.
+    """Trains and evaluates (every epoch) one configuration in `workdir` on the shared loop
+    (`loop.train_and_evaluate` with a streamed dataset), resuming from it.
 
-    metrics.jsonl has one record per epoch (as the shared loop's, plus images_per_s: training
-    images per second of the epoch, input pipeline included); summary.json the final metrics.
+    metrics.jsonl has one record per epoch (with images_per_s: training images per second,
+    input pipeline included); summary.json the final metrics.
     """
     validate(config)
     source = source or pipeline.make_source(config.dataset, config.data_dir)
     validate(config, source.num_classes)
     recipe = resolved(config)
-    mesh = parallel.make_mesh()
-    parallel.check_batch_size(recipe["batch_size"], mesh)
-    parallel.check_batch_size(config.eval_batch_size, mesh)
-    stream = pipeline.StreamConfig(
+    stream = pipeline.ImageStream(source, pipeline.StreamConfig(
         global_batch=recipe["batch_size"], eval_batch=config.eval_batch_size,
         image_size=config.image_size, seed=config.seed, train_crop=recipe["train_crop"],
         eval_crop=recipe["eval_crop"], lighting_std=recipe["lighting_std"],
-        workers=config.workers)
-    spe = pipeline.steps_per_epoch(source, stream)
-    epochs, total = recipe["epochs"], recipe["epochs"] * spe
-    os.makedirs(workdir, exist_ok=True)
-    is_main = jax.process_index() == 0
-    say = tqdm.write if is_main else (lambda message: None)
-    manager = checkpoint.make_manager(workdir)
-    identity = {"dataset": source.name, "num_classes": source.num_classes,
-                "num_train": source.num_train, "num_eval": source.num_eval,
-                "model": config.model, "width": config.width, "loss": config.loss.hyperparameters(),
-                "recipe": {k: v for k, v in recipe.items() if k != "epochs"},
-                "image_size": config.image_size, "seed": config.seed,
-                "init_from": config.init_from}
-    extended = checkpoint.check_run_config(workdir, identity, epochs,
-                                           resuming=manager.latest_step() is not None,
-                                           write=is_main)
-    if extended:
-        say(extended)
-
-    dtype = jnp.bfloat16 if config.bf16 else jnp.float32
+        workers=config.workers))
     model = models.create_model(config.model, source.num_classes, bf16=config.bf16,
                                 width=config.width)
-    tx, lr_fn = make_tx(recipe, spe)
-    repl, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-    sample = jnp.zeros((1, config.image_size, config.image_size, 3), dtype)
-    init = jax.jit(lambda k: steps.init_state(model, tx, sample, k, source.num_classes,
-                                              config.loss.uses_ols), out_shardings=repl)
-    state = init(jax.random.key(config.seed))
-    if manager.latest_step() is None and config.init_from:
-        state = _load_backbone(state, config.init_from)
-    state = checkpoint.restore_latest(manager, state)
-    start = int(state.step)
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    records = [r for r in report.read_jsonl(metrics_path) if r["step"] <= start]
-    if is_main:
-        report.write_jsonl(metrics_path, records)
-
-    mean, std = pipeline.IMAGENET_MEAN, pipeline.IMAGENET_STD
-    train_step = jax.jit(make_train_step(
-        model=model, tx=tx, loss_spec=config.loss, lr_fn=lr_fn, steps_per_epoch=spe, mean=mean,
-        std=std, compute_dtype=dtype), donate_argnums=0)
-    eval_step = jax.jit(make_eval_step(model, mean=mean, std=std, compute_dtype=dtype,
-                                       num_classes=source.num_classes), donate_argnums=0)
-    zeros = jax.jit(lambda: evaluation.zeros(source.num_classes), out_shardings=repl)
-
-    def evaluate(state) -> dict:
-        sums = zeros()
-        for batch in pipeline.prefetch_to_devices(pipeline.eval_batches(source, stream), sharded):
-            sums = eval_step(sums, state, batch)
-        return evaluation.finalize(jax.device_get(sums))
-
-    base_summary = {"epochs": epochs, "steps": total, "loss": config.loss.label,
-                    "model": config.model, "dataset": source.name,
-                    "image_size": config.image_size, "recipe": recipe,
-                    "num_devices": int(mesh.devices.size),
-                    "num_processes": jax.process_count(), **(run_info or {})}
-
-    def finish_early(state, status, message, **fields):
-        summary = {"status": status, "message": message, "step": int(state.step),
-                   **{k: None for k in loop.SUMMARY_METRICS}, **fields, **base_summary}
-        if is_main:
-            report.write_json(os.path.join(workdir, "summary.json"), summary)
-        say(message)
-        return loop.RunResult(state, summary, fields.get("interrupted_by"), status, message)
-
-    def end_epoch(state, epoch: int, seconds: float, images_per_s: float) -> dict:
-        eval_start = time.time()
-        ev = evaluate(state)
-        record = {"epoch": epoch, "step": epoch * spe,
-                  **steps.epoch_means(jax.device_get(state.epoch_sums), config.loss),
-                  "test_top1": ev["top1"], "test_top5": ev["top5"], "test_nll": ev["nll"],
-                  "test_ece": ev["ece"], "test_count": ev["count"],
-                  "learning_rate": float(lr_fn(epoch * spe - 1)), "epoch_time_s": seconds,
-                  "images_per_s": images_per_s, "eval_time_s": time.time() - eval_start}
-        records.append(record)
-        if is_main:
-            report.append_jsonl(metrics_path, record)
-        say(f"epoch {epoch}/{epochs}: train_loss {record['train_loss']:.4f} "
-            f"top1 {ev['top1']:.4f} top5 {ev['top5']:.4f} nll {ev['nll']:.4f} "
-            f"ece {ev['ece']:.4f} lr {record['learning_rate']:.3g} ({seconds:.0f}s, "
-            f"{images_per_s:.1f} img/s)")
-        return ev
-
-    ev = None
-    step = start
-    batches = pipeline.prefetch_to_devices(
-        pipeline.train_batches(source, stream, start_step=start, num_steps=total), sharded)
-    with checkpoint.StopOnSignal() as stop, tqdm(
-            total=total, initial=start, disable=not (config.progress and is_main),
-            desc=config.loss.label, unit="step", dynamic_ncols=True) as bar:
-        say = bar.write if is_main else say
-        t_epoch, first_of_epoch, t_window, window_start = time.time(), step, time.time(), step
-        for batch in batches:
-            state, m = train_step(state, batch)
-            step += 1
-            bar.update(1)
-            epoch_done = step % spe == 0
-            if step % loop.CHECK_EVERY == 0 or epoch_done:
-                loss, lr, bad = jax.device_get(
-                    (m["loss"], m["learning_rate"], state.first_nonfinite_step))
-                if bad:
-                    return finish_early(state, loop.DIVERGED, loop._divergence_message(
-                        int(bad), spe, total, workdir), diverged_at_step=int(bad))
-                now = time.time()
-                rate = (step - window_start) * stream.global_batch / max(now - t_window, 1e-9)
-                t_window, window_start = now, step
-                bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{float(lr):.2g}",
-                                img_s=f"{rate:.1f}")
-            if epoch_done:
-                seconds = time.time() - t_epoch
-                rate = (step - first_of_epoch) * stream.global_batch / max(seconds, 1e-9)
-                ev = end_epoch(state, step // spe, seconds, rate)
-                checkpoint.save(manager, state)
-                t_epoch, first_of_epoch = time.time(), step
-                t_window, window_start = t_epoch, step
-            limit_hit = config.stop_after_steps and step - start >= config.stop_after_steps
-            signum = loop.agreed_stop_signal(stop, step)
-            if (signum or limit_hit) and step < total:
-                bad = int(jax.device_get(state.first_nonfinite_step))
-                if bad:
-                    return finish_early(state, loop.DIVERGED, loop._divergence_message(
-                        bad, spe, total, workdir), diverged_at_step=bad)
-                checkpoint.save(manager, state)
-                manager.wait_until_finished()
-                return finish_early(state, loop.STOPPED,
-                                    f"Stopped at step {step}/{total}; checkpoint saved in "
-                                    f"{workdir}. Run the same command again to resume.",
-                                    interrupted_by=signum or 0)
-    manager.wait_until_finished()
-    if ev is None:
-        ev = evaluate(state)
-    accuracies = [r["test_top1"] for r in records
-                  if r.get("test_top1") is not None and math.isfinite(r["test_top1"])]
-    # The first epoch of an invocation includes compilation: the median skips it when it can.
-    rates = [r["images_per_s"] for r in records if r.get("images_per_s")]
-    rates = rates[1:] if len(rates) > 1 else rates
-    summary = {"status": loop.COMPLETED, "test_accuracy": ev["top1"], "test_top5": ev["top5"],
-               "test_ece": ev["ece"], "test_nll": ev["nll"],
-               "best_test_accuracy": max(accuracies, default=ev["top1"]),
-               "test_count": ev["count"], "test_nonfinite_examples": ev["nonfinite"],
-               **base_summary,
-               "train_time_s": float(sum(r["epoch_time_s"] for r in records)),
-               "images_per_s": float(np.median(rates)) if rates else None,
-               "reliability": ev["reliability"]}
-    if is_main:
-        report.write_json(os.path.join(workdir, "summary.json"), summary)
-        report.plot_curves(records, os.path.join(workdir, "curves.png"), config.loss.label)
-        report.plot_reliability(ev["reliability"], os.path.join(workdir, "reliability.png"),
-                                config.loss.label, ece=ev["ece"])
-    return loop.RunResult(state, summary)
+    loop_config = loop.LoopConfig(
+        loss=config.loss, epochs=recipe["epochs"], batch_size=recipe["batch_size"],
+        eval_batch_size=config.eval_batch_size, seed=config.seed,
+        mean=pipeline.IMAGENET_MEAN, std=pipeline.IMAGENET_STD, augment=False, bf16=config.bf16,
+        stop_after_steps=config.stop_after_steps, progress=config.progress)
+    identity = {"model": config.model, "width": config.width,
+                "recipe": {k: v for k, v in recipe.items() if k != "epochs"},
+                "init_from": config.init_from}
+    info = {"model": config.model, "dataset": source.name, "image_size": config.image_size,
+            "recipe": recipe, "num_train_examples": source.num_train,
+            "num_test_examples": source.num_eval, "num_processes": jax.process_count(),
+            **(run_info or {})}
+    prepare = ((lambda state: _load_backbone(state, config.init_from))
+               if config.init_from else None)
+    os.makedirs(workdir, exist_ok=True)
+    result = loop.train_and_evaluate(loop_config, model, lambda spe: make_tx(recipe, spe),
+                                     stream, workdir, info, identity, prepare_state=prepare)
+    if result.status == loop.COMPLETED:
+        rates = [r["images_per_s"] for r in report.read_jsonl(
+            os.path.join(workdir, "metrics.jsonl")) if r.get("images_per_s")]
+        # The first epoch of an invocation includes compilation: the median skips it.
+        rates = rates[1:] if len(rates) > 1 else rates
+        result.summary["images_per_s"] = float(np.median(rates)) if rates else None
+        if jax.process_index() == 0:
+            report.write_json(os.path.join(workdir, "summary.json"), result.summary)
+    return result
