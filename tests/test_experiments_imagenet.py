@@ -215,7 +215,7 @@ def test_resnet_parameter_counts(name, params):
 def test_resnet50_is_v1_5_and_bf16_computes_in_bf16():
     model = models.create_model("resnet50", 10, bf16=True, width=4)
     x = jnp.zeros((2, 32, 32, 3))
-    variables = model.init(jax.random.key(0), x, train=False)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
     convs = []
 
     def record(next_fun, args, kwargs, context):
@@ -224,8 +224,9 @@ def test_resnet50_is_v1_5_and_bf16_computes_in_bf16():
             convs.append((context.module.kernel_size, context.module.strides, out.dtype))
         return out
 
-    with nn.intercept_methods(record):
-        logits, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    with nn.intercept_methods(record):  # shapes and dtypes only: traced, not run
+        logits, _ = jax.eval_shape(lambda v: model.apply(v, x, train=True,
+                                                         mutable=["batch_stats"]), variables)
     strided = {(k, s) for k, s, _ in convs if s not in (1, (1, 1))}
     # Stride 2 on the stem's 7x7, the 3x3 of each stage's first block and its 1x1 shortcut.
     assert strided == {((7, 7), 2), ((3, 3), 2), ((1, 1), 2)}
