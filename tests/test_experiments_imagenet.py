@@ -309,3 +309,60 @@ def test_eight_devices_match_one_device(tmp_path):
         np.testing.assert_allclose([r[key] for r in eight["records"]],
                                    [r[key] for r in one["records"]], rtol=1e-4, atol=1e-5,
                                    err_msg=key)
+
+
+TWO_PROCESSES = """
+import json, os, sys
+import jax
+jax.config.update("jax_disable_most_optimizations", True)
+from experiments.common import parallel
+parallel.maybe_initialize_distributed(False)  # GSC_JAX_MULTIHOST=1 in the two-process run
+sys.path.insert(0, "tests")
+from test_experiments_imagenet import tiny_run_config
+from experiments.imagenet import train
+result = train.run(tiny_run_config(os.environ["DATA"], eval_batch_size=8), os.environ["WORKDIR"])
+print("RESULT", json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
+      "devices": jax.device_count(), "status": result.status,
+      "param_sums": [float(jax.numpy.sum(x)) for x in jax.tree.leaves(result.state.params)]}))
+"""
+
+
+def test_two_processes_match_one_process(folder, tmp_path):
+    """Each process reads its half of every global batch (and of the evaluation batches)."""
+    import socket
+    import subprocess
+    import sys
+    from _experiments_util import REPO
+
+    def start(workdir, devices, extra=None):
+        env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+        env.update(PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""),
+                   JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", DATA=folder,
+                   XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+                   WORKDIR=str(workdir), **(extra or {}))
+        return subprocess.Popen([sys.executable, "-c", TWO_PROCESSES], cwd=REPO, env=env,
+                                text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def results(procs):
+        outs = [p.communicate(timeout=400) for p in procs]
+        for p, (_, err) in zip(procs, outs):
+            assert p.returncode == 0, err[-3000:]
+        return [json.loads([x for x in out.splitlines() if x.startswith("RESULT ")][-1][7:])
+                for out, _ in outs]
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    pair = [start(tmp_path / "two", 1, {"GSC_JAX_MULTIHOST": "1", "JAX_NUM_PROCESSES": "2",
+                                        "JAX_PROCESS_ID": str(i),
+                                        "JAX_COORDINATOR_ADDRESS": f"localhost:{port}"})
+            for i in range(2)]
+    two = results(pair)
+    (one,) = results([start(tmp_path / "one", 2)])
+    assert [r["processes"] for r in two] == [2, 2] and one["processes"] == 1
+    assert one["devices"] == two[0]["devices"] == 2
+    read = lambda d: [json.loads(x) for x in open(tmp_path / d / "metrics.jsonl")]  # noqa: E731
+    for a, b in zip(read("two"), read("one"), strict=True):
+        for key in ("train_loss", "test_nll", "test_top1", "test_ece"):
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    np.testing.assert_allclose(two[0]["param_sums"], one["param_sums"], rtol=1e-4, atol=1e-5)
