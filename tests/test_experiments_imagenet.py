@@ -366,3 +366,38 @@ def test_two_processes_match_one_process(folder, tmp_path):
         for key in ("train_loss", "test_nll", "test_top1", "test_ece"):
             np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5, err_msg=key)
     np.testing.assert_allclose(two[0]["param_sums"], one["param_sums"], rtol=1e-4, atol=1e-5)
+
+
+RESHARD = """
+import json, os, sys
+import jax
+jax.config.update("jax_disable_most_optimizations", True)
+sys.path.insert(0, "tests")
+from test_experiments_imagenet import tiny_run_config
+from experiments.imagenet import train
+config = tiny_run_config(os.environ["DATA"], eval_batch_size=8,
+                         stop_after_steps=int(os.environ["STOP"]))
+result = train.run(config, os.environ["WORKDIR"])
+print("RESULT", json.dumps({"devices": jax.device_count(), "status": result.status,
+                            "step": int(result.state.step)}))
+"""
+
+
+def test_checkpoint_of_eight_devices_resumes_on_one(folder, tmp_path):
+    """A run stopped mid-epoch on 8 devices resumes on 1 device to the uninterrupted run."""
+
+    def run(workdir, devices, stop):
+        flags = f"--xla_force_host_platform_device_count={devices}"
+        proc = run_python(RESHARD, {"XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu",
+                                    "TF_CPP_MIN_LOG_LEVEL": "2", "DATA": folder,
+                                    "WORKDIR": str(tmp_path / workdir), "STOP": str(stop)})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads([x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1][7:])
+
+    assert run("moved", 8, 4) == {"devices": 8, "status": "stopped", "step": 4}
+    assert run("moved", 1, 0) == {"devices": 1, "status": "completed", "step": 6}
+    assert run("whole", 1, 0)["status"] == "completed"
+    read = lambda d: [json.loads(x) for x in open(tmp_path / d / "metrics.jsonl")]  # noqa: E731
+    for a, b in zip(read("moved"), read("whole"), strict=True):
+        for key in ("train_loss", "test_nll", "test_top1", "test_ece"):
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5, err_msg=key)
