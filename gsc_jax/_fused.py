@@ -40,13 +40,13 @@ are the same to float32 rounding (`tests/test_cpu_kernel.py`).
 
 Top-c selection follows `jax.lax.top_k` exactly on ties (the lower index first). On the CPU
 backend it uses neither `lax.top_k` nor a sort (`top_logits`: ``c`` rounds of max and
-first-index-of-max; XLA:CPU turns `lax.top_k` inside this computation into a full sort, 50-100x
-slower, and even a standalone `lax.top_k` is slower at most shapes, see ``docs/performance.md``);
-other backends use `lax.top_k`. For ``num_classes >= 256`` the rounds run on chunk maxima and then
-on candidates: the top-c entries of a row lie in the ``c`` chunks with the largest maxima (ties to
-the lower chunk), so one max pass over the row (chunks of ``w ~ sqrt(num_classes)``) plus
-selections over ``num_classes / w`` chunk maxima and ``c * w`` candidates replace ``c`` passes
-over the whole row.
+first-index-of-max): XLA:CPU compiles `lax.top_k` inside this computation to a full sort of every
+row, and a standalone `lax.top_k` is no faster than `top_logits` either (``docs/performance.md``,
+``python -m benchmarks.top_c_selection``). Other backends use `lax.top_k` (`select_top`).
+For ``num_classes >= 256`` the rounds run on chunk maxima and then on candidates: the top-c
+entries of a row lie in the ``c`` chunks with the largest maxima (ties to the lower chunk), so one
+max pass over the row (chunks of ``w ~ sqrt(num_classes)``) plus selections over
+``num_classes / w`` chunk maxima and ``c * w`` candidates replace ``c`` passes over the whole row.
 
 Integer labels follow `gsc_jax.cross_entropy`'s rule: ids in ``[-n, n)``, negative ones counting
 from the end; an id outside that range, or one naming a class masked out by ``where`` (in a row
@@ -141,7 +141,8 @@ def top_logits(logits: Array, top_c: int) -> tuple[Array, Array]:
       index order. Where a row has fewer than ``top_c`` finite entries the rest have value
       ``-inf`` and index ``num_classes`` (no class); `jax.lax.top_k` would name a masked class
       there, which has probability 0 either way. ``-0.0`` and ``0.0`` are equal here, as their
-      probabilities are, whereas `jax.lax.top_k` on the logits ranks ``0.0`` first. Logits that
+      probabilities are, whereas `jax.lax.top_k` on the logits ranks ``0.0`` first
+      (`top_logits_top_k` gives this function's results by `jax.lax.top_k`). Logits that
       differ by less than the rounding of their probabilities tie in `gsc_term`'s `lax.top_k` over
       probabilities but not here; either choice is a one-sided derivative of the term.
     """

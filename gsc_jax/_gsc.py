@@ -229,11 +229,12 @@ def gsc_term(
           also with respect to a traced ``mu``; forward mode (`jax.jvp`, `jax.jacfwd`) and second
           derivatives (`jax.hessian`, grad of grad) raise an error.
         - ``'reference'``: softmax, entropy and `jax.lax.top_k` by plain autodiff; every JAX
-          transformation, second derivatives included, at several times the cost.
+          transformation, second derivatives included; usually slower, with a few times the
+          fused path's temporary memory on large rows.
 
         Both give the same values and first derivatives to rounding (ties among the top scores
         resolved as `jax.lax.top_k` does); ``python -m benchmarks.loss_overhead`` measures their
-        cost.
+        cost (``docs/performance.md``).
 
     Returns:
       The GSC value per example, shape of ``logits`` without ``axis``, in the compute dtype. A
