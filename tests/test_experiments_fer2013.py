@@ -635,3 +635,17 @@ def test_cli_rejects_bad_input_before_training(args, message, tmp_path):
     out = _cli(flags, tmp_path, timeout=120)
     assert out.returncode != 0 and message in out.stderr
     assert not (tmp_path / "work").exists()
+
+
+def test_more_epochs_extend_a_run_and_other_changes_are_refused(tmp_path, monkeypatch):
+    """The run identity checked on resume holds the recipe without the epochs (which the loop
+    checks apart, so that more epochs extend a run)."""
+    seen = []
+    monkeypatch.setattr(loop, "train_and_evaluate",
+                        lambda *args, identity=None, **kw: seen.append(identity))
+    splits = data.load_csv(_write_csv(tmp_path / "f.csv", _faces(side=20)))
+    for changes in ({"epochs": 1}, {"epochs": 3}, {"epochs": 3, "width": 4}):
+        train.run(dataclasses.replace(TINY, **changes), splits, str(tmp_path / "run"))
+    assert seen[0] == seen[1]
+    assert seen[1] != seen[2] and seen[2]["recipe"]["width"] == 4
+    assert "epochs" not in seen[0]["recipe"]

@@ -178,7 +178,9 @@ def run(config: RunConfig, splits: data.FerSplits, workdir: str,
         augment=False, bf16=config.bf16, stop_after_steps=config.stop_after_steps,
         progress=config.progress, plateau_factor=recipe["plateau_factor"],
         plateau_patience=recipe["plateau_patience"], per_class=True)
-    identity = {"model": "vgg", "recipe": recipe, "val_usage": config.val_usage}
+    # What a resume must match; the epochs are checked apart (more epochs extend a run).
+    identity = {"model": "vgg", "recipe": {k: v for k, v in recipe.items() if k != "epochs"},
+                "val_usage": config.val_usage}
     clean = splits.training[1][:len(ds.train_labels)]
     info = {"model": "vgg", "recipe": recipe, "departures": departures(config),
             "val_usage": config.val_usage, "test_usage": data.check_val_usage(config.val_usage),
