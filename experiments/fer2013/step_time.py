@@ -77,7 +77,7 @@ def measure(*, width, hidden, train_crops, batch_size, eval_batch_size, gsc_gamm
         return metrics["loss"]
 
     t0 = time.perf_counter()
-    one_step()
+    jax.block_until_ready(one_step())
     first = time.perf_counter() - t0
     step_s = _median_time(one_step, num_steps)
     evaluator = evaluation.make_evaluator(
