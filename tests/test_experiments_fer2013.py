@@ -35,13 +35,7 @@ TINY = train.RunConfig(epochs=1, batch_size=8, crop=16, width=2, hidden=8, eval_
                        progress=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-    """Tiny models: compile time dominates, so skip most XLA optimisations in this module."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _faces(seed=0, side=SIDE):

@@ -10,13 +10,7 @@ from experiments.common.layers import TorchConv
 from experiments.cifar10 import models
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-    """Tiny shapes: compile time dominates, so skip most XLA optimisations in this module."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 @pytest.mark.parametrize(

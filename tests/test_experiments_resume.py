@@ -20,12 +20,7 @@ L = losses.LossSpec
 WALL_CLOCK = ("epoch_time_s",)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _dataset():

@@ -18,13 +18,7 @@ from _experiments_util import synthetic_dataset, tiny_config
 L = losses.LossSpec
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-    """Tiny models: compile time dominates, so skip most XLA optimisations in this module."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 @pytest.mark.parametrize("spec", [

@@ -18,7 +18,8 @@ import sys
 
 from absl import app, flags, logging
 
-from experiments.common import checkpoint, data, losses, parallel
+from experiments.common import checkpoint, data, parallel
+from experiments.common import flags as common_flags
 from experiments.cifar10 import tables, train
 
 F = flags.FLAGS
@@ -28,12 +29,7 @@ flags.DEFINE_string("data_dir", None, "Image-folder root (DIR/train/<class>/*, "
                     "DIR/test/<class>/*); default: TFDS cifar10.")
 flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (default ~/tensorflow_datasets).")
 flags.DEFINE_string("model", "alexnet", "alexnet | convmixer.")
-flags.DEFINE_string("loss", "ce", "ce | entropy | focal | ls | ols.")
-flags.DEFINE_float("gsc_gamma", 0.0, "GSC strength gamma (0 turns GSC off).")
-flags.DEFINE_integer("gsc_top_c", 2, "GSC top_c, 1 <= top_c <= 10.")
-flags.DEFINE_float("entropy_weight", 0.02, "lambda of --loss entropy.")
-flags.DEFINE_float("focal_eta", 2.0, "eta of --loss focal.")
-flags.DEFINE_float("ls_alpha", 0.1, "alpha of --loss ls.")
+common_flags.define_loss_flags(num_classes_help="10")
 flags.DEFINE_float("label_noise", 0.0, "Symmetric label-noise rate in [0, 1) (training labels).")
 flags.DEFINE_integer("epochs", None, "Epochs (default: recipe, 164 alexnet / 25 convmixer).")
 flags.DEFINE_integer("batch_size", None, "Global batch (default: recipe, 128 / 512).")
@@ -55,8 +51,7 @@ def main(argv):
     del argv
     if not F["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    loss = losses.LossSpec(F.loss, F.gsc_gamma, F.gsc_top_c, F.entropy_weight, F.focal_eta,
-                           F.ls_alpha)
+    loss = common_flags.loss_spec_from_flags(F)
     config = train.RunConfig(F.model, loss, F.label_noise, epochs=F.epochs,
                              batch_size=F.batch_size, learning_rate=F.learning_rate,
                              eval_batch_size=F.eval_batch_size, seed=F.seed,

@@ -16,7 +16,8 @@ import sys
 
 from absl import app, flags, logging
 
-from experiments.common import checkpoint, losses, parallel
+from experiments.common import checkpoint, parallel
+from experiments.common import flags as common_flags
 from experiments.common.data import DataError
 from experiments.fer2013 import data, tables, train
 
@@ -27,12 +28,7 @@ flags.DEFINE_string("data_dir", None, "Image folder DIR/{train,val,test}/<emotio
 flags.DEFINE_string("csv", None, "The Kaggle fer2013.csv (emotion, pixels, Usage).")
 flags.DEFINE_enum("val_usage", data.DEFAULT_VAL_USAGE, data.VAL_USAGES,
                   "The usage that validates; the other test usage is the test set.")
-flags.DEFINE_string("loss", "ce", "ce | entropy | focal | ls | ols.")
-flags.DEFINE_float("gsc_gamma", 0.0, "GSC strength gamma (0 turns GSC off).")
-flags.DEFINE_integer("gsc_top_c", 2, "GSC top_c, 1 <= top_c <= 7.")
-flags.DEFINE_float("entropy_weight", 0.02, "lambda of --loss entropy.")
-flags.DEFINE_float("focal_eta", 2.0, "eta of --loss focal.")
-flags.DEFINE_float("ls_alpha", 0.1, "alpha of --loss ls.")
+common_flags.define_loss_flags(num_classes_help="7")
 flags.DEFINE_float("label_noise", 0.0, "Symmetric label-noise rate in [0, 1) (training labels).")
 flags.DEFINE_integer("epochs", None, "Epochs (default: recipe, 300).")
 flags.DEFINE_integer("batch_size", None, "Faces per step (default: recipe, 64).")
@@ -59,8 +55,7 @@ def main(argv):
     if not F["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     try:
-        loss = losses.LossSpec(F.loss, F.gsc_gamma, F.gsc_top_c, F.entropy_weight, F.focal_eta,
-                               F.ls_alpha)
+        loss = common_flags.loss_spec_from_flags(F)
         config = train.RunConfig(
             loss, F.label_noise, epochs=F.epochs, batch_size=F.batch_size,
             learning_rate=F.learning_rate, train_crops=F.train_crops, crop=F.crop,

@@ -14,7 +14,8 @@ import sys
 
 from absl import app, flags, logging
 
-from experiments.common import checkpoint, loop, losses, parallel
+from experiments.common import checkpoint, loop, parallel
+from experiments.common import flags as common_flags
 from experiments.imagenet import pipeline, tables, train
 
 F = flags.FLAGS
@@ -26,12 +27,7 @@ flags.DEFINE_string("data_dir", None, "Image-folder root (DIR/train/<class>/*, D
 flags.DEFINE_string("model", "resnet50", "resnet18 | resnet50 | resnet101.")
 flags.DEFINE_string("recipe", None, "pycls | ols_flowers (default: pycls for ImageNet and "
                     "folders, ols_flowers for oxford_flowers102).")
-flags.DEFINE_string("loss", "ce", "ce | entropy | focal | ls | ols.")
-flags.DEFINE_float("gsc_gamma", 0.0, "GSC strength gamma (0 turns GSC off).")
-flags.DEFINE_integer("gsc_top_c", 2, "GSC top_c, 1 <= top_c <= num_classes.")
-flags.DEFINE_float("entropy_weight", 0.02, "lambda of --loss entropy.")
-flags.DEFINE_float("focal_eta", 2.0, "eta of --loss focal.")
-flags.DEFINE_float("ls_alpha", 0.1, "alpha of --loss ls.")
+common_flags.define_loss_flags()
 flags.DEFINE_integer("epochs", None, "Epochs (default: the recipe's 100).")
 flags.DEFINE_integer("batch_size", None, "Global batch (default: recipe, 256 pycls / 64 ols).")
 flags.DEFINE_float("learning_rate", None, "Base lr (default: 0.1 * batch / 128 pycls, 0.01 ols).")
@@ -52,8 +48,7 @@ def main(argv):
     del argv
     if not F["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    loss = losses.LossSpec(F.loss, F.gsc_gamma, F.gsc_top_c, F.entropy_weight, F.focal_eta,
-                           F.ls_alpha)
+    loss = common_flags.loss_spec_from_flags(F)
     config = train.RunConfig(
         dataset=F.dataset, data_dir=F.data_dir, model=F.model, loss=loss, recipe=F.recipe,
         epochs=F.epochs, batch_size=F.batch_size, learning_rate=F.learning_rate,
