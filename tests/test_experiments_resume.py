@@ -17,7 +17,7 @@ from _experiments_util import (TinyNet, sgd, synthetic_dataset, tiny_config,
                                tiny_loop_config)
 
 L = losses.LossSpec
-WALL_CLOCK = ("epoch_time_s",)
+WALL_CLOCK = ("epoch_time_s", "images_per_s")
 
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
