@@ -37,6 +37,7 @@ def test_each_loss_trains_one_epoch(spec, tmp_path):
     assert set(record) >= {"epoch", "train_loss", "test_top1", "test_top5", "test_nll",
                            "test_ece", "learning_rate", "epoch_time_s"}
     assert np.isfinite(record["train_loss"])
+    assert _tensorboard_scalars(tmp_path / "tensorboard") >= {"train_loss", "test_top1", "test_ece"}
     if spec.name == "ols":  # finalised once at the end of the epoch: rows are distributions
         np.testing.assert_allclose(np.asarray(result.state.ols.soft_labels).sum(-1), 1.0,
                                    atol=1e-5)
@@ -146,3 +147,11 @@ def test_loss_spec_decides_gsc_and_the_objective_logs_its_parts():
             np.testing.assert_allclose(parts["gsc_term"], term, rtol=1e-5)
             np.testing.assert_allclose(parts["base_loss"] + spec.gsc_gamma * parts["gsc_term"],
                                        loss, rtol=1e-5)
+
+
+def _tensorboard_scalars(logdir) -> set:
+    """The scalar tags written to the TensorBoard event files in `logdir`."""
+    from tensorboard.backend.event_processing import event_accumulator
+    events = event_accumulator.EventAccumulator(str(logdir), size_guidance={"tensors": 0})
+    events.Reload()
+    return set(events.Tags()["tensors"])

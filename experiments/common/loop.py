@@ -239,6 +239,7 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
     records = [r for r in report.read_jsonl(metrics_path) if r["step"] <= start]
     if is_main:
         report.write_jsonl(metrics_path, records)
+    scalars = report.TensorBoardScalars(os.path.join(workdir, "tensorboard")) if is_main else None
 
     if not stream:
         train_x = parallel.put_replicated(dataset.train_images, mesh)
@@ -321,6 +322,7 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
         records.append(record)
         if is_main:
             report.append_jsonl(metrics_path, record)
+            scalars.write(record)
         val_text = f"val_top1 {val_fields['val_top1']:.4f} " if val_fields else ""
         say(f"epoch {epoch}/{config.epochs}: train_loss {record['train_loss']:.4f} "
             f"top1 {ev['top1']:.4f} top5 {ev['top5']:.4f} nll {ev['nll']:.4f} "

@@ -100,6 +100,37 @@ def append_jsonl(path: str, record: dict) -> None:
         f.write(_dumps(record) + "\n")
 
 
+def tensorflow_off_accelerators():
+    """TensorFlow with its GPUs and TPUs hidden: it reads data and writes summaries only, and the
+    accelerators belong to JAX."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf.get_logger().setLevel("ERROR")
+    try:
+        tf.config.set_visible_devices([], "GPU")
+        tf.config.set_visible_devices([], "TPU")
+    except (RuntimeError, ValueError):  # already initialised, or no such device type
+        pass
+    return tf
+
+
+class TensorBoardScalars:
+    """Epoch records as TensorBoard scalars in `logdir`, through clu's metric writers (as the Flax
+    examples write theirs): `tensorboard --logdir WORKDIR/tensorboard` follows a run live."""
+
+    def __init__(self, logdir: str):
+        tensorflow_off_accelerators()
+        from clu import metric_writers  # pylint: disable=import-outside-toplevel
+        self._writer = metric_writers.create_default_writer(logdir, asynchronous=False)
+
+    def write(self, record: dict) -> None:
+        """Writes every finite number of `record` at its training step, then flushes."""
+        scalars = {key: value for key, value in record.items()
+                   if key not in ("epoch", "step") and isinstance(value, (int, float))
+                   and not isinstance(value, bool) and math.isfinite(value)}
+        self._writer.write_scalars(int(record["step"]), scalars)
+        self._writer.flush()
+
+
 def write_json(path: str, obj) -> None:
     """Writes `obj` as indented JSON, atomically; a dict's non-finite numbers become null."""
     if isinstance(obj, dict):

@@ -37,7 +37,7 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from experiments.common import streaming
+from experiments.common import report, streaming
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -58,15 +58,8 @@ class MissingDataError(ValueError):
 
 
 def _tf():
-    """TensorFlow with its devices hidden (tf.data only; the accelerators belong to JAX)."""
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    tf.get_logger().setLevel("ERROR")  # AutoGraph's notes on the lambdas it runs as they are
-    try:
-        tf.config.set_visible_devices([], "GPU")
-        tf.config.set_visible_devices([], "TPU")
-    except (RuntimeError, ValueError):  # already initialised, or no such device type
-        pass
-    return tf
+    """TensorFlow for tf.data, kept off the accelerators (`report.tensorflow_off_accelerators`)."""
+    return report.tensorflow_off_accelerators()
 
 
 @dataclasses.dataclass(frozen=True)
