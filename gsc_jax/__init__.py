@@ -22,7 +22,9 @@ from gsc_jax._ols import ols_finalize_epoch
 from gsc_jax._ols import ols_init
 from gsc_jax._ols import ols_update
 from gsc_jax._ols import online_label_smoothing_loss
+from gsc_jax._temperature import fit_matrix_scaling
 from gsc_jax._temperature import fit_temperature
+from gsc_jax._temperature import fit_vector_scaling
 
 __version__ = "0.1.0"
 
@@ -33,7 +35,9 @@ __all__ = [
     "cpu_kernel",
     "cross_entropy",
     "entropy_regularized_cross_entropy",
+    "fit_matrix_scaling",
     "fit_temperature",
+    "fit_vector_scaling",
     "focal_loss",
     "gsc_loss",
     "gsc_term",

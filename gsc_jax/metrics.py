@@ -447,3 +447,295 @@ def adaptive_calibration_error(
         probs, labels, num_bins=ADAPTIVE_FINE_BINS, example_mask=example_mask
     )
     return adaptive_calibration_error_from_stats(stats, num_bins=num_bins)
+
+
+@jax.jit
+def risk_coverage_curve_from_stats(stats: CalibrationStats) -> dict[str, Array]:
+    r"""Risk-coverage curve of selective classification at bin resolution (Geifman & El-Yaniv 2017).
+
+    A selective classifier accepts the examples whose top-1 confidence reaches a threshold and
+    abstains on the rest. With the threshold at the lower edge of bin ``m``, it accepts bins
+    ``m, ..., M-1``:
+
+    .. math::
+        \mathrm{coverage}_m = \frac{1}{N}\sum_{j \ge m} |B_j|, \qquad
+        \mathrm{risk}_m = \frac{\sum_{j \ge m} (|B_j| - \mathrm{correct}(B_j))}
+        {\sum_{j \ge m} |B_j|}
+
+    Examples in one bin are accepted or rejected together (as examples with tied confidences
+    are), so the curve is exact for a classifier that thresholds the binned confidence; on a fine
+    histogram (e.g. 4096 bins) it resolves any confidence gap wider than a bin.
+
+    Args:
+      stats: `CalibrationStats` with ``M`` bins.
+
+    Returns:
+      dict of ``[M]`` float32 arrays ``threshold`` (the bins' lower edges), ``coverage`` and
+      ``risk`` (0 where nothing is accepted); NaN everywhere but ``threshold`` if the stats saw an
+      invalid example or a field overflowed.
+    """
+    confidence = _normalize_confidence(stats.confidence)
+    unusable = _is_unusable(stats, confidence)
+    count = stats.count.astype(jnp.float32)
+    errors = (stats.count - stats.correct).astype(jnp.float32)
+    accepted = jnp.cumsum(count[::-1])[::-1]
+    accepted_errors = jnp.cumsum(errors[::-1])[::-1]
+    total = jnp.maximum(jnp.sum(count), 1.0)
+    num_bins = stats.count.shape[0]
+    return {
+        "threshold": jnp.arange(num_bins, dtype=jnp.float32) / num_bins,
+        "coverage": _nan_if(unusable, accepted / total),
+        "risk": _nan_if(unusable, accepted_errors / jnp.maximum(accepted, 1.0)),
+    }
+
+
+@jax.jit
+def area_under_risk_coverage_from_stats(stats: CalibrationStats) -> Array:
+    r"""AURC, the area under the risk-coverage curve (Geifman et al. 2019), at bin resolution.
+
+    Each example weighs :math:`1/N` and contributes the selective risk at the threshold that
+    first accepts it, that of its bin:
+
+    .. math::
+        \mathrm{AURC} = \sum_m \frac{|B_m|}{N}\,\mathrm{risk}_m
+
+    with :math:`\mathrm{risk}_m` from `risk_coverage_curve_from_stats`. This is the per-example
+    AURC :math:`\frac{1}{N}\sum_{i} \mathrm{risk}(\text{examples with } c \ge c_i)` with the
+    confidences replaced by their bin, i.e. with ties within a bin. Lower is better; 0 with no
+    examples; NaN if the stats saw an invalid example or a field overflowed. float32 scalar.
+    """
+    curve = risk_coverage_curve_from_stats(stats)
+    total = jnp.maximum(jnp.sum(stats.count.astype(jnp.float32)), 1.0)
+    return jnp.sum(stats.count.astype(jnp.float32) * curve["risk"]) / total
+
+
+def area_under_risk_coverage(
+    probs: ArrayLike,
+    labels: ArrayLike,
+    *,
+    num_bins: int = ADAPTIVE_FINE_BINS,
+    example_mask: Optional[ArrayLike] = None,
+) -> Array:
+    """AURC of ``probs [..., K]`` against ``labels [...]`` on a ``num_bins`` histogram (4096).
+
+    To accumulate it over batches or devices, accumulate `calibration_stats` with the same
+    ``num_bins`` and call `area_under_risk_coverage_from_stats`.
+    """
+    stats = calibration_stats(probs, labels, num_bins=num_bins, example_mask=example_mask)
+    return area_under_risk_coverage_from_stats(stats)
+
+
+class ClasswiseCalibrationStats(NamedTuple):
+    """Per-class, per-bin integer sums of :math:`p_k` against :math:`[y = k]`.
+
+    Merge with `merge_classwise_calibration_stats`, ``+`` or ``jax.lax.psum`` as `CalibrationStats`.
+    """
+
+    count: Array  # [K, M] int32: valid examples whose p_k falls in bin m.
+    hits: Array  # [K, M] int32: of those, how many have label k.
+    # [K, M, 3] int32: their sum of round(p_k * 2**20) as limbs of weights (2**20, 2**10, 1).
+    confidence: Array
+    invalid: Array  # [] int32: examples whose probabilities are not a distribution (not binned).
+
+
+def classwise_calibration_stats(
+    probs: ArrayLike,
+    labels: ArrayLike,
+    *,
+    num_bins: int = 15,
+    example_mask: Optional[ArrayLike] = None,
+) -> ClasswiseCalibrationStats:
+    r"""Bins every class probability :math:`p_k` and sums counts, label hits and :math:`p_k`.
+
+    For each class ``k`` and equal-width bin ``m`` (same bins as `calibration_stats`) the stats
+    hold :math:`|B_{km}|`, the number of examples with :math:`p_k \in B_m`; how many of them have
+    label ``k``; and the sum of their :math:`p_k` in fixed point. A label outside ``[-K, K)`` is
+    label of no class (its outcome is 0 for every class); negative labels count from the end. An
+    example whose probabilities are not a distribution is counted in ``invalid`` only.
+
+    Args:
+      probs: ``[..., K]`` predicted probabilities, floating point.
+      labels: ``[...]`` integer class ids.
+      num_bins: number of equal-width bins ``M >= 1``.
+      example_mask: optional boolean mask of the labels' shape; False examples are not counted.
+
+    Returns:
+      `ClasswiseCalibrationStats` of int32 arrays: ``count`` and ``hits`` ``[K, M]``,
+      ``confidence`` ``[K, M, 3]``, ``invalid`` ``[]``.
+    """
+    num_bins = _check_num_bins(num_bins)
+    probs, labels, batch_shape = _check_probs_labels(probs, labels)
+    example_mask = _examples.check_example_mask(example_mask, batch_shape)
+    if example_mask is not None:
+        example_mask = example_mask.reshape(-1)
+    if probs.shape[0] > _MAX_EXAMPLES:
+        raise ValueError(
+            f"`classwise_calibration_stats` takes at most {_MAX_EXAMPLES} examples per call, got "
+            f"{probs.shape[0]}; compute stats of smaller batches and merge them."
+        )
+    return _classwise_calibration_stats(
+        probs, labels, example_mask, num_bins=num_bins, tolerance=_sum_tolerance(probs.dtype)
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("num_bins", "tolerance"))
+def _classwise_calibration_stats(probs, labels, example_mask, *, num_bins: int, tolerance: float):
+    num_examples, num_classes = probs.shape
+    probs = probs.astype(_validation.compute_dtype(probs.dtype))
+    is_distribution = jnp.all((probs >= 0) & (probs <= 1), axis=-1) & (
+        jnp.abs(jnp.sum(probs, axis=-1) - 1) <= tolerance
+    )
+    takes_part = jnp.ones((num_examples,), bool) if example_mask is None else example_mask
+    binned = takes_part & is_distribution
+    probs = jnp.where(is_distribution[:, None], probs, 0.0)
+    ids, label_valid = _examples.class_ids(labels, num_classes)
+    hits = (jnp.arange(num_classes)[None, :] == ids[:, None]) & label_valid[:, None]
+    bins = jnp.clip(jnp.ceil(probs * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1)
+    quanta = jnp.round(probs * 2**_FRACTION_BITS).astype(jnp.int32)
+    values = jnp.stack(
+        [
+            jnp.ones_like(quanta),
+            hits.astype(jnp.int32),
+            quanta >> (2 * _LIMB_BITS),
+            (quanta >> _LIMB_BITS) & _LIMB_MASK,
+            quanta & _LIMB_MASK,
+        ],
+        axis=-1,
+    ) * binned[:, None, None].astype(jnp.int32)
+    num_chunks = max(1, -(-num_examples // _CHUNK))
+    cells = num_classes * num_bins
+    chunk = (jnp.arange(num_examples, dtype=jnp.int32) // _CHUNK)[:, None]
+    segments = jnp.arange(num_classes, dtype=jnp.int32)[None, :] * num_bins + bins + cells * chunk
+    sums = jax.ops.segment_sum(
+        values.reshape(-1, values.shape[-1]), segments.reshape(-1), num_segments=cells * num_chunks
+    )
+    sums = sums.reshape(num_chunks, num_classes, num_bins, values.shape[-1])
+    confidence_sums = jnp.sum(_normalize_confidence(sums[..., 2:]), axis=0, dtype=jnp.int32)
+    return ClasswiseCalibrationStats(
+        count=jnp.sum(sums[..., 0], axis=0, dtype=jnp.int32),
+        hits=jnp.sum(sums[..., 1], axis=0, dtype=jnp.int32),
+        confidence=_normalize_confidence(confidence_sums),
+        invalid=jnp.sum(takes_part & ~is_distribution, dtype=jnp.int32),
+    )
+
+
+@jax.jit
+def merge_classwise_calibration_stats(
+    a: ClasswiseCalibrationStats, b: ClasswiseCalibrationStats
+) -> ClasswiseCalibrationStats:
+    """Adds two classwise stats of the same shape (exact integer sums, carried; overflow is -1)."""
+    if a.count.shape != b.count.shape:
+        raise ValueError(
+            f"Cannot merge classwise stats of shapes {a.count.shape} and {b.count.shape}."
+        )
+    confidence = _add_marking_overflow(
+        _normalize_confidence(a.confidence), _normalize_confidence(b.confidence)
+    )
+    return ClasswiseCalibrationStats(
+        count=_add_marking_overflow(a.count, b.count),
+        hits=_add_marking_overflow(a.hits, b.hits),
+        confidence=_normalize_confidence(confidence),
+        invalid=_add_marking_overflow(a.invalid, b.invalid),
+    )
+
+
+def _classwise_terms(stats: ClasswiseCalibrationStats):
+    """``(gap [K, M], confidence sum [K, M], N, unusable)`` with gap = hits - sum of p_k."""
+    confidence = _normalize_confidence(stats.confidence)
+    unusable = (
+        jnp.any(stats.invalid != 0)
+        | jnp.any(stats.count < 0)
+        | jnp.any(stats.hits < 0)
+        | jnp.any(confidence < 0)
+    )
+    gap, confidence_sum = _confidence_terms(stats.hits, confidence)
+    # Every example is binned once per class; N is the count of any one class.
+    total = jnp.sum(stats.count[0].astype(jnp.float32))
+    return gap, confidence_sum, total, unusable
+
+
+@jax.jit
+def classwise_calibration_error_from_stats(stats: ClasswiseCalibrationStats) -> Array:
+    r"""Classwise ECE, the static calibration error SCE (Nixon et al. 2019).
+
+    .. math::
+        \mathrm{SCE} = \frac{1}{K}\sum_{k=1}^{K}\sum_{m=1}^{M} \frac{|B_{km}|}{N}
+        \left|\mathrm{acc}(B_{km}) - \mathrm{conf}(B_{km})\right|
+
+    with :math:`\mathrm{acc}(B_{km})` the fraction of the bin's examples labelled ``k`` and
+    :math:`\mathrm{conf}(B_{km})` their mean :math:`p_k`. 0 with no examples; NaN if the stats saw
+    an invalid example or a field overflowed. float32 scalar.
+    """
+    gap, _, total, unusable = _classwise_terms(stats)
+    num_classes = stats.count.shape[0]
+    sce = jnp.sum(jnp.abs(gap)) / (num_classes * jnp.maximum(total, 1.0))
+    return _nan_if(unusable, sce)
+
+
+def classwise_calibration_error(
+    probs: ArrayLike,
+    labels: ArrayLike,
+    *,
+    num_bins: int = 15,
+    example_mask: Optional[ArrayLike] = None,
+) -> Array:
+    """Classwise ECE (SCE) of ``probs [..., K]``; see `classwise_calibration_error_from_stats`."""
+    stats = classwise_calibration_stats(
+        probs, labels, num_bins=num_bins, example_mask=example_mask
+    )
+    return classwise_calibration_error_from_stats(stats)
+
+
+@jax.jit
+def brier_decomposition_from_stats(stats: ClasswiseCalibrationStats) -> dict[str, Array]:
+    r"""Murphy's (1973) decomposition of the multi-class Brier score, per class and binned.
+
+    Each class probability is replaced by its bin's mean :math:`f_{km}`; with
+    :math:`\bar o_{km}` the fraction of the bin labelled ``k`` and :math:`\bar o_k` the base rate
+    of class ``k``:
+
+    .. math::
+        \mathrm{REL} = \frac{1}{N}\sum_{k,m} |B_{km}| (f_{km} - \bar o_{km})^2, \quad
+        \mathrm{RES} = \frac{1}{N}\sum_{k,m} |B_{km}| (\bar o_{km} - \bar o_k)^2, \quad
+        \mathrm{UNC} = \sum_k \bar o_k (1 - \bar o_k)
+
+    and :math:`\mathrm{REL} - \mathrm{RES} + \mathrm{UNC}` is exactly the Brier score
+    :math:`\frac{1}{N}\sum_n \sum_k (f_{k,m(n,k)} - [y_n = k])^2` of that binned forecast, which
+    tends to the Brier score of the probabilities as bins narrow. An out-of-range label counts as
+    an outcome of 0 for every class (then UNC is computed from base rates summing below 1).
+
+    Returns:
+      dict of float32 scalars ``reliability``, ``resolution``, ``uncertainty`` and ``brier``
+      (``REL - RES + UNC``); all 0 with no examples, all NaN if the stats saw an invalid example or
+      a field overflowed.
+    """
+    gap, _, total, unusable = _classwise_terms(stats)
+    safe_total = jnp.maximum(total, 1.0)
+    count = stats.count.astype(jnp.float32)
+    safe_count = jnp.maximum(count, 1.0)
+    hits = stats.hits.astype(jnp.float32)
+    base_rate = jnp.sum(hits, axis=-1) / safe_total
+    reliability = jnp.sum(jnp.square(gap) / safe_count) / safe_total
+    bin_rate = hits / safe_count
+    resolution = jnp.sum(count * jnp.square(bin_rate - base_rate[:, None])) / safe_total
+    uncertainty = jnp.sum(base_rate * (1.0 - base_rate))
+    return {
+        "reliability": _nan_if(unusable, reliability),
+        "resolution": _nan_if(unusable, resolution),
+        "uncertainty": _nan_if(unusable, uncertainty),
+        "brier": _nan_if(unusable, reliability - resolution + uncertainty),
+    }
+
+
+def brier_decomposition(
+    probs: ArrayLike,
+    labels: ArrayLike,
+    *,
+    num_bins: int = 15,
+    example_mask: Optional[ArrayLike] = None,
+) -> dict[str, Array]:
+    """Brier reliability/resolution/uncertainty; see `brier_decomposition_from_stats`."""
+    stats = classwise_calibration_stats(
+        probs, labels, num_bins=num_bins, example_mask=example_mask
+    )
+    return brier_decomposition_from_stats(stats)

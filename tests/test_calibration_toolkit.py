@@ -1,0 +1,372 @@
+"""Selective classification, Brier decomposition, classwise ECE and vector/matrix scaling.
+
+Each metric is checked against a brute-force NumPy formula and for exact accumulation over batches
+and devices; the post-hoc fits for finiteness on degenerate held-out sets and for recovering a
+known affine distortion of the logits.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gsc_jax
+from gsc_jax import metrics
+
+
+def random_predictions(seed, n=400, k=5, temperature=2.0):
+    rng = np.random.default_rng(seed)
+    logits = (rng.normal(size=(n, k)) * temperature).astype(np.float32)
+    labels = np.where(rng.random(n) < 0.6, logits.argmax(-1), rng.integers(0, k, n))
+    return logits, labels, np.asarray(jax.nn.softmax(logits))
+
+
+def bin_index(values, num_bins):
+    """(lower, upper] equal-width bins in float64, 0 in the first bin."""
+    edges = np.linspace(0.0, 1.0, num_bins + 1)
+    index = np.searchsorted(edges, values.astype(np.float64), side="left") - 1
+    return np.clip(index, 0, num_bins - 1)
+
+
+def brute_force_aurc(scores, correct):
+    """Per-example AURC: each example gets the risk of all examples scored at least as high."""
+    risks = [np.mean(~correct[scores >= s]) for s in scores]
+    return float(np.mean(risks))
+
+
+# ----------------------------------------------------------------------------- selective
+@pytest.mark.parametrize("num_bins", [1, 10, 4096])
+def test_aurc_matches_brute_force_with_binned_ties(num_bins):
+    _, labels, probs = random_predictions(0)
+    confidence = probs.max(-1)
+    correct = probs.argmax(-1) == labels
+    expected = brute_force_aurc(bin_index(confidence, num_bins), correct)
+    got = metrics.area_under_risk_coverage(probs, labels, num_bins=num_bins)
+    np.testing.assert_allclose(float(got), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_aurc_on_fine_bins_is_the_exact_per_example_aurc():
+    # Confidences in distinct bins of a 4096-bin histogram: binning loses nothing, and the
+    # result is the per-example AURC of the raw confidences.
+    rng = np.random.default_rng(1)
+    confidence = (rng.choice(np.arange(2048, 4096), size=150, replace=False) + 0.5) / 4096
+    probs = np.stack([confidence, 1 - confidence], -1).astype(np.float32)
+    labels = rng.integers(0, 2, size=150)
+    correct = labels == 0
+    assert len(np.unique(bin_index(probs.max(-1), 4096))) == 150
+    got = metrics.area_under_risk_coverage(probs, labels)
+    np.testing.assert_allclose(float(got), brute_force_aurc(confidence, correct), rtol=1e-5)
+
+
+def test_risk_coverage_curve_matches_thresholding():
+    _, labels, probs = random_predictions(2)
+    num_bins = 8
+    stats = metrics.calibration_stats(probs, labels, num_bins=num_bins)
+    curve = metrics.risk_coverage_curve_from_stats(stats)
+    bins = bin_index(probs.max(-1), num_bins)
+    wrong = probs.argmax(-1) != labels
+    for m in range(num_bins):
+        accepted = bins >= m
+        np.testing.assert_allclose(float(curve["coverage"][m]), accepted.mean(), rtol=1e-6)
+        risk = wrong[accepted].mean() if accepted.any() else 0.0
+        np.testing.assert_allclose(float(curve["risk"][m]), risk, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(curve["threshold"], np.arange(num_bins) / num_bins)
+
+
+def test_aurc_extremes_and_invalid():
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]], np.float32)
+    assert float(metrics.area_under_risk_coverage(probs, probs.argmax(-1))) == 0.0
+    assert float(metrics.area_under_risk_coverage(probs, 1 - probs.argmax(-1))) == 1.0
+    # The confident error costs more than the unconfident one.
+    high = float(metrics.area_under_risk_coverage(probs, np.array([1, 0, 1])))
+    low = float(metrics.area_under_risk_coverage(probs, np.array([0, 1, 1])))
+    assert high > low > 0.0
+    bad = probs.copy()
+    bad[0, 0] = np.nan
+    assert np.isnan(float(metrics.area_under_risk_coverage(bad, np.array([0, 0, 1]))))
+    empty = metrics.calibration_stats(probs, np.zeros(3, int), example_mask=np.zeros(3, bool))
+    assert float(metrics.area_under_risk_coverage_from_stats(empty)) == 0.0
+
+
+# ----------------------------------------------------------------------------- classwise stats
+def brute_force_classwise(probs, labels, num_bins):
+    """Per class, per bin: count, hits and sum of p_k in float64; SCE and Murphy's terms."""
+    n, k = probs.shape
+    sce = 0.0
+    rel = res = unc = binned_brier = 0.0
+    for c in range(k):
+        p = probs[:, c].astype(np.float64)
+        outcome = (labels == c) | (labels == c - k)
+        base = outcome.mean()
+        unc += base * (1 - base)
+        bins = bin_index(p, num_bins)
+        forecast = np.zeros(n)
+        for m in range(num_bins):
+            in_bin = bins == m
+            if not in_bin.any():
+                continue
+            gap = outcome[in_bin].mean() - p[in_bin].mean()
+            sce += in_bin.mean() * abs(gap) / k
+            rel += in_bin.mean() * gap**2
+            res += in_bin.mean() * (outcome[in_bin].mean() - base) ** 2
+            forecast[in_bin] = p[in_bin].mean()
+        binned_brier += np.mean((forecast - outcome) ** 2)
+    return sce, rel, res, unc, binned_brier
+
+
+@pytest.mark.parametrize("num_bins", [1, 15])
+def test_classwise_ece_and_brier_decomposition_match_brute_force(num_bins):
+    _, labels, probs = random_predictions(3)
+    labels = np.where(np.arange(len(labels)) % 7 == 0, labels - probs.shape[1], labels)
+    sce, rel, res, unc, binned_brier = brute_force_classwise(probs, labels, num_bins)
+    stats = metrics.classwise_calibration_stats(probs, labels, num_bins=num_bins)
+    assert stats.count.shape == (probs.shape[1], num_bins)
+    np.testing.assert_allclose(
+        float(metrics.classwise_calibration_error_from_stats(stats)), sce, rtol=1e-5, atol=1e-7
+    )
+    parts = metrics.brier_decomposition_from_stats(stats)
+    np.testing.assert_allclose(float(parts["reliability"]), rel, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(float(parts["resolution"]), res, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(float(parts["uncertainty"]), unc, rtol=1e-5)
+    # REL - RES + UNC is the Brier score of the binned forecast, computed independently.
+    np.testing.assert_allclose(float(parts["brier"]), binned_brier, rtol=1e-5)
+
+
+def test_brier_decomposition_tends_to_the_brier_score():
+    _, labels, probs = random_predictions(4)
+    brier = float(np.mean(metrics.brier_score(probs, labels)))
+    parts = metrics.brier_decomposition(probs, labels, num_bins=4096)
+    np.testing.assert_allclose(float(parts["brier"]), brier, rtol=1e-3)
+
+
+def test_classwise_ece_one_class_is_binary_ece():
+    # With two classes SCE averages the ECE-like gaps of p_0 and p_1 = 1 - p_0; with a forecast
+    # that equals the label frequency in each bin it is 0.
+    probs = np.array([[0.25, 0.75]] * 4 + [[1.0, 0.0]] * 2, np.float32)
+    labels = np.array([0, 1, 1, 1, 0, 0])
+    assert float(metrics.classwise_calibration_error(probs, labels, num_bins=10)) == 0.0
+    labels = np.array([1, 1, 1, 1, 0, 0])
+    np.testing.assert_allclose(
+        float(metrics.classwise_calibration_error(probs, labels, num_bins=10)),
+        (4 / 6) * 0.25,
+        rtol=1e-6,
+    )
+
+
+def test_classwise_batched_equals_one_shot_bit_for_bit():
+    _, labels, probs = random_predictions(5, n=300)
+    mask = np.arange(300) % 11 != 0
+    one_shot = metrics.classwise_calibration_stats(probs, labels, num_bins=15, example_mask=mask)
+    merged = None
+    for start in range(0, 300, 70):
+        part = metrics.classwise_calibration_stats(
+            probs[start : start + 70],
+            labels[start : start + 70],
+            num_bins=15,
+            example_mask=mask[start : start + 70],
+        )
+        merged = part if merged is None else metrics.merge_classwise_calibration_stats(merged, part)
+    for a, b in zip(one_shot, merged):
+        np.testing.assert_array_equal(a, b)
+    summed = jax.tree_util.tree_map(
+        lambda a, b: a + b,
+        metrics.classwise_calibration_stats(probs[:150], labels[:150], example_mask=mask[:150]),
+        metrics.classwise_calibration_stats(probs[150:], labels[150:], example_mask=mask[150:]),
+    )
+    for fn in (metrics.classwise_calibration_error_from_stats,):
+        assert np.asarray(fn(one_shot)).tobytes() == np.asarray(fn(merged)).tobytes()
+        assert np.asarray(fn(one_shot)).tobytes() == np.asarray(fn(summed)).tobytes()
+    for key, value in metrics.brier_decomposition_from_stats(one_shot).items():
+        for other in (merged, summed):
+            got = metrics.brier_decomposition_from_stats(other)[key]
+            assert np.asarray(value).tobytes() == np.asarray(got).tobytes(), key
+
+
+def test_classwise_invalid_rows_and_overflow_give_nan():
+    _, labels, probs = random_predictions(6, n=20)
+    logits_by_mistake = probs * 3.0
+    stats = metrics.classwise_calibration_stats(logits_by_mistake, labels)
+    assert int(stats.invalid) == 20 and int(stats.count.sum()) == 0
+    assert np.isnan(float(metrics.classwise_calibration_error_from_stats(stats)))
+    assert all(np.isnan(float(v)) for v in metrics.brier_decomposition_from_stats(stats).values())
+    good = metrics.classwise_calibration_stats(probs, labels)
+    overflowed = good._replace(count=good.count.at[0, 0].set(-1))
+    assert np.isnan(float(metrics.classwise_calibration_error_from_stats(overflowed)))
+    assert float(
+        metrics.classwise_calibration_error_from_stats(
+            metrics.classwise_calibration_stats(probs, labels, example_mask=np.zeros(20, bool))
+        )
+    ) == 0.0
+
+
+def test_classwise_bad_arguments_raise():
+    _, labels, probs = random_predictions(7, n=10)
+    with pytest.raises(ValueError, match="num_bins"):
+        metrics.classwise_calibration_stats(probs, labels, num_bins=0)
+    with pytest.raises(ValueError, match="example_mask"):
+        metrics.classwise_calibration_stats(probs, labels, example_mask=np.ones(3, bool))
+    with pytest.raises(TypeError, match="labels"):
+        metrics.classwise_calibration_stats(probs, labels.astype(np.float32))
+    a = metrics.classwise_calibration_stats(probs, labels, num_bins=4)
+    b = metrics.classwise_calibration_stats(probs, labels, num_bins=5)
+    with pytest.raises(ValueError, match="Cannot merge"):
+        metrics.merge_classwise_calibration_stats(a, b)
+
+
+MULTI_DEVICE_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import jax, jax.numpy as jnp, numpy as np
+    from gsc_jax import metrics
+    assert jax.device_count() == 8
+    rng = np.random.default_rng(0)
+    probs = np.asarray(jax.nn.softmax(rng.normal(size=(8, 40, 5)) * 2.0), np.float32)
+    labels = rng.integers(-5, 6, size=(8, 40))
+
+    def per_device(p, y):
+        stats = metrics.classwise_calibration_stats(p, y, num_bins=15)
+        top = metrics.calibration_stats(p, y, num_bins=64)
+        return jax.lax.psum((stats, top), "d")
+
+    stats, top = jax.pmap(per_device, axis_name="d")(probs, labels)
+    stats = jax.tree_util.tree_map(lambda x: x[0], stats)
+    top = jax.tree_util.tree_map(lambda x: x[0], top)
+    one = metrics.classwise_calibration_stats(probs.reshape(-1, 5), labels.reshape(-1))
+    one_top = metrics.calibration_stats(probs.reshape(-1, 5), labels.reshape(-1), num_bins=64)
+    values = [metrics.classwise_calibration_error_from_stats(s) for s in (stats, one)]
+    values += [metrics.brier_decomposition_from_stats(s)["brier"] for s in (stats, one)]
+    values += [metrics.area_under_risk_coverage_from_stats(s) for s in (top, one_top)]
+    print(json.dumps([np.asarray(v).tobytes().hex() for v in values]))
+    """
+)
+
+
+def test_eight_fake_devices_equal_one_device():
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    env["JAX_PLATFORMS"] = "cpu"
+    out = subprocess.run(
+        [sys.executable, "-c", MULTI_DEVICE_SCRIPT], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    values = json.loads(out.stdout.strip().splitlines()[-1])
+    assert values[0] == values[1] and values[2] == values[3] and values[4] == values[5]
+
+
+# ----------------------------------------------------------------------------- post-hoc scaling
+def softmax_np(z):
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def distorted_held_out(seed, n=3000, k=4):
+    """True logits, labels drawn from their softmax, and the true probabilities."""
+    rng = np.random.default_rng(seed)
+    true_logits = rng.normal(size=(n, k)) * 2.0
+    probs = softmax_np(true_logits)
+    labels = (rng.random((n, 1)) > np.cumsum(probs, -1)).sum(-1)
+    return true_logits, labels, probs
+
+
+def test_matrix_scaling_recovers_an_affine_distortion():
+    true_logits, labels, probs = distorted_held_out(0)
+    distortion = np.diag([0.5, 2.0, 1.0, 3.0])
+    distortion[0, 1] = 0.3
+    shift = np.array([1.0, -1.0, 0.5, 0.0])
+    observed = ((true_logits - shift) @ np.linalg.inv(distortion).T).astype(np.float32)
+    weight, bias = gsc_jax.fit_matrix_scaling(observed, labels)
+    fitted = softmax_np(observed @ np.asarray(weight, np.float64).T + np.asarray(bias))
+    before = np.abs(softmax_np(observed) - probs).mean()
+    after = np.abs(fitted - probs).mean()
+    assert after < 0.03 < before
+
+
+def test_vector_scaling_recovers_a_per_class_distortion():
+    true_logits, labels, probs = distorted_held_out(1)
+    scale = np.array([0.5, 2.0, 1.0, 3.0])
+    shift = np.array([1.0, -1.0, 0.5, 0.0])
+    observed = ((true_logits - shift) / scale).astype(np.float32)
+    fitted_scale, fitted_bias = gsc_jax.fit_vector_scaling(observed, labels)
+    fitted = softmax_np(observed * np.asarray(fitted_scale) + np.asarray(fitted_bias))
+    assert np.abs(fitted - probs).mean() < 0.03 < np.abs(softmax_np(observed) - probs).mean()
+    # Softmax is invariant to a common shift of the bias; the scales are identified.
+    np.testing.assert_allclose(np.asarray(fitted_scale), scale, rtol=0.15)
+
+
+def test_vector_scaling_is_the_nll_minimiser():
+    # At the fit, the gradient of the penalised mean NLL (float64 central differences) vanishes.
+    logits, labels, _ = random_predictions(8, n=200, k=3)
+    scale, bias = gsc_jax.fit_vector_scaling(logits, labels, l2_penalty=1e-2)
+    params = np.concatenate([np.asarray(scale), np.asarray(bias)]).astype(np.float64)
+
+    def objective(theta):
+        z = logits.astype(np.float64) * theta[:3] + theta[3:]
+        logp = np.log(softmax_np(z))
+        nll = -np.mean(logp[np.arange(len(labels)), labels])
+        return nll + 0.005 * (np.sum((theta[:3] - 1) ** 2) + np.sum(theta[3:] ** 2))
+
+    eps = 1e-5
+    grad = [
+        (objective(params + eps * e) - objective(params - eps * e)) / (2 * eps)
+        for e in np.eye(6)
+    ]
+    np.testing.assert_allclose(grad, 0.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("fit", [gsc_jax.fit_vector_scaling, gsc_jax.fit_matrix_scaling])
+@pytest.mark.parametrize("case", ["all_correct", "all_wrong", "one_class", "huge_logits"])
+def test_degenerate_held_out_sets_give_finite_parameters(fit, case):
+    rng = np.random.default_rng(9)
+    logits = rng.normal(size=(60, 4)).astype(np.float32)
+    if case == "all_correct":
+        labels = logits.argmax(-1)
+    elif case == "all_wrong":
+        labels = (logits.argmax(-1) + 1) % 4
+    elif case == "one_class":
+        labels = np.full(60, 2)
+    else:
+        logits = logits * 1e4
+        labels = logits.argmax(-1)
+    params = fit(logits, labels)
+    for p in params:
+        assert np.all(np.isfinite(np.asarray(p))), (case, p)
+    calibrated = (
+        logits * params[0] + params[1]
+        if params[0].ndim == 1
+        else logits @ np.asarray(params[0]).T + params[1]
+    )
+    nll_before = float(np.mean(metrics.negative_log_likelihood(logits, labels)))
+    nll_after = float(np.mean(metrics.negative_log_likelihood(calibrated, labels)))
+    assert np.isfinite(nll_after) and nll_after <= nll_before + 1e-4
+    if case == "one_class":
+        assert np.all(np.asarray(jax.nn.softmax(calibrated))[:, 2] > 0.5)
+
+
+@pytest.mark.parametrize("fit", [gsc_jax.fit_vector_scaling, gsc_jax.fit_matrix_scaling])
+def test_scaling_unusable_inputs_give_nan_and_mask_and_jit(fit):
+    logits, labels, _ = random_predictions(10, n=50, k=3)
+    bad = logits.copy()
+    bad[3, 1] = np.nan
+    assert all(np.all(np.isnan(np.asarray(p))) for p in fit(bad, labels))
+    assert all(np.all(np.isnan(np.asarray(p))) for p in fit(logits, np.full(50, 3)))
+    mask = np.arange(50) != 3
+    masked = fit(bad, labels, example_mask=mask)
+    dropped = fit(np.delete(logits, 3, 0), np.delete(labels, 3))
+    for a, b in zip(masked, dropped):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    jitted = jax.jit(fit)(jnp.asarray(logits), jnp.asarray(labels))
+    for a, b in zip(jitted, fit(logits, labels)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="l2_penalty"):
+        fit(logits, labels, l2_penalty=0.0)
+    with pytest.raises(ValueError, match="num_iterations"):
+        fit(logits, labels, num_iterations=0)
+    with pytest.raises(ValueError, match="logits"):
+        fit(logits[0], labels[0])
