@@ -9,6 +9,7 @@ from gsc_jax import metrics
 from gsc_jax._gsc import gsc_loss
 from gsc_jax._gsc import gsc_term
 from gsc_jax._gsc import with_gsc
+from gsc_jax._linear import linear_gsc_loss
 from gsc_jax._losses import cross_entropy
 from gsc_jax._losses import entropy_regularized_cross_entropy
 from gsc_jax._losses import focal_loss
@@ -42,6 +43,7 @@ __all__ = [
     "gsc_loss",
     "gsc_term",
     "label_smoothing_cross_entropy",
+    "linear_gsc_loss",
     "metrics",
     "ols_batch_statistics",
     "ols_finalize_epoch",
