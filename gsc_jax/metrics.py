@@ -92,6 +92,31 @@ def _sum_tolerance(dtype) -> float:
     return max(0.01, 8 * float(jnp.finfo(dtype).eps))
 
 
+def _check_stats_inputs(name: str, probs, labels, example_mask, num_bins):
+    """The checks of the ``*_stats`` functions; ``probs [N, K]``, ``labels [N]``, a mask ``[N]``."""
+    num_bins = _check_num_bins(num_bins)
+    probs, labels, batch_shape = _check_probs_labels(probs, labels)
+    example_mask = _examples.check_example_mask(example_mask, batch_shape)
+    if example_mask is not None:
+        example_mask = example_mask.reshape(-1)
+    if probs.shape[0] > _MAX_EXAMPLES:
+        raise ValueError(
+            f"`{name}` takes at most {_MAX_EXAMPLES} examples per call, got {probs.shape[0]}; "
+            "compute stats of smaller batches and merge them."
+        )
+    return probs, labels, example_mask, num_bins
+
+
+def _binned_rows(probs, example_mask, tolerance: float):
+    """Per row of ``probs [N, K]``: whether it is a distribution (entries in [0, 1] summing to 1
+    within ``tolerance``), whether it takes part (the mask), and whether it is binned (both)."""
+    is_distribution = jnp.all((probs >= 0) & (probs <= 1), axis=-1) & (
+        jnp.abs(jnp.sum(probs, axis=-1) - 1) <= tolerance
+    )
+    takes_part = jnp.ones(probs.shape[:1], bool) if example_mask is None else example_mask
+    return is_distribution, takes_part, takes_part & is_distribution
+
+
 def top_k_accuracy(logits: ArrayLike, labels: ArrayLike, *, k: int = 1) -> Array:
     """1.0 where the label is among the ``k`` highest logits, else 0.0; shape ``[...]``.
 
@@ -201,17 +226,8 @@ def calibration_stats(
       `CalibrationStats` of int32 arrays: ``count`` and ``correct`` ``[M]``, ``confidence``
       ``[M, 3]``, ``invalid`` ``[]``.
     """
-    num_bins = _check_num_bins(num_bins)
-    probs, labels, batch_shape = _check_probs_labels(probs, labels)
-    example_mask = _examples.check_example_mask(example_mask, batch_shape)
-    if example_mask is not None:
-        example_mask = example_mask.reshape(-1)
-    num_examples = probs.shape[0]
-    if num_examples > _MAX_EXAMPLES:
-        raise ValueError(
-            f"`calibration_stats` takes at most {_MAX_EXAMPLES} examples per call, got "
-            f"{num_examples}; compute stats of smaller batches and merge them."
-        )
+    probs, labels, example_mask, num_bins = _check_stats_inputs(
+        "calibration_stats", probs, labels, example_mask, num_bins)
     return _calibration_stats(
         probs, labels, example_mask, num_bins=num_bins, tolerance=_sum_tolerance(probs.dtype)
     )
@@ -222,11 +238,7 @@ def _calibration_stats(probs, labels, example_mask, *, num_bins: int, tolerance:
     """`calibration_stats` after its checks, on ``probs [N, K]``, ``labels [N]``, a mask ``[N]``."""
     num_examples, num_classes = probs.shape
     probs = probs.astype(_validation.compute_dtype(probs.dtype))
-    is_distribution = jnp.all((probs >= 0) & (probs <= 1), axis=-1) & (
-        jnp.abs(jnp.sum(probs, axis=-1) - 1) <= tolerance
-    )
-    takes_part = jnp.ones((num_examples,), bool) if example_mask is None else example_mask
-    binned = takes_part & is_distribution
+    is_distribution, takes_part, binned = _binned_rows(probs, example_mask, tolerance)
 
     confidence = jnp.where(is_distribution, jnp.max(probs, axis=-1), 0.0)
     ids, label_valid = _examples.class_ids(labels, num_classes)
@@ -563,16 +575,8 @@ def classwise_calibration_stats(
       `ClasswiseCalibrationStats` of int32 arrays: ``count`` and ``hits`` ``[K, M]``,
       ``confidence`` ``[K, M, 3]``, ``invalid`` ``[]``.
     """
-    num_bins = _check_num_bins(num_bins)
-    probs, labels, batch_shape = _check_probs_labels(probs, labels)
-    example_mask = _examples.check_example_mask(example_mask, batch_shape)
-    if example_mask is not None:
-        example_mask = example_mask.reshape(-1)
-    if probs.shape[0] > _MAX_EXAMPLES:
-        raise ValueError(
-            f"`classwise_calibration_stats` takes at most {_MAX_EXAMPLES} examples per call, got "
-            f"{probs.shape[0]}; compute stats of smaller batches and merge them."
-        )
+    probs, labels, example_mask, num_bins = _check_stats_inputs(
+        "classwise_calibration_stats", probs, labels, example_mask, num_bins)
     return _classwise_calibration_stats(
         probs, labels, example_mask, num_bins=num_bins, tolerance=_sum_tolerance(probs.dtype)
     )
@@ -582,11 +586,7 @@ def classwise_calibration_stats(
 def _classwise_calibration_stats(probs, labels, example_mask, *, num_bins: int, tolerance: float):
     num_examples, num_classes = probs.shape
     probs = probs.astype(_validation.compute_dtype(probs.dtype))
-    is_distribution = jnp.all((probs >= 0) & (probs <= 1), axis=-1) & (
-        jnp.abs(jnp.sum(probs, axis=-1) - 1) <= tolerance
-    )
-    takes_part = jnp.ones((num_examples,), bool) if example_mask is None else example_mask
-    binned = takes_part & is_distribution
+    is_distribution, takes_part, binned = _binned_rows(probs, example_mask, tolerance)
     probs = jnp.where(is_distribution[:, None], probs, 0.0)
     ids, label_valid = _examples.class_ids(labels, num_classes)
     hits = (jnp.arange(num_classes)[None, :] == ids[:, None]) & label_valid[:, None]
