@@ -16,7 +16,7 @@ Kept short so that the logic (train.py, tables.py) can be imported and tested.
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments.common import checkpoint, data, parallel
 from experiments.common import flags as common_flags
@@ -43,14 +43,12 @@ flags.DEFINE_integer("table", 0, "1: all Table 1 rows; 2: the noisy-label grid o
 flags.DEFINE_bool("sweep", False, "Fig. 5 sweep: gamma x top_c (and entropy lambda).")
 flags.DEFINE_list("sweep_gammas", ["0.01", "0.02", "0.05", "0.1", "0.2"], "Sweep strengths.")
 flags.DEFINE_list("sweep_top_c", ["2", "3", "4", "5"], "Sweep top_c values.")
-flags.DEFINE_integer("stop_after_steps", 0, "Checkpoint and exit after N steps (0 = off).")
-flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (or GSC_JAX_MULTIHOST=1).")
+common_flags.define_run_flags()
 
 
 def main(argv):
     del argv
-    if not F["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    common_flags.quiet_logging_unless_asked(F)
     loss = common_flags.loss_spec_from_flags(F)
     config = train.RunConfig(F.model, loss, F.label_noise, epochs=F.epochs,
                              batch_size=F.batch_size, learning_rate=F.learning_rate,

@@ -1,6 +1,6 @@
 """Command-line flags every experiment shares: the loss, its hyper-parameters and the GSC term."""
 
-from absl import flags
+from absl import flags, logging
 
 from experiments.common import losses
 
@@ -23,3 +23,16 @@ def loss_spec_from_flags(values: flags.FlagValues = flags.FLAGS) -> losses.LossS
     """The `losses.LossSpec` that the flags of `define_loss_flags` describe."""
     return losses.LossSpec(values.loss, values.gsc_gamma, values.gsc_top_c,
                            values.entropy_weight, values.focal_eta, values.ls_alpha)
+
+
+def define_run_flags() -> None:
+    """Defines --stop_after_steps and --multihost, which every training command takes."""
+    flags.DEFINE_integer("stop_after_steps", 0, "Checkpoint and exit after N steps (0 = off).")
+    flags.DEFINE_bool("multihost", False,
+                      "Call jax.distributed.initialize() (or GSC_JAX_MULTIHOST=1).")
+
+
+def quiet_logging_unless_asked(values: flags.FlagValues = flags.FLAGS) -> None:
+    """WARNING-level logging unless --verbosity was given (orbax logs every save at INFO)."""
+    if not values["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)

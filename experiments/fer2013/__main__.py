@@ -14,7 +14,7 @@ Running the same command again resumes from the latest checkpoint; SIGTERM/Ctrl-
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments.common import checkpoint, parallel
 from experiments.common import flags as common_flags
@@ -46,14 +46,12 @@ flags.DEFINE_integer("num_eval_examples", 0, "Use the first N validation / test 
 flags.DEFINE_bool("bf16", False, "bfloat16 compute.")
 flags.DEFINE_integer("table", 0, "6: the rows of the paper's Table 6 (see --table_rows).")
 flags.DEFINE_list("table_rows", [], f"Table 6 rows to run (default all): {tables.ROW_IDS}.")
-flags.DEFINE_integer("stop_after_steps", 0, "Checkpoint and exit after N steps (0 = off).")
-flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (or GSC_JAX_MULTIHOST=1).")
+common_flags.define_run_flags()
 
 
 def main(argv):
     del argv
-    if not F["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    common_flags.quiet_logging_unless_asked(F)
     try:
         loss = common_flags.loss_spec_from_flags(F)
         config = train.RunConfig(

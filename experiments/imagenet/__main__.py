@@ -12,7 +12,7 @@ Running the same command again resumes from the latest checkpoint; SIGTERM/Ctrl-
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments.common import checkpoint, loop, parallel
 from experiments.common import flags as common_flags
@@ -40,14 +40,12 @@ flags.DEFINE_string("init_from", None, "Workdir of an ImageNet run of the same m
 flags.DEFINE_integer("workers", 0, "Parallel decode calls per host (0: tf.data autotune).")
 flags.DEFINE_integer("table", 0, "3: the paper's Table 3 rows; 4: the Table 4 rows.")
 flags.DEFINE_list("rows", [], "With --table: run only these row ids (the others read 'not run').")
-flags.DEFINE_integer("stop_after_steps", 0, "Checkpoint and exit after N steps (0 = off).")
-flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (or GSC_JAX_MULTIHOST=1).")
+common_flags.define_run_flags()
 
 
 def main(argv):
     del argv
-    if not F["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    common_flags.quiet_logging_unless_asked(F)
     loss = common_flags.loss_spec_from_flags(F)
     config = train.RunConfig(
         dataset=F.dataset, data_dir=F.data_dir, model=F.model, loss=loss, recipe=F.recipe,
