@@ -6,6 +6,11 @@
 
 from gsc_jax import cpu_kernel
 from gsc_jax import metrics
+from gsc_jax._calibration_losses import adaptive_focal_loss
+from gsc_jax._calibration_losses import dca_loss
+from gsc_jax._calibration_losses import margin_label_smoothing_loss
+from gsc_jax._calibration_losses import mdca_loss
+from gsc_jax._calibration_losses import mmce_loss
 from gsc_jax._gsc import gsc_loss
 from gsc_jax._gsc import gsc_term
 from gsc_jax._gsc import with_gsc
@@ -31,10 +36,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "OnlineLabelSmoothingState",
+    "adaptive_focal_loss",
     "arcface_logits",
     "cosface_logits",
     "cpu_kernel",
     "cross_entropy",
+    "dca_loss",
     "entropy_regularized_cross_entropy",
     "fit_matrix_scaling",
     "fit_temperature",
@@ -44,7 +51,10 @@ __all__ = [
     "gsc_term",
     "label_smoothing_cross_entropy",
     "linear_gsc_loss",
+    "margin_label_smoothing_loss",
+    "mdca_loss",
     "metrics",
+    "mmce_loss",
     "ols_batch_statistics",
     "ols_finalize_epoch",
     "ols_init",
