@@ -537,6 +537,211 @@ def area_under_risk_coverage(
     return area_under_risk_coverage_from_stats(stats)
 
 
+def _check_debias(debias) -> bool:
+    if not isinstance(debias, (bool, np.bool_)):
+        raise ValueError(f"`debias` must be a bool, got {debias!r}.")
+    return bool(debias)
+
+
+def l2_calibration_error_from_stats(
+    stats: CalibrationStats, *, debias: bool = True
+) -> dict[str, Array]:
+    r"""The L2 (root-mean-square) calibration error over the stats' bins, optionally debiased.
+
+    With :math:`n_m = |B_m|`, :math:`\mathrm{acc}_m` and :math:`\mathrm{conf}_m` the bin's
+    accuracy and mean top-1 confidence, the plug-in estimate of the squared L2 calibration error
+    is
+
+    .. math::
+        \widehat{\mathrm{CE}}^2_{\mathrm{plug\text{-}in}} = \sum_m \frac{n_m}{N}
+        (\mathrm{acc}_m - \mathrm{conf}_m)^2 .
+
+    It is biased upwards: even for a calibrated model :math:`\mathrm{acc}_m` is a mean of
+    :math:`n_m` Bernoulli outcomes and its variance adds about
+    :math:`\mathrm{acc}_m(1 - \mathrm{acc}_m)/n_m` to each bin's term. The debiased estimate of
+    Kumar, Liang & Ma (2019), "Verified Uncertainty Calibration" (NeurIPS; reference code
+    ``p-lambda/verified_calibration``, ``unbiased_square_ce``) subtracts the unbiased estimate of
+    that variance in every bin with at least two examples and drops the bins with fewer:
+
+    .. math::
+        \widehat{\mathrm{CE}}^2_{\mathrm{debiased}} = \sum_{m:\,n_m \ge 2} \frac{n_m}{N}
+        \left[(\mathrm{acc}_m - \mathrm{conf}_m)^2
+        - \frac{\mathrm{acc}_m (1 - \mathrm{acc}_m)}{n_m - 1}\right].
+
+    The squared estimate can be negative (a well calibrated model, few examples per bin); the L2
+    error is :math:`\sqrt{\max(\widehat{\mathrm{CE}}^2, 0)}`. Kumar et al. show the debiased
+    estimate needs far fewer examples than the plug-in one for the same accuracy. The stats' bins
+    are used as they are: equal-width top-label bins here, as Guo et al.; Kumar et al.'s default
+    uses equal-mass bins.
+
+    Args:
+      stats: `CalibrationStats` (any number of bins; 15 is the usual choice).
+      debias: subtract the per-bin variance term (True) or return the plug-in estimate (False).
+
+    Returns:
+      dict of float32 scalars ``l2_ece`` (the square root) and ``squared_l2_ece`` (the signed
+      estimate before clamping); both 0 with no examples, NaN if the stats saw an invalid example
+      or a field overflowed.
+    """
+    return _l2_calibration_error_from_stats(stats, debias=_check_debias(debias))
+
+
+@functools.partial(jax.jit, static_argnames="debias")
+def _l2_calibration_error_from_stats(stats: CalibrationStats, *, debias: bool):
+    confidence = _normalize_confidence(stats.confidence)
+    gap, _ = _confidence_terms(stats.correct, confidence)
+    count = stats.count.astype(jnp.float32)
+    safe_count = jnp.maximum(count, 1.0)
+    total = jnp.maximum(jnp.sum(count), 1.0)
+    per_bin = jnp.square(gap) / safe_count  # n_m (acc_m - conf_m)^2
+    if debias:
+        accuracy = stats.correct.astype(jnp.float32) / safe_count
+        variance = accuracy * (1.0 - accuracy) / jnp.maximum(count - 1.0, 1.0)
+        per_bin = jnp.where(count >= 2, per_bin - count * variance, 0.0)
+    squared = jnp.sum(per_bin) / total
+    unusable = _is_unusable(stats, confidence)
+    return {
+        "l2_ece": _nan_if(unusable, jnp.sqrt(jnp.maximum(squared, 0.0))),
+        "squared_l2_ece": _nan_if(unusable, squared),
+    }
+
+
+def l2_calibration_error(
+    probs: ArrayLike,
+    labels: ArrayLike,
+    *,
+    num_bins: int = 15,
+    debias: bool = True,
+    example_mask: Optional[ArrayLike] = None,
+) -> dict[str, Array]:
+    """Debiased (or plug-in) L2 calibration error; see `l2_calibration_error_from_stats`."""
+    debias = _check_debias(debias)
+    stats = calibration_stats(probs, labels, num_bins=num_bins, example_mask=example_mask)
+    return l2_calibration_error_from_stats(stats, debias=debias)
+
+
+# Bisection steps for the smooth-ECE bandwidth: brackets sigma* in [0, 1] to 2**-24.
+_SMOOTH_ECE_STEPS = 24
+# Periods of the folded Gaussian summed on each side (period 2 in confidence; sigma <= 1).
+_SMOOTH_ECE_IMAGES = 3
+
+
+def _smooth_residual_grid(stats: CalibrationStats):
+    r"""Residual mass on the ``M + 1`` bin edges, evenly extended to a circle of ``2M`` points.
+
+    Each bin's residual sum :math:`\sum (y - f) / N` sits at the bin's mean confidence and is split
+    between the bin's two edges in proportion to the distance (mass and first moment kept). The
+    edges ``0`` and ``M`` are their own mirror images and count twice.
+    """
+    confidence = _normalize_confidence(stats.confidence)
+    gap, confidence_sum = _confidence_terms(stats.correct, confidence)
+    count = stats.count.astype(jnp.float32)
+    num_bins = count.shape[0]
+    total = jnp.sum(count)
+    residual = gap / jnp.maximum(total, 1.0)
+    position = confidence_sum / jnp.maximum(count, 1.0) * num_bins
+    upper_share = jnp.clip(position - jnp.arange(num_bins, dtype=jnp.float32), 0.0, 1.0)
+    edges = jnp.zeros(num_bins + 1, jnp.float32)
+    edges = edges.at[:-1].add((1.0 - upper_share) * residual).at[1:].add(upper_share * residual)
+    circle = jnp.concatenate([edges.at[0].multiply(2.0).at[-1].multiply(2.0), edges[-2:0:-1]])
+    return circle, total, _is_unusable(stats, confidence)
+
+
+def _smooth_ece_at(circle_fft: Array, sigma: Array, num_bins: int) -> Array:
+    """smECE at bandwidth ``sigma``: the L1 norm over [0, 1] of the kernel-smoothed residual."""
+    period = 2 * num_bins
+    offsets = jnp.arange(period, dtype=jnp.float32)[None, :] + period * jnp.arange(
+        -_SMOOTH_ECE_IMAGES, _SMOOTH_ECE_IMAGES + 1, dtype=jnp.float32)[:, None]
+    scaled = offsets / (num_bins * jnp.maximum(sigma, 1e-12))
+    kernel = jnp.sum(jnp.exp(-0.5 * jnp.square(scaled)), axis=0)
+    kernel = kernel / (jnp.sum(kernel) / num_bins)  # integrates to 1 over the period
+    smoothed = jnp.fft.irfft(circle_fft * jnp.fft.rfft(kernel), n=period)
+    # The circle holds [0, 1] and its mirror image: half its sum is the integral over [0, 1].
+    return 0.5 * jnp.sum(jnp.abs(smoothed)) / num_bins
+
+
+@jax.jit
+def smooth_calibration_error_from_stats(stats: CalibrationStats) -> dict[str, Array]:
+    r"""Smooth ECE (Błasiok & Nakkiran 2023) of the top-1 confidence, from a fine histogram.
+
+    With residuals :math:`r_i = y_i - f_i` (:math:`y_i` whether the top-1 prediction is correct,
+    :math:`f_i` its confidence) and the reflected Gaussian kernel
+    :math:`\tilde K_\sigma(t, f) = \sum_{j \in \mathbb{Z}} \phi_\sigma(t - f - 2j)
+    + \phi_\sigma(t + f - 2j)` (the Gaussian folded onto [0, 1] by reflecting at both ends,
+    :math:`\int_0^1 \tilde K_\sigma(t, f)\,dt = 1`),
+
+    .. math::
+        \mathrm{smECE}_\sigma = \int_0^1 \Big|\frac{1}{N}\sum_i r_i\,
+        \tilde K_\sigma(t, f_i)\Big|\,dt ,
+
+    the L1 norm of the kernel-smoothed residual weighted by the smoothed density of confidences.
+    **Bandwidth rule:** :math:`\sigma^*` is the fixed point :math:`\mathrm{smECE}_{\sigma^*} =
+    \sigma^*`. Reflected Gaussian smoothing is a Markov semigroup, so :math:`\mathrm{smECE}_\sigma`
+    does not increase with :math:`\sigma` and the fixed point in [0, 1] is unique; it is found by
+    24 bisection steps (to :math:`2^{-24}`). No bandwidth needs choosing, and the result is a
+    consistent estimate of the distance to calibration up to constant factors (Błasiok &
+    Nakkiran 2023, "Smooth ECE: Principled Reliability Diagrams via Kernel Smoothing"; reference
+    code ``apple/ml-calibration``, ``relplot.smECE``, which bisects the same fixed point to
+    :math:`2^{-10}` and reflects once at each end).
+
+    Accumulable approximation: the stats hold, per equal-width bin of width :math:`h = 1/M`, the
+    exact count, number correct and confidence sum. Each bin's residual :math:`\sum_{i \in B_m}
+    r_i` is placed at the bin's mean confidence, shared linearly between the bin's edges (which
+    keeps its mass and first moment), and smoothed on the grid of edges by a circular FFT
+    convolution that realises the reflections exactly. Moving a point by :math:`\delta` changes
+    :math:`\mathrm{smECE}_\sigma` by at most :math:`|r_i| \delta \sqrt{2/\pi}/(N\sigma)`, and the
+    first-order part cancels within a bin, so the error is far below :math:`h` once
+    :math:`\sigma^* \gg h`. With `smooth_calibration_error`'s 4096 bins, against the exact
+    estimator on the raw points (float64, quadrature on 4001 points), the measured difference in
+    :math:`\mathrm{smECE}_{\sigma^*}` was below 2e-5 and :math:`\sigma^*` within 1% of the exact
+    fixed point, for :math:`\sigma^*` from 0.008 to 0.19 and 1000 to 20000 examples. Use a fine
+    histogram (``calibration_stats(..., num_bins=4096)``); on coarse bins this is a smoothed
+    binned ECE.
+
+    Args:
+      stats: `CalibrationStats`, preferably with many bins.
+
+    Returns:
+      dict of float32 scalars ``smooth_ece`` (:math:`\mathrm{smECE}_{\sigma^*}`) and ``sigma``
+      (:math:`\sigma^*`); both 0 with no examples, NaN if the stats saw an invalid example or a
+      field overflowed.
+    """
+    circle, total, unusable = _smooth_residual_grid(stats)
+    num_bins = stats.count.shape[0]
+    circle_fft = jnp.fft.rfft(circle)
+
+    def bisect(_, bracket):
+        low, high = bracket
+        middle = 0.5 * (low + high)
+        above = _smooth_ece_at(circle_fft, middle, num_bins) > middle
+        return jnp.where(above, middle, low), jnp.where(above, high, middle)
+
+    _, sigma = jax.lax.fori_loop(
+        0, _SMOOTH_ECE_STEPS, bisect, (jnp.float32(0.0), jnp.float32(1.0))
+    )
+    empty = total == 0
+    sigma = jnp.where(empty, 0.0, sigma)
+    smooth_ece = jnp.where(empty, 0.0, _smooth_ece_at(circle_fft, sigma, num_bins))
+    return {"smooth_ece": _nan_if(unusable, smooth_ece), "sigma": _nan_if(unusable, sigma)}
+
+
+def smooth_calibration_error(
+    probs: ArrayLike,
+    labels: ArrayLike,
+    *,
+    num_bins: int = ADAPTIVE_FINE_BINS,
+    example_mask: Optional[ArrayLike] = None,
+) -> dict[str, Array]:
+    """Smooth ECE and its bandwidth on a ``num_bins`` histogram (4096); see
+    `smooth_calibration_error_from_stats`.
+
+    To accumulate it over batches or devices, accumulate `calibration_stats` with the same
+    ``num_bins`` and call `smooth_calibration_error_from_stats`.
+    """
+    stats = calibration_stats(probs, labels, num_bins=num_bins, example_mask=example_mask)
+    return smooth_calibration_error_from_stats(stats)
+
+
 class ClasswiseCalibrationStats(NamedTuple):
     """Per-class, per-bin integer sums of :math:`p_k` against :math:`[y = k]`.
 
