@@ -31,7 +31,9 @@ gradient of that mean. Examples with ``example_mask`` False give 0 and a zero gr
 over the batch they were computed on: not summed (the penalty would count ``N`` times), not sliced
 (a slice's mean lacks part of the penalty's gradient). Under `jax.jit` with globally sharded arrays
 (data parallelism) the batch is the global batch automatically; under `jax.pmap` or
-`jax.shard_map` each device's shard is a batch of its own.
+`jax.shard_map` each device's shard is a batch of its own. `gsc_jax.with_gsc` passes
+``example_mask`` on to these losses but adds the GSC term to every row, masked ones included:
+multiply the combined values by the mask before summing.
 
 Poly-1 (Leng et al. 2022) is `optax.losses.poly_loss_cross_entropy`, which takes probability-vector
 labels; with integer ids it composes with the GSC term as
@@ -165,6 +167,7 @@ def margin_label_smoothing_loss(
       alpha: weight :math:`\alpha \ge 0` of the penalty.
       axis: the class axis.
       where: optional boolean class mask; masked classes take no part in the max or the mean.
+        (A ``-inf`` logit left unmasked is infinitely far from the max: the penalty is ``inf``.)
 
     Returns:
       ``[...]`` per-example loss (0 for a row without classes taking part).

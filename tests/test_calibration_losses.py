@@ -5,9 +5,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from absl.testing import parameterized
 
 import gsc_jax
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 # NumPy ports of the reference implementations (float64), each returning the scalar training
@@ -131,7 +134,7 @@ def _value_and_grad(fn, logits, labels, **kwargs):
         value = fn(z, labels, **kwargs)
         return value.sum(), value
 
-    (_, value), grad = jax.value_and_grad(total, has_aux=True)(jnp.asarray(logits))
+    (_, value), grad = jax.jit(jax.value_and_grad(total, has_aux=True))(jnp.asarray(logits))
     return np.asarray(value), np.asarray(grad)
 
 
