@@ -6,6 +6,7 @@
 
 from gsc_jax import cpu_kernel
 from gsc_jax import metrics
+from gsc_jax import plots
 from gsc_jax._calibration_losses import adaptive_focal_loss
 from gsc_jax._calibration_losses import dca_loss
 from gsc_jax._calibration_losses import margin_label_smoothing_loss
@@ -60,6 +61,7 @@ __all__ = [
     "ols_init",
     "ols_update",
     "online_label_smoothing_loss",
+    "plots",
     "softmax_entropy",
     "with_gsc",
 ]

@@ -521,3 +521,92 @@ def test_l2_and_smooth_ece_batched_equal_one_shot_bit_for_bit():
                                                   example_mask=mask)
         dropped = metrics.smooth_calibration_error(probs[mask], labels[mask], num_bins=num_bins)
         assert float(masked["smooth_ece"]) == float(dropped["smooth_ece"])
+
+
+# ----------------------------------------------------------------------------- plots
+def test_reliability_diagram_plot_shows_accuracy_gap_and_counts(tmp_path):
+    pytest.importorskip("matplotlib")
+    from gsc_jax import plots
+
+    _, labels, probs = random_predictions(17, n=300)
+    stats = metrics.calibration_stats(probs, labels, num_bins=10)
+    diagram = {k: np.asarray(v) for k, v in metrics.reliability_diagram(stats).items()}
+    # The lists of a JSON summary, with null for NaN, draw the same.
+    as_json = json.loads(json.dumps({k: v.tolist() for k, v in diagram.items()}))
+    path = tmp_path / "reliability.png"
+    for data in (stats, as_json):
+        fig, ax, counts_ax = plots.reliability_diagram(data, title="t", ece=0.1, path=str(path))
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert len(fig.axes) == 2 and "ECE=10.00%" in ax.get_title()
+        shown = diagram["count"] > 0
+        accuracy_bars = ax.containers[0]
+        np.testing.assert_allclose([b.get_height() for b in accuracy_bars],
+                                   diagram["accuracy"][shown], rtol=1e-6)
+        gap_bars = ax.containers[1]
+        np.testing.assert_allclose([b.get_y() + b.get_height() for b in gap_bars],
+                                   diagram["confidence"][shown], rtol=1e-6)
+        # Opacity grows with the count: the fullest bin is opaque, a sparse one is faint.
+        alphas = np.array([b.get_facecolor()[3] for b in accuracy_bars])
+        counts = diagram["count"][shown]
+        assert alphas[np.argmax(counts)] == 1.0
+        assert np.all(np.diff(alphas[np.argsort(counts)]) >= 0)
+        np.testing.assert_array_equal([b.get_height() for b in counts_ax.patches],
+                                      diagram["count"])
+        assert {t.get_text() for t in counts_ax.texts} == {str(int(c)) for c in counts}
+
+
+def test_reliability_diagram_on_given_axes_and_unusable_stats():
+    matplotlib = pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from gsc_jax import plots
+
+    del matplotlib
+    _, labels, probs = random_predictions(18, n=100)
+    ax = Figure().subplots()
+    stats = metrics.calibration_stats(probs, labels, num_bins=5)
+    fig, got_ax, counts_ax = plots.reliability_diagram(stats, ax)
+    assert got_ax is ax and counts_ax is None and fig is ax.figure
+    assert {t.get_text() for t in ax.texts} == {str(int(c)) for c in stats.count if c > 0}
+    bad = metrics.calibration_stats(probs * 3.0, labels, num_bins=5)
+    _, ax, _ = plots.reliability_diagram(bad)
+    assert any("no usable" in t.get_text() for t in ax.texts)
+    with pytest.raises(TypeError, match="stats_or_diagram"):
+        plots.reliability_diagram([0.1, 0.2])
+    with pytest.raises(ValueError, match="confidence"):
+        plots.reliability_diagram({"bin_lower": [0.0], "bin_upper": [1.0], "count": [1],
+                                   "accuracy": [1.0]})
+
+
+def test_risk_coverage_plot_reports_the_aurc(tmp_path):
+    pytest.importorskip("matplotlib")
+    from gsc_jax import plots
+
+    _, labels, probs = random_predictions(19, n=300)
+    stats = metrics.calibration_stats(probs, labels, num_bins=64)
+    aurc = float(metrics.area_under_risk_coverage_from_stats(stats))
+    curve = metrics.risk_coverage_curve_from_stats(stats)
+    fig, ax = plots.risk_coverage_curve(stats, label="a")
+    # From the curve alone the AURC is rebuilt from the coverage steps; the two labels agree.
+    plots.risk_coverage_curve({k: np.asarray(v).tolist() for k, v in curve.items()}, ax,
+                              label="b", path=str(tmp_path / "rc.png"))
+    labels_shown = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels_shown == [f"a (AURC={aurc:.4f})", f"b (AURC={aurc:.4f})"]
+    held = np.asarray(stats.count) > 0
+    line = ax.get_lines()[0]
+    np.testing.assert_allclose(sorted(line.get_xdata()), sorted(np.asarray(curve["coverage"])[held]))
+    assert (tmp_path / "rc.png").exists() and len(fig.axes) == 1
+    with pytest.raises(TypeError, match="stats_or_curve"):
+        plots.risk_coverage_curve(np.zeros(3))
+
+
+def test_plots_without_matplotlib_name_the_extra(monkeypatch):
+    from gsc_jax import plots
+
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.colors"):
+        monkeypatch.setitem(sys.modules, name, None)
+    stats = metrics.calibration_stats(np.array([[0.7, 0.3]], np.float32), np.array([0]))
+    with pytest.raises(ImportError, match=r"gsc-jax\[plots\]"):
+        plots.reliability_diagram(stats)
+    with pytest.raises(ImportError, match=r"gsc-jax\[plots\]"):
+        plots.risk_coverage_curve(stats)

@@ -13,6 +13,8 @@ import os
 import matplotlib.pyplot as plt
 import numpy as np
 
+from gsc_jax import plots
+
 logger = logging.getLogger(__name__)
 
 
@@ -166,32 +168,16 @@ def plot_curves(records: list, path: str, title: str = "") -> None:
 
 
 def plot_reliability(diagram: dict, path: str, title: str = "", ece: float | None = None) -> None:
-    """Reliability diagram: per-bin accuracy against the diagonal (metrics.reliability_diagram).
+    """Reliability diagram with per-bin counts (gsc_jax.plots.reliability_diagram) into a PNG.
 
     Args:
-      diagram: dict with equal-length lists bin_lower, bin_upper, count, accuracy, confidence.
+      diagram: dict with equal-length lists bin_lower, bin_upper, count, accuracy, confidence
+        (gsc_jax.metrics.reliability_diagram, as in the evaluation summary; None stands for NaN).
       path: output PNG.
       title: plot title.
-      ece: optional ECE to print in the legend.
+      ece: optional ECE to print in the title.
     """
-    lower, upper = diagram["bin_lower"], diagram["bin_upper"]
-    width = [u - lo for lo, u in zip(lower, upper)]
-    acc = [a if c > 0 else 0.0 for a, c in zip(diagram["accuracy"], diagram["count"])]
-    conf = [a if c > 0 else 0.0 for a, c in zip(diagram["confidence"], diagram["count"])]
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.bar(lower, acc, width=width, align="edge", edgecolor="k", alpha=0.8, label="accuracy")
-    ax.bar(lower, [c - a for a, c in zip(acc, conf)], bottom=acc, width=width, align="edge",
-           color="tab:red", alpha=0.3, label="gap to confidence")
-    ax.plot([0, 1], [0, 1], "k--", lw=1)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_title(title + (f"  ECE={100 * ece:.2f}%" if ece is not None else ""), fontsize=9)
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.reliability_diagram(diagram, title=title, ece=ece, path=path)
 
 
 def plot_sweep(xs: list, curves: dict, baseline: float, path: str) -> None:
