@@ -79,7 +79,7 @@ def np_mmce(z, y, beta):
 
 
 def np_mmce_weighted(z, y, beta):
-    """aviralkumar2907/MMCE 20ng_mmce.py calibration_mmce_w_loss (as ported in focal_calibration)."""
+    """aviralkumar2907/MMCE 20ng_mmce.py calibration_mmce_w_loss (focal_calibration port)."""
     p = np.exp(np_log_softmax(z))
     r, pred = p.max(1), p.argmax(1)
     correct = (pred == y).astype(float)
