@@ -146,7 +146,9 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
                        workdir: str, run_info: dict | None = None,
                        identity: dict | None = None, *, train_views: Callable | None = None,
                        eval_views: Callable | None = None,
-                       prepare_state: Callable | None = None) -> RunResult:
+                       prepare_state: Callable | None = None,
+                       state_sharding: Callable | None = None,
+                       extra_evaluation: Callable | None = None) -> RunResult:
     """Trains `model` on `dataset`, evaluating and checkpointing every epoch; resumes from workdir.
 
     Args:
@@ -170,6 +172,12 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
         the V views of each image (e.g. TenCrop; `steps.make_logits_fn`).
       prepare_state: `prepare_state(state) -> state` applied to a fresh run's initial state (e.g.
         pretrained weights); a resumed run restores its checkpoint instead.
+      state_sharding: `state_sharding(mesh, abstract_state) -> shardings` (a pytree of
+        NamedShardings shaped like the state) places parts of the state across the devices
+        (e.g. a class-sharded classifier, model parallel); default: everything replicated.
+      extra_evaluation: `extra_evaluation(state) -> {name: float}`, run after each epoch's test
+        evaluation (e.g. face verification); its values join the epoch's record (metrics.jsonl,
+        TensorBoard, the printed line) and, from the final state, summary.json.
 
     With a validation split (`dataset.val_images`), every epoch's record also has val_top1,
     val_top5, val_nll and val_ece; the state with the best validation top-1 so far is kept in
@@ -228,8 +236,11 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
     repl = parallel.replicated(mesh)
     sample = jnp.zeros((1, *(dataset.image_shape if stream else steps.model_input_shape(
         dataset.train_images, train_views, eval_views))), dtype)
-    init = jax.jit(lambda k: steps.init_state(model, tx, sample, k, dataset.num_classes,
-                                              config.loss.uses_ols), out_shardings=repl)
+    init_fn = lambda k: steps.init_state(model, tx, sample, k,  # noqa: E731
+                                         dataset.num_classes, config.loss.uses_ols)
+    shardings = (repl if state_sharding is None
+                 else state_sharding(mesh, jax.eval_shape(init_fn, init_key)))
+    init = jax.jit(init_fn, out_shardings=shardings)
     state = init(init_key)
     if prepare_state is not None and manager.latest_step() is None:
         state = prepare_state(state)
@@ -256,7 +267,8 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
         model=model, tx=tx, loss_spec=config.loss, lr_fn=lr_fn, steps_per_epoch=steps_per_epoch,
         batch_size=config.batch_size, mesh=mesh, mean=config.mean, std=config.std,
         use_augment=config.augment, compute_dtype=dtype, aug_key=aug_key,
-        train_views=train_views, dropout_key=dropout_key), donate_argnums=0)
+        train_views=train_views, dropout_key=dropout_key),
+        out_shardings=(shardings, repl), donate_argnums=0)
     evaluator = evaluation.make_evaluator(
         steps.make_logits_fn(model, mean=config.mean, std=config.std, compute_dtype=dtype,
                              eval_views=eval_views),
@@ -269,7 +281,8 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
         train_step = jax.jit(steps.make_batch_train_step(
             model=model, tx=tx, loss_spec=config.loss, lr_fn=lr_fn,
             steps_per_epoch=steps_per_epoch, mean=config.mean, std=config.std,
-            compute_dtype=dtype, dropout_key=dropout_key), donate_argnums=0)
+            compute_dtype=dtype, dropout_key=dropout_key),
+            out_shardings=(shardings, repl), donate_argnums=0)
         evaluate = streaming.make_evaluator(
             steps.make_logits_fn(model, mean=config.mean, std=config.std, compute_dtype=dtype),
             dataset, batch_size=config.eval_batch_size, num_bins=config.num_bins,
@@ -279,10 +292,10 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
     best_manager = (checkpoint.make_manager(workdir, max_to_keep=1, name="checkpoints_best")
                     if dataset.has_validation else None)
     plateau_update = jax.jit(lambda st, accuracy: st.replace(opt_state=plateau.epoch_update(
-        plateau_spec, st.opt_state, accuracy)), out_shardings=repl, donate_argnums=0)
+        plateau_spec, st.opt_state, accuracy)), out_shardings=shardings, donate_argnums=0)
     lr_scale = lambda st: (float(plateau.current_scale(st.opt_state))  # noqa: E731
                            if plateau_spec else 1.0)
-    latest_val = {}
+    latest_val, latest_extra = {}, {}
 
     total = config.epochs * steps_per_epoch
     base_summary = {"epochs": config.epochs, "steps": total, "loss": config.loss.label,
@@ -313,10 +326,12 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
         if dataset.has_validation:
             latest_val.update(evaluate_val(state))
             val_fields = {f"val_{k}": latest_val[k] for k in ("top1", "top5", "nll", "ece")}
+        extra = extra_evaluation(state) if extra_evaluation is not None else {}
+        latest_extra.update(extra)
         record = {"epoch": epoch, "step": epoch * steps_per_epoch,
                   **steps.epoch_means(jax.device_get(state.epoch_sums), config.loss),
                   "test_top1": ev["top1"], "test_top5": ev["top5"], "test_nll": ev["nll"],
-                  "test_ece": ev["ece"], **val_fields,
+                  "test_ece": ev["ece"], **val_fields, **extra,
                   "learning_rate": float(lr_fn(epoch * steps_per_epoch - 1)) * lr_scale(state),
                   "epoch_time_s": seconds, "images_per_s": images_per_s}
         records.append(record)
@@ -324,6 +339,7 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
             report.append_jsonl(metrics_path, record)
             scalars.write(record)
         val_text = f"val_top1 {val_fields['val_top1']:.4f} " if val_fields else ""
+        val_text += "".join(f"{k} {v:.4f} " for k, v in extra.items())
         say(f"epoch {epoch}/{config.epochs}: train_loss {record['train_loss']:.4f} "
             f"top1 {ev['top1']:.4f} top5 {ev['top5']:.4f} nll {ev['nll']:.4f} "
             f"ece {ev['ece']:.4f} {val_text}lr {record['learning_rate']:.3g} ({seconds:.0f}s)")
@@ -399,6 +415,8 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
     manager.wait_until_finished()
     if ev is None:  # resumed an already finished run
         ev = evaluate(state)
+        if extra_evaluation is not None:
+            latest_extra.update(extra_evaluation(state))
         if dataset.has_validation:
             latest_val.update(evaluate_val(state))
     accuracies = [r["test_top1"] for r in records
@@ -411,6 +429,7 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
         **base_summary,
         "train_time_s": float(sum(r["epoch_time_s"] for r in records)),
         "reliability": ev["reliability"],
+        **latest_extra,
     }
     if config.per_class:
         summary.update(test_per_class_accuracy=ev["per_class_accuracy"],

@@ -6,11 +6,20 @@ ls (alpha), ols. Any of them gets the GSC term added when gamma > 0 (Zhao et al.
 .. math::
     \ell(z, y) = \mathrm{base}(z, y) + \gamma\, f_{top_c}(\mathrm{Topk}(S), 0, H(S))
 
+Face recognition (GSC paper Table 5) adds an additive angular or cosine margin to the target
+logit before the loss (`LossSpec.margin`: 'arcface' or 'cosface', `gsc_jax.arcface_logits` /
+`gsc_jax.cosface_logits`). The network's logits are then s·cos θ (a cosine classifier with scale
+s = `margin_scale`); in training the target's cosine gets the margin, and the base loss and the GSC
+term both see the margin-adjusted, scaled logits, the same tensor CE sees (the paper does not say
+which tensor GSC sees; this is the reading under which GSC is "introduced into" the margin loss).
+Evaluation uses the logits as the network gives them, without margin.
+
 `LossSpec` is the one description of a loss: `LossSpec.uses_gsc` says whether the GSC term is on,
 `make_objective` builds what a training step minimises together with the parts it logs.
 """
 
 import dataclasses
+import math
 from typing import Callable
 
 import gsc_jax
@@ -18,6 +27,9 @@ import jax
 import jax.numpy as jnp
 
 LOSS_NAMES = ("ce", "entropy", "focal", "ls", "ols")
+MARGINS = ("none", "arcface", "cosface")
+# insightface arcface_torch defaults (scale s, margin m) of each margin.
+MARGIN_DEFAULTS = {"arcface": (64.0, 0.5), "cosface": (64.0, 0.4)}
 # The hyper-parameter each base loss reads (None: it has none).
 _BASE_HYPERPARAMETER = {"ce": None, "entropy": "entropy_weight", "focal": "focal_eta",
                         "ls": "ls_alpha", "ols": None}
@@ -34,6 +46,10 @@ class LossSpec:
       entropy_weight: lambda of the entropy baseline (0.02 in Table 1).
       focal_eta: focusing parameter eta (2 in Table 1).
       ls_alpha: label-smoothing alpha (0.1 in Table 1).
+      margin: one of MARGINS; 'arcface' / 'cosface' read the logits as s·cos θ and add the
+        margin to the target before the loss (see the module docstring).
+      margin_scale: s, the scale of the cosine logits (64 in insightface).
+      margin_m: the margin m (ArcFace: radians, 0.5; CosFace: 0.4).
     """
 
     name: str = "ce"
@@ -42,6 +58,9 @@ class LossSpec:
     entropy_weight: float = 0.02
     focal_eta: float = 2.0
     ls_alpha: float = 0.1
+    margin: str = "none"
+    margin_scale: float = 64.0
+    margin_m: float = 0.5
 
     @property
     def uses_gsc(self) -> bool:
@@ -59,6 +78,10 @@ class LossSpec:
         base = {"ce": "CE", "entropy": f"CE+Entropy({self.entropy_weight:g})",
                 "focal": f"Focal({self.focal_eta:g})", "ls": f"CE+LS({self.ls_alpha:g})",
                 "ols": "OLS"}[self.name]
+        if self.margin != "none":
+            margin = {"arcface": "ArcFace", "cosface": "CosFace"}.get(self.margin, self.margin)
+            margin = f"{margin}({self.margin_scale:g},{self.margin_m:g})"
+            base = margin if self.name == "ce" else f"{margin}+{base}"
         return base + (f"+GSC({self.gsc_gamma:g},{self.gsc_top_c})" if self.uses_gsc else "")
 
     def hyperparameters(self) -> dict:
@@ -70,6 +93,9 @@ class LossSpec:
             out[own] = getattr(self, own)
         if self.uses_gsc:
             out.update(gsc_gamma=self.gsc_gamma, gsc_top_c=self.gsc_top_c)
+        if self.margin != "none":
+            out.update(margin=self.margin, margin_scale=self.margin_scale,
+                       margin_m=self.margin_m)
         return out
 
 
@@ -85,6 +111,23 @@ def validate_loss_spec(spec: LossSpec, num_classes: int) -> None:
         )
     if spec.entropy_weight < 0 or spec.focal_eta < 0 or not 0 <= spec.ls_alpha <= 1:
         raise ValueError("need entropy_weight >= 0, focal_eta >= 0 and 0 <= ls_alpha <= 1.")
+    if spec.margin not in MARGINS:
+        raise ValueError(f"unknown margin {spec.margin!r}; choose one of {', '.join(MARGINS)}.")
+    if spec.margin != "none" and spec.uses_ols:
+        raise ValueError("a margin (arcface / cosface) cannot be combined with loss 'ols'.")
+    if spec.margin != "none" and not (spec.margin_scale > 0 and 0 <= spec.margin_m < math.pi):
+        raise ValueError(f"need margin_scale > 0 and 0 <= margin_m < pi, got "
+                         f"{spec.margin_scale} and {spec.margin_m}.")
+
+
+def _training_logits(spec: LossSpec, logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """The logits the loss sees: with a margin, s·cos θ with the target's margin added
+    (`gsc_jax.arcface_logits` / `cosface_logits` of cos θ = logits / s); otherwise `logits`."""
+    if spec.margin == "none":
+        return logits
+    margin_fn = {"arcface": gsc_jax.arcface_logits, "cosface": gsc_jax.cosface_logits}[spec.margin]
+    return margin_fn(logits / spec.margin_scale, labels, scale=spec.margin_scale,
+                     margin=spec.margin_m)
 
 
 def _base_loss_fn(spec: LossSpec) -> Callable:
@@ -118,7 +161,7 @@ def make_loss_fn(spec: LossSpec) -> Callable:
         base = gsc_jax.with_gsc(base, gamma=spec.gsc_gamma, top_c=spec.gsc_top_c)
 
     def loss_fn(logits: jax.Array, labels: jax.Array, soft_labels=None) -> jax.Array:
-        return _call(spec, base, logits, labels, soft_labels)
+        return _call(spec, base, _training_logits(spec, logits, labels), labels, soft_labels)
 
     return loss_fn
 
@@ -140,6 +183,7 @@ def make_loss_parts_fn(spec: LossSpec, *, with_gsc_term: bool | None = None) -> 
     with_gsc_term = spec.uses_gsc if with_gsc_term is None else with_gsc_term
 
     def parts_fn(logits: jax.Array, labels: jax.Array, soft_labels=None) -> dict:
+        logits = _training_logits(spec, logits, labels)
         parts = {"base_loss": _call(spec, base, logits, labels, soft_labels)}
         if with_gsc_term:
             parts["gsc_term"] = _gsc_term(spec, logits)
@@ -175,7 +219,7 @@ def make_objective(spec: LossSpec, *, with_gsc_term: bool | None = None) -> Call
         if spec.uses_gsc:  # the trained loss mixes both parts: compute them apart
             parts.update(jax.tree.map(jnp.mean, parts_fn(frozen, labels, soft_labels)))
         elif with_gsc_term:  # the loss is the base loss; only the term is extra
-            parts["gsc_term"] = jnp.mean(_gsc_term(spec, frozen))
+            parts["gsc_term"] = jnp.mean(_gsc_term(spec, _training_logits(spec, frozen, labels)))
         return loss, parts
 
     return objective

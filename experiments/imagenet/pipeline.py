@@ -226,8 +226,8 @@ def _resize_uint8(tf, image, size):
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
-TRAIN_CROPS = ("inception", "resize_random")
-EVAL_CROPS = ("short_side", "square")
+TRAIN_CROPS = ("inception", "resize_random", "resize")
+EVAL_CROPS = ("short_side", "square", "resize")
 
 
 def _square_size(image_size: int) -> int:
@@ -241,13 +241,18 @@ def decode_train(encoded, seed, *, image_size: int, crop: str = "inception",
 
     crop 'inception': the random-resized crop of the module docstring. crop 'resize_random': the
     whole image resized to R x R (R = S*256/224, aspect not kept), a random S x S crop (the OLS
-    fine-grained recipe, zhangchbin/OnlineLabelSmoothing fine-grained/main.py). `seed` is an int64
+    fine-grained recipe, zhangchbin/OnlineLabelSmoothing fine-grained/main.py). crop 'resize': the
+    whole image resized to S x S, no crop (aligned faces, insightface arcface_torch's flip-only
+    augmentation). `seed` is an int64
     [2] stateless seed; the same seed gives the same crop, flip and lighting.
     """
     tf = _tf()
     seeds = tf.random.experimental.stateless_split(seed, 4)
     shape = _image_shape(tf, encoded)
-    if crop == "resize_random":
+    if crop == "resize":
+        image = _resize_uint8(tf, _decode_crop(tf, encoded, tf.concat([[0, 0], shape], 0)),
+                              image_size)
+    elif crop == "resize_random":
         r = _square_size(image_size)
         image = _resize_uint8(tf, _decode_crop(tf, encoded, tf.concat([[0, 0], shape], 0)), r)
         image = tf.image.stateless_random_crop(image, [image_size, image_size, 3], seeds[3])
@@ -275,9 +280,13 @@ def decode_eval(encoded, *, image_size: int, crop: str = "short_side"):
 
     crop 'short_side': the centre crop of 224/256 of the shorter side resized to S (resize 256,
     centre crop 224). crop 'square': the image resized to R x R (R = S*256/224), centre S x S.
+    crop 'resize': the whole image resized to S x S (aligned faces).
     """
     tf = _tf()
     shape = _image_shape(tf, encoded)
+    if crop == "resize":
+        return _resize_uint8(tf, _decode_crop(tf, encoded, tf.concat([[0, 0], shape], 0)),
+                             image_size)
     if crop == "square":
         r = _square_size(image_size)
         image = _resize_uint8(tf, _decode_crop(tf, encoded, tf.concat([[0, 0], shape], 0)), r)
