@@ -1,7 +1,16 @@
 r"""Training losses selected by name, all from gsc_jax, with the parts that are logged.
 
 Names (GSC paper Table 1, and online label smoothing): ce, entropy (CE + lambda H(S)), focal (eta),
-ls (alpha), ols. Any of them gets the GSC term added when gamma > 0 (Zhao et al. 2022, Eq. 9):
+ls (alpha), ols. The train-time calibration losses of `gsc_jax`, at the library's defaults (their
+hyper-parameters are fixed here, `CALIBRATION_LOSS_DEFAULTS`): flsd53 (`gsc_jax.adaptive_focal_loss`,
+Mukhoti et al. 2020), mbls (`gsc_jax.margin_label_smoothing_loss`, margin 10, alpha 0.1; Liu et al.
+2022), mdca (`gsc_jax.mdca_loss`, beta 1; Hebbalaguppe et al. 2022), mmce (`gsc_jax.mmce_loss`,
+weighted, beta 4; Kumar et al. 2018), dca (`gsc_jax.dca_loss`, beta 1; Liang et al. 2020) and poly1
+(`optax.losses.poly_loss_cross_entropy`, epsilon 2; Leng et al. 2022). mdca, mmce and dca are
+batch-level losses: their penalty couples the examples the loss sees in one call (the global batch
+under jit with sharded arrays, every pixel of the batch for segmentation), and the batch mean that
+`make_objective` takes is their objective. Any of them gets the GSC term added when gamma > 0
+(Zhao et al. 2022, Eq. 9):
 
 .. math::
     \ell(z, y) = \mathrm{base}(z, y) + \gamma\, f_{top_c}(\mathrm{Topk}(S), 0, H(S))
@@ -19,20 +28,33 @@ Evaluation uses the logits as the network gives them, without margin.
 """
 
 import dataclasses
+import functools
 import math
 from typing import Callable
 
 import gsc_jax
 import jax
 import jax.numpy as jnp
+import optax
 
-LOSS_NAMES = ("ce", "entropy", "focal", "ls", "ols")
+LOSS_NAMES = ("ce", "entropy", "focal", "ls", "ols", "flsd53", "mbls", "mdca", "mmce", "dca",
+              "poly1")
 MARGINS = ("none", "arcface", "cosface")
 # insightface arcface_torch defaults (scale s, margin m) of each margin.
 MARGIN_DEFAULTS = {"arcface": (64.0, 0.5), "cosface": (64.0, 0.4)}
 # The hyper-parameter each base loss reads (None: it has none).
 _BASE_HYPERPARAMETER = {"ce": None, "entropy": "entropy_weight", "focal": "focal_eta",
                         "ls": "ls_alpha", "ols": None}
+# The calibration losses' hyper-parameters: the defaults of their `gsc_jax` functions (the papers'
+# and reference code's). Passed explicitly, and reported by `LossSpec.hyperparameters`.
+CALIBRATION_LOSS_DEFAULTS = {
+    "flsd53": {"threshold": 0.2, "eta_below": 5.0, "eta_above": 3.0},
+    "mbls": {"margin": 10.0, "alpha": 0.1},
+    "mdca": {"beta": 1.0},
+    "mmce": {"beta": 4.0, "weighted": True, "bandwidth": 0.4},
+    "dca": {"beta": 1.0},
+    "poly1": {"epsilon": 2.0},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +62,8 @@ class LossSpec:
     """A loss by name plus its hyper-parameters (paper Table 1 defaults).
 
     Attributes:
-      name: one of LOSS_NAMES.
+      name: one of LOSS_NAMES; the calibration losses (flsd53, mbls, mdca, mmce, dca, poly1) take
+        their hyper-parameters from `CALIBRATION_LOSS_DEFAULTS`.
       gsc_gamma: GSC strength gamma >= 0; 0 turns GSC off.
       gsc_top_c: number of top scores K fed to the Gaussian, 1 <= top_c <= num_classes.
       entropy_weight: lambda of the entropy baseline (0.02 in Table 1).
@@ -75,9 +98,15 @@ class LossSpec:
     @property
     def label(self) -> str:
         """Short human-readable name, e.g. 'Focal(2)+GSC(0.02,3)'."""
+        fixed = CALIBRATION_LOSS_DEFAULTS
         base = {"ce": "CE", "entropy": f"CE+Entropy({self.entropy_weight:g})",
                 "focal": f"Focal({self.focal_eta:g})", "ls": f"CE+LS({self.ls_alpha:g})",
-                "ols": "OLS"}[self.name]
+                "ols": "OLS", "flsd53": "FLSD-53",
+                "mbls": f"MbLS({fixed['mbls']['margin']:g},{fixed['mbls']['alpha']:g})",
+                "mdca": f"MDCA({fixed['mdca']['beta']:g})",
+                "mmce": f"MMCE({fixed['mmce']['beta']:g})",
+                "dca": f"DCA({fixed['dca']['beta']:g})",
+                "poly1": f"Poly-1({fixed['poly1']['epsilon']:g})"}[self.name]
         if self.margin != "none":
             margin = {"arcface": "ArcFace", "cosface": "CosFace"}.get(self.margin, self.margin)
             margin = f"{margin}({self.margin_scale:g},{self.margin_m:g})"
@@ -85,12 +114,15 @@ class LossSpec:
         return base + (f"+GSC({self.gsc_gamma:g},{self.gsc_top_c})" if self.uses_gsc else "")
 
     def hyperparameters(self) -> dict:
-        """The fields that change the trained loss: the name, its own hyper-parameter, and
+        """The fields that change the trained loss: the name, its own hyper-parameter (a
+        calibration loss's fixed ones as '<name>_<parameter>', e.g. 'mdca_beta'), and
         gsc_gamma / gsc_top_c when GSC is on. Two specs train the same loss iff these are equal."""
         out = {"name": self.name}
         own = _BASE_HYPERPARAMETER.get(self.name)
         if own is not None:
             out[own] = getattr(self, own)
+        for key, value in CALIBRATION_LOSS_DEFAULTS.get(self.name, {}).items():
+            out[f"{self.name}_{key}"] = value
         if self.uses_gsc:
             out.update(gsc_gamma=self.gsc_gamma, gsc_top_c=self.gsc_top_c)
         if self.margin != "none":
@@ -132,6 +164,7 @@ def _training_logits(spec: LossSpec, logits: jax.Array, labels: jax.Array) -> ja
 
 def _base_loss_fn(spec: LossSpec) -> Callable:
     """The per-example base loss `fn(logits, labels, **kw)` of `spec`, without GSC."""
+    fixed = CALIBRATION_LOSS_DEFAULTS
     return {
         "ce": gsc_jax.cross_entropy,
         "entropy": lambda lg, y, **kw: gsc_jax.entropy_regularized_cross_entropy(
@@ -140,7 +173,22 @@ def _base_loss_fn(spec: LossSpec) -> Callable:
         "ls": lambda lg, y, **kw: gsc_jax.label_smoothing_cross_entropy(
             lg, y, alpha=spec.ls_alpha, **kw),
         "ols": gsc_jax.online_label_smoothing_loss,
+        "flsd53": functools.partial(gsc_jax.adaptive_focal_loss, **fixed["flsd53"]),
+        "mbls": functools.partial(gsc_jax.margin_label_smoothing_loss, **fixed["mbls"]),
+        "mdca": functools.partial(gsc_jax.mdca_loss, **fixed["mdca"]),
+        "mmce": functools.partial(gsc_jax.mmce_loss, **fixed["mmce"]),
+        "dca": functools.partial(gsc_jax.dca_loss, **fixed["dca"]),
+        "poly1": _poly1_loss,
     }[spec.name]
+
+
+def _poly1_loss(logits: jax.Array, labels: jax.Array, *, axis: int = -1, where=None) -> jax.Array:
+    """Poly-1 (Leng et al. 2022), `optax.losses.poly_loss_cross_entropy` of one-hot integer labels:
+    CE + epsilon (1 - S_y), epsilon from `CALIBRATION_LOSS_DEFAULTS`."""
+    one_hot = jax.nn.one_hot(labels, logits.shape[axis], axis=axis, dtype=logits.dtype)
+    return optax.losses.poly_loss_cross_entropy(
+        logits, one_hot, epsilon=CALIBRATION_LOSS_DEFAULTS["poly1"]["epsilon"], axis=axis,
+        where=where)
 
 
 def _call(spec: LossSpec, fn: Callable, logits, labels, soft_labels):
@@ -170,7 +218,8 @@ def make_loss_parts_fn(spec: LossSpec, *, with_gsc_term: bool | None = None) -> 
     """Builds `fn(logits, labels, soft_labels) -> {'base_loss': [B], 'gsc_term': [B]}`.
 
     The two parts of the `make_loss_fn` loss, computed separately for logging: base_loss is the
-    loss without GSC (CE / entropy / focal / LS / OLS) and gsc_term the GSC term *unscaled* by
+    loss without GSC (CE / entropy / focal / LS / OLS, or a calibration loss with its own
+    penalty) and gsc_term the GSC term *unscaled* by
     gamma, so that loss = base_loss + gamma * gsc_term up to float rounding (the trained 'ce'+GSC
     loss is the fused `gsc_jax.gsc_loss`, these parts are computed apart).
 
