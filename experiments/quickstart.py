@@ -201,7 +201,8 @@ def _metrics(sums: dict) -> dict:
         "accuracy": summary["top1"],
         "ece": summary["ece"],
         "classwise_ece": float(metrics.classwise_calibration_error_from_stats(sums["classwise"])),
-        "smooth_ece": float(metrics.smooth_calibration_error_from_stats(sums["fine"])["smooth_ece"]),
+        "smooth_ece": float(
+            metrics.smooth_calibration_error_from_stats(sums["fine"])["smooth_ece"]),
         "nll": summary["nll"],
         "brier": float(sums["brier"]) / count if count > 0 else float("nan"),
         "aurc": float(metrics.area_under_risk_coverage_from_stats(sums["fine"])),
@@ -237,7 +238,8 @@ def markdown_table(rows: list, title: str) -> str:
     pm = lambda r, k, s=100.0, d=2: (  # noqa: E731
         f"{s * r[k]['mean']:.{d}f} ± {s * r[k]['std']:.{d}f}")
     lines = [f"**{title}**", "",
-             "| loss | accuracy % | ECE % | classwise ECE % | smooth ECE % | NLL | Brier | AURC % |",
+             "| loss | accuracy % | ECE % | classwise ECE % | smooth ECE % | NLL | Brier "
+             "| AURC % |",
              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['loss']} | {pm(r, 'accuracy')} | {pm(r, 'ece')} | {pm(r, 'classwise_ece')} "
               f"| {pm(r, 'smooth_ece')} | {pm(r, 'nll', 1.0, 3)} | {pm(r, 'brier', 1.0, 3)} "

@@ -1,16 +1,16 @@
-r"""Training losses selected by name, all from gsc_jax, with the parts that are logged.
+r"""Training losses by name, from gsc_jax (Poly-1 from optax), with the parts that are logged.
 
 Names (GSC paper Table 1, and online label smoothing): ce, entropy (CE + lambda H(S)), focal (eta),
-ls (alpha), ols. The train-time calibration losses of `gsc_jax`, at the library's defaults (their
-hyper-parameters are fixed here, `CALIBRATION_LOSS_DEFAULTS`): flsd53 (`gsc_jax.adaptive_focal_loss`,
-Mukhoti et al. 2020), mbls (`gsc_jax.margin_label_smoothing_loss`, margin 10, alpha 0.1; Liu et al.
-2022), mdca (`gsc_jax.mdca_loss`, beta 1; Hebbalaguppe et al. 2022), mmce (`gsc_jax.mmce_loss`,
-weighted, beta 4; Kumar et al. 2018), dca (`gsc_jax.dca_loss`, beta 1; Liang et al. 2020) and poly1
-(`optax.losses.poly_loss_cross_entropy`, epsilon 2; Leng et al. 2022). mdca, mmce and dca are
-batch-level losses: their penalty couples the examples the loss sees in one call (the global batch
-under jit with sharded arrays, every pixel of the batch for segmentation), and the batch mean that
-`make_objective` takes is their objective. Any of them gets the GSC term added when gamma > 0
-(Zhao et al. 2022, Eq. 9):
+ls (alpha), ols. The train-time calibration losses, at the library's defaults (their
+hyper-parameters are fixed here, `CALIBRATION_LOSS_DEFAULTS`): flsd53
+(`gsc_jax.adaptive_focal_loss`, Mukhoti et al. 2020), mbls (`gsc_jax.margin_label_smoothing_loss`,
+margin 10, alpha 0.1; Liu et al. 2022), mdca (`gsc_jax.mdca_loss`, beta 1; Hebbalaguppe et al.
+2022), mmce (`gsc_jax.mmce_loss`, weighted, beta 4; Kumar et al. 2018), dca (`gsc_jax.dca_loss`,
+beta 1; Liang et al. 2020) and poly1 (`optax.losses.poly_loss_cross_entropy`, epsilon 2; Leng et
+al. 2022). mdca, mmce and dca are batch-level losses: their penalty couples the examples the loss
+sees in one call (the global batch under jit with sharded arrays, every pixel of the batch for
+segmentation), and the batch mean that `make_objective` takes is their objective. Any of them gets
+the GSC term added when gamma > 0 (Zhao et al. 2022, Eq. 9):
 
 .. math::
     \ell(z, y) = \mathrm{base}(z, y) + \gamma\, f_{top_c}(\mathrm{Topk}(S), 0, H(S))
