@@ -155,3 +155,15 @@ def _tensorboard_scalars(logdir) -> set:
     events = event_accumulator.EventAccumulator(str(logdir), size_guidance={"tensors": 0})
     events.Reload()
     return set(events.Tags()["tensors"])
+
+
+def test_poly1_follows_the_label_rule():
+    """Poly-1 (optax on one-hot labels) reads -1 as the last class and gives NaN, value and
+    gradient, for an id outside [-K, K), as every library loss does."""
+    loss_fn = losses.make_loss_fn(L("poly1"))
+    logits = jax.random.normal(jax.random.key(0), (3, 5))
+    np.testing.assert_allclose(loss_fn(logits, jnp.array([0, -1, 2])),
+                               loss_fn(logits, jnp.array([0, 4, 2])), rtol=1e-6)
+    grads = jax.grad(lambda z: loss_fn(z, jnp.array([0, 5, 2])).sum())(logits)
+    assert np.isnan(loss_fn(logits, jnp.array([0, 5, 2]))[1])
+    assert np.all(np.isnan(grads[1])) and np.all(np.isfinite(np.asarray(grads)[[0, 2]]))

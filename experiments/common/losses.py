@@ -184,11 +184,17 @@ def _base_loss_fn(spec: LossSpec) -> Callable:
 
 def _poly1_loss(logits: jax.Array, labels: jax.Array, *, axis: int = -1, where=None) -> jax.Array:
     """Poly-1 (Leng et al. 2022), `optax.losses.poly_loss_cross_entropy` of one-hot integer labels:
-    CE + epsilon (1 - S_y), epsilon from `CALIBRATION_LOSS_DEFAULTS`."""
-    one_hot = jax.nn.one_hot(labels, logits.shape[axis], axis=axis, dtype=logits.dtype)
-    return optax.losses.poly_loss_cross_entropy(
+    CE + epsilon (1 - S_y), epsilon from `CALIBRATION_LOSS_DEFAULTS`. Labels follow the library's
+    rule (`gsc_jax.cross_entropy`): ids in [-K, K), negative ones from the end; any other id gives
+    a NaN value and gradient row."""
+    num_classes = logits.shape[axis]
+    valid = (labels >= -num_classes) & (labels < num_classes)
+    ids = jnp.where(labels < 0, labels + num_classes, labels)
+    one_hot = jax.nn.one_hot(ids, num_classes, axis=axis, dtype=logits.dtype)
+    loss = optax.losses.poly_loss_cross_entropy(
         logits, one_hot, epsilon=CALIBRATION_LOSS_DEFAULTS["poly1"]["epsilon"], axis=axis,
         where=where)
+    return loss * jnp.where(valid, 1.0, jnp.nan).astype(loss.dtype)
 
 
 def _call(spec: LossSpec, fn: Callable, logits, labels, soft_labels):

@@ -61,6 +61,15 @@ def _replace(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def read_summary(workdir: str) -> dict | None:
+    """The run's WORKDIR/summary.json, or None when it has none (never started)."""
+    path = os.path.join(workdir, "summary.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def read_jsonl(path: str) -> list:
     """Returns the records of a JSON-lines file ([] if it does not exist).
 

@@ -9,7 +9,6 @@ given, read "not run".
 """
 
 import dataclasses
-import json
 import os
 
 import jax
@@ -68,14 +67,6 @@ def check_rows(table: int, rows) -> None:
         raise ValueError(f"unknown --rows {unknown}; choose from {', '.join(row_ids())}.")
 
 
-def _summary(workdir: str) -> dict | None:
-    path = os.path.join(workdir, "summary.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
 def _ours(summary: dict | None, name: str) -> str:
     if summary is None:
         return "not run"
@@ -95,7 +86,7 @@ def write_table(workdir: str) -> str:
                                         for n in data.TABLE5_SETS) + " |"
     lines += [header, "|---|" + "---|---|" * len(data.TABLE5_SETS)]
     for row_id, spec, paper in TABLE5:
-        s = _summary(os.path.join(workdir, "table5", row_id))
+        s = report.read_summary(os.path.join(workdir, "table5", row_id))
         cells = [f"{_ours(s, n)} | {paper[n]:.3f}" if n in paper else f"{_ours(s, n)} | -"
                  for n in data.TABLE5_SETS]
         lines.append(f"| {spec.label} | " + " | ".join(cells) + " |")

@@ -6,7 +6,6 @@ Rows not selected with --rows and not finished earlier read "not run".
 """
 
 import dataclasses
-import json
 import os
 
 import jax
@@ -55,14 +54,6 @@ def check_rows(table: int, rows) -> None:
                              f"{', '.join(row_ids(table))}.")
 
 
-def _summary(workdir: str) -> dict | None:
-    path = os.path.join(workdir, "summary.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
 def _cell(summary, key, subtract=None) -> str:
     """A metric of a row in percent (or 100 - it); 'not run' / 'diverged' / 'stopped'."""
     if summary is None:
@@ -85,7 +76,7 @@ def write_table(table: int, workdir: str) -> str:
     read 'not run'); returns the markdown path."""
     results = []
     for row_id, model, loss, paper1, paper5 in _rows(table):
-        s = _summary(os.path.join(workdir, f"table{table}", row_id))
+        s = report.read_summary(os.path.join(workdir, f"table{table}", row_id))
         done = s is not None and s.get("status") == loop.COMPLETED
         results.append({"row": row_id, "model": model, "method": loss.label, "paper_top1": paper1,
                         "paper_top5": paper5, "status": s and s.get("status"),
