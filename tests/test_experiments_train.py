@@ -49,8 +49,10 @@ def test_alexnet_step_and_outputs(tmp_path):
                          model_overrides=())
     s = train.run(config, ds, str(tmp_path)).summary
     assert s["model"] == "alexnet" and np.isfinite(s["test_nll"])
-    for name in ("summary.json", "metrics.jsonl", "curves.png", "reliability.png"):
+    for name in ("summary.json", "metrics.jsonl", "curves.png", "reliability.png",
+                 "risk_coverage.png"):
         assert (tmp_path / name).stat().st_size > 0
+    assert 0 <= s["test_aurc"] <= 1 and s["risk_coverage"]["coverage"][0] == 1.0
     assert json.load(open(tmp_path / "summary.json"))["test_accuracy"] == s["test_accuracy"]
 
 

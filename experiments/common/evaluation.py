@@ -88,7 +88,9 @@ def finalize(sums: dict) -> dict:
     Returns:
       {'count': int, 'top1', 'top5', 'nll', 'ece': fractions (NaN for no examples; 'nll' and 'ece'
       are NaN when an example had a non-finite logit), 'nonfinite': int, 'reliability': dict of
-      per-bin lists bin_lower, bin_upper, count, accuracy, confidence}; when the sums hold a
+      per-bin lists bin_lower, bin_upper, count, accuracy, confidence}, 'aurc' and
+      'risk_coverage' (the area under the risk-coverage curve and the curve's lists threshold,
+      coverage, risk, at the resolution of the confidence bins); when the sums hold a
       confusion matrix, also 'confusion' (K lists of K ints) and 'per_class_accuracy' (K
       fractions, the diagonal over the row sums; NaN for a class without examples).
     """
@@ -110,6 +112,9 @@ def finalize(sums: dict) -> dict:
         "nonfinite": int(round(float(sums["nonfinite"]))),
         "reliability": {k: np.asarray(v).tolist()
                         for k, v in metrics.reliability_diagram(sums["calib"]).items()},
+        "aurc": float(metrics.area_under_risk_coverage_from_stats(sums["calib"])),
+        "risk_coverage": {k: np.asarray(v).tolist()
+                          for k, v in metrics.risk_coverage_curve_from_stats(sums["calib"]).items()},
     }
 
 

@@ -424,11 +424,12 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
     summary = {
         "status": COMPLETED,
         "test_accuracy": ev["top1"], "test_top5": ev["top5"], "test_ece": ev["ece"],
-        "test_nll": ev["nll"], "best_test_accuracy": max(accuracies, default=ev["top1"]),
+        "test_nll": ev["nll"], "test_aurc": ev["aurc"],
+        "best_test_accuracy": max(accuracies, default=ev["top1"]),
         "test_nonfinite_examples": ev["nonfinite"],
         **base_summary,
         "train_time_s": float(sum(r["epoch_time_s"] for r in records)),
-        "reliability": ev["reliability"],
+        "reliability": ev["reliability"], "risk_coverage": ev["risk_coverage"],
         **latest_extra,
     }
     if config.per_class:
@@ -446,6 +447,8 @@ def train_and_evaluate(config: LoopConfig, model, make_tx: Callable, dataset: Da
         report.plot_curves(records, os.path.join(workdir, "curves.png"), config.loss.label)
         report.plot_reliability(ev["reliability"], os.path.join(workdir, "reliability.png"),
                                 config.loss.label, ece=ev["ece"])
+        report.plot_risk_coverage(ev["risk_coverage"], os.path.join(workdir, "risk_coverage.png"),
+                                  f"{config.loss.label}: test")
         if config.per_class:
             report.plot_confusion(ev["confusion"], dataset.class_names,
                                   os.path.join(workdir, "confusion.png"),

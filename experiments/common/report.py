@@ -189,6 +189,18 @@ def plot_reliability(diagram: dict, path: str, title: str = "", ece: float | Non
     plots.reliability_diagram(diagram, title=title, ece=ece, path=path)
 
 
+def plot_risk_coverage(curve: dict, path: str, title: str = "") -> None:
+    """Risk-coverage curve with its AURC (gsc_jax.plots.risk_coverage_curve) into a PNG.
+
+    Args:
+      curve: dict with equal-length lists threshold, coverage, risk
+        (gsc_jax.metrics.risk_coverage_curve_from_stats, as in the evaluation summary).
+      path: output PNG.
+      title: plot title.
+    """
+    plots.risk_coverage_curve(curve, title=title, path=path)
+
+
 def plot_sweep(xs: list, curves: dict, baseline: float, path: str) -> None:
     """Accuracy (%) against log-scaled strength per curve, CE baseline dashed (paper Fig. 5)."""
     fig, ax = plt.subplots(figsize=(6, 4))
