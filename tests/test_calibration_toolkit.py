@@ -610,3 +610,19 @@ def test_plots_without_matplotlib_name_the_extra(monkeypatch):
         plots.reliability_diagram(stats)
     with pytest.raises(ImportError, match=r"gsc-jax\[plots\]"):
         plots.risk_coverage_curve(stats)
+
+
+@pytest.mark.parametrize("case", ["all_correct", "all_wrong", "one_class", "huge_logits"])
+def test_temperature_of_degenerate_held_out_sets_is_a_bracket_end(case):
+    """All correct (the NLL falls as T -> 0): the lower end; all wrong or one class with random
+    logits (it falls as T grows): the upper end; never negative, zero or non-finite."""
+    rng = np.random.default_rng(9)
+    logits = rng.normal(size=(60, 4)).astype(np.float32)
+    if case == "huge_logits":
+        logits = logits * 1e4
+    labels = {"all_correct": logits.argmax(-1), "huge_logits": logits.argmax(-1),
+              "all_wrong": (logits.argmax(-1) + 1) % 4, "one_class": np.full(60, 2)}[case]
+    temperature = float(gsc_jax.fit_temperature(logits, labels, min_temperature=0.05,
+                                                max_temperature=20.0))
+    expected = 0.05 if case in ("all_correct", "huge_logits") else 20.0
+    np.testing.assert_allclose(temperature, expected, rtol=1e-5)
