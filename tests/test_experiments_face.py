@@ -60,6 +60,20 @@ def make_faces(root, num_ids=NUM_IDS, per_id=12, pairs_per_id=8, seed=0):
                                               num_ids * pairs_per_id, seed=seed)
     encoded = [held[i][0] for pair in index for i in pair]
     verification.write_bin(os.path.join(root, "val.bin"), encoded, issame)
+    # The same pairs in LFW's layout: lfw/<name>/<name>_0001.jpg and lfw/pairs.txt.
+    names = [f"person{k}" for k in range(num_ids)]
+    number = {}  # held-out image -> its 1-based number within its identity
+    for i, (jpeg, k) in enumerate(held):
+        number[i] = sum(1 for j in range(i) if held[j][1] == k) + 1
+        os.makedirs(os.path.join(root, "lfw", names[k]), exist_ok=True)
+        with open(os.path.join(root, "lfw", names[k], f"{names[k]}_{number[i]:04d}.jpg"),
+                  "wb") as f:
+            f.write(jpeg)
+    lines = [f"{names[held[a][1]]} {number[a]} {number[b]}" if same else
+             f"{names[held[a][1]]} {number[a]} {names[held[b][1]]} {number[b]}"
+             for (a, b), same in zip(index, issame)]
+    with open(os.path.join(root, "lfw", "pairs.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
     return os.path.join(root, "train"), os.path.join(root, "val.bin")
 
 
@@ -199,9 +213,22 @@ def test_find_verification_sets_reads_val_dir(faces, tmp_path):
 
 # --- training ----------------------------------------------------------------------------------------
 
+def test_lfw_pairs_folder_and_bin_hold_the_same_set(faces):
+    _, bin_path = faces
+    lfw = os.path.join(os.path.dirname(bin_path), "lfw")
+    found = data.find_verification_sets([lfw, bin_path])
+    assert found == {"lfw": lfw, "val": bin_path}
+    from_bin = data.load_verification_set("val", bin_path, SIZE)
+    from_pairs = data.load_verification_set("lfw", lfw, SIZE)
+    np.testing.assert_array_equal(from_pairs.issame, from_bin.issame)
+    np.testing.assert_array_equal(from_pairs.images, from_bin.images)
+
+
 def test_training_lifts_verification_above_chance(faces, tmp_path):
     folder, bin_path = faces
-    sets = [data.load_verification_set("val", bin_path, SIZE)]
+    lfw = os.path.join(os.path.dirname(bin_path), "lfw")
+    sets = [data.load_verification_set("val", bin_path, SIZE),
+            data.load_verification_set("lfw", lfw, SIZE)]
     result = train.run(tiny_config(folder), str(tmp_path / "run"), sets=sets)
     assert result.status == "completed"
     records = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
@@ -212,6 +239,7 @@ def test_training_lifts_verification_above_chance(faces, tmp_path):
     assert summary["val_accuracy"] > 0.85, summary["val_accuracy"]
     assert summary["test_accuracy"] > 2.5 / NUM_IDS, summary["test_accuracy"]
     assert summary["head_sharded"] is False and summary["num_identities"] == NUM_IDS
+    assert summary["lfw_accuracy"] == summary["val_accuracy"]  # the same pairs, two formats
     saved = json.load(open(tmp_path / "run" / "verification.json"))
     assert saved["val"]["num_pairs"] == len(sets[0].issame)
     assert os.path.getsize(tmp_path / "run" / "roc.png") > 0
@@ -310,3 +338,29 @@ def test_command_line_errors_come_before_training(faces, tmp_path):
                            "--holdout_every", "4", *args])
         assert proc.returncode == 1 and message in proc.stderr, (args, proc.stderr[-2000:])
         assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+def test_command_line_trains_table5_row_on_both_set_formats(faces, tmp_path):
+    """`python -m experiments.face --table 5 --rows arcface` with a .bin and an LFW pairs folder
+    named like Table 5's sets: the ArcFace row has our accuracies, every other cell 'not run'."""
+    folder, bin_path = faces
+    sets = tmp_path / "sets"
+    sets.mkdir()
+    os.symlink(bin_path, sets / "lfw.bin")
+    os.symlink(os.path.join(os.path.dirname(bin_path), "lfw"), sets / "agedb_30")
+    proc = run_module([
+        "experiments.face", "--workdir", str(tmp_path / "w"), "--data_dir", folder,
+        "--val_sets", f"{sets / 'lfw.bin'},{sets / 'agedb_30'}", "--table", "5",
+        "--rows", "arcface", "--model", "iresnet18", "--width", "8", "--depths", "1,1,1,1",
+        "--embedding_size", "16", "--image_size", "32", "--epochs", "1", "--batch_size", "16",
+        "--eval_batch_size", "8", "--holdout_every", "4", "--num_folds", "4"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = open(tmp_path / "w" / "table5.md").read()
+    row = [line for line in table.splitlines() if line.startswith("| ArcFace(64,0.5) |")][0]
+    cells = [c.strip() for c in row.split("|")[2:-1]]  # (ours, paper) per set, Table 5's order
+    ours = dict(zip(data.TABLE5_SETS, cells[::2]))
+    assert ours["lfw"] != "not run" and ours["agedb_30"] != "not run"
+    assert all(ours[n] == "not run" for n in ("calfw", "cfp_ff", "cplfw", "cfp_fp"))
+    assert table.count("not run") == 13 * 6 + 4
+    summary = json.load(open(tmp_path / "w" / "table5" / "arcface" / "summary.json"))
+    assert summary["lfw_accuracy"] == summary["agedb_30_accuracy"]
