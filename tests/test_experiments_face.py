@@ -246,49 +246,52 @@ def test_training_lifts_verification_above_chance(faces, tmp_path):
 
 
 SHARDED = r"""
-import json, os
+import dataclasses, json, os
 import jax, numpy as np
-from experiments.common import parallel
-from experiments.face import data, models, tables, train
+from experiments.face import data, tables, train
 config = train.RunConfig(
     data_dir=os.environ["DATA"], model="iresnet18", width=8, depths=(1, 1, 1, 1),
     embedding_size=16, image_size=32, epochs=1, batch_size=16, eval_batch_size=8,
     learning_rate=0.1, holdout_every=4, num_folds=4, progress=False,
-    loss=tables._spec("cosface", gamma=0.05, top_c=2), shard_head=os.environ["SHARD"] == "1")
+    loss=tables._spec("cosface", gamma=0.05, top_c=2))
 sets = [data.load_verification_set("val", os.environ["BIN"], 32)]
-result = train.run(config, os.environ["WORKDIR"], sets=sets)
-kernel = result.state.params["head"]["kernel"]
-momentum = result.state.opt_state[1][0].trace["head"]["kernel"]
-np.save(os.environ["WORKDIR"] + "/kernel.npy", np.asarray(jax.device_get(kernel)))
-print("RESULT", json.dumps({
-    "devices": jax.device_count(), "shape": list(kernel.shape),
-    "spec": str(kernel.sharding.spec), "momentum_spec": str(momentum.sharding.spec),
-    "shard_shape": list(kernel.addressable_shards[0].data.shape),
-    "val": result.summary["val_accuracy"], "test_nll": result.summary["test_nll"]}))
+out = {}
+for name, shard, stop in (("replicated", False, 0), ("sharded", True, 2), ("sharded", True, 0)):
+    run = dataclasses.replace(config, shard_head=shard, stop_after_steps=stop)
+    result = train.run(run, os.path.join(os.environ["WORKDIR"], name), sets=sets)
+    kernel = result.state.params["head"]["kernel"]
+    momentum = result.state.opt_state[1][0].trace["head"]["kernel"]
+    out[name] = {
+        "status": result.status, "step": int(result.state.step), "shape": list(kernel.shape),
+        "spec": str(kernel.sharding.spec), "momentum_spec": str(momentum.sharding.spec),
+        "shard_shape": list(kernel.addressable_shards[0].data.shape),
+        "kernel": np.asarray(jax.device_get(kernel)).tolist(),
+        "val": result.summary.get("val_accuracy"), "test_nll": result.summary["test_nll"]}
+print("RESULT", json.dumps({"devices": jax.device_count(), **out}))
 """
 
 
-def test_class_sharded_head_equals_replicated_head(faces, tmp_path):
+def test_class_sharded_head_equals_replicated_head_and_resumes(faces, tmp_path):
     """On 8 devices the classifier [D, K] with K = 6 identities is padded to 8 columns and split
-    one column per device (its momentum too); training equals the replicated head's."""
+    one column per device (its momentum too); a sharded run stopped after 2 steps and resumed
+    (the checkpoint restored into the split layout) trains to the replicated head's weights."""
     folder, bin_path = faces
-
-    def run(shard):
-        proc = run_python(SHARDED, {
-            "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
-            "TF_CPP_MIN_LOG_LEVEL": "2", "DATA": folder, "BIN": bin_path, "SHARD": str(shard),
-            "WORKDIR": str(tmp_path / f"shard{shard}")})
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
-        return json.loads(line[7:]), np.load(tmp_path / f"shard{shard}" / "kernel.npy")
-
-    sharded, w_sharded = run(1)
-    replicated, w_replicated = run(0)
-    assert sharded["devices"] == 8
+    proc = run_python(SHARDED, {
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
+        "TF_CPP_MIN_LOG_LEVEL": "2", "DATA": folder, "BIN": bin_path,
+        "WORKDIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    result = json.loads(line[7:])
+    sharded, replicated = result["sharded"], result["replicated"]
+    assert result["devices"] == 8 and sharded["status"] == replicated["status"] == "completed"
+    assert sharded["step"] == replicated["step"] > 2
     assert sharded["shape"] == [16, 8] and sharded["shard_shape"] == [16, 1]
     assert sharded["spec"] == sharded["momentum_spec"] == "P(None, 'data')"
     assert replicated["shape"] == [16, NUM_IDS] and replicated["spec"] == "P()"
+    w_sharded, w_replicated = np.array(sharded["kernel"]), np.array(replicated["kernel"])
     np.testing.assert_allclose(w_sharded[:, :NUM_IDS], w_replicated, rtol=2e-4, atol=2e-6)
+    assert np.all(w_sharded[:, NUM_IDS:] == 0)  # the padding columns never get a gradient
     np.testing.assert_allclose(sharded["test_nll"], replicated["test_nll"], rtol=1e-4)
     np.testing.assert_allclose(sharded["val"], replicated["val"], atol=1e-9)
 
