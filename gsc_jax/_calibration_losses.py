@@ -32,8 +32,8 @@ over the batch they were computed on: not summed (the penalty would count ``N`` 
 (a slice's mean lacks part of the penalty's gradient). Under `jax.jit` with globally sharded arrays
 (data parallelism) the batch is the global batch automatically; under `jax.pmap` or
 `jax.shard_map` each device's shard is a batch of its own. `gsc_jax.with_gsc` passes
-``example_mask`` on to these losses but adds the GSC term to every row, masked ones included:
-multiply the combined values by the mask before summing.
+``example_mask`` on to these losses and zeroes the GSC term of the masked rows too, so a masked
+example gives 0 and a zero gradient row in the combined loss as well.
 
 Poly-1 (Leng et al. 2022) is `optax.losses.poly_loss_cross_entropy`, which takes probability-vector
 labels; with integer ids it composes with the GSC term as

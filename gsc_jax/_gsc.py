@@ -372,7 +372,9 @@ def with_gsc(
 
     The returned function has ``base_loss``'s signature,
     ``(logits, labels, **base_kwargs) -> [batch...]``; ``axis`` and ``where`` in ``base_kwargs`` are
-    passed to the GSC term too. Composes with every loss in `gsc_jax` (cross-entropy, label
+    passed to the GSC term too, and a per-example ``example_mask`` (for base losses that take one,
+    e.g. `mdca_loss`) zeroes the GSC term of the masked examples, so that a masked example adds 0
+    to the loss and to the gradient. Composes with every loss in `gsc_jax` (cross-entropy, label
     smoothing, focal, entropy-regularised, online label smoothing, margin logits fed to
     cross-entropy) and with a user's own.
 
@@ -419,12 +421,15 @@ def with_gsc(
 
     @functools.wraps(base_loss)
     def loss_with_gsc(logits, labels, **base_kwargs):
-        term = gsc_term(
-            logits,
-            axis=base_kwargs.get("axis", -1),
-            where=base_kwargs.get("where"),
-            **gsc_kwargs,
-        )
-        return base_loss(logits, labels, **base_kwargs) + gamma * term
+        logits_in = logits
+        axis = base_kwargs.get("axis", -1)
+        example_mask = base_kwargs.get("example_mask")
+        if example_mask is not None:  # masked rows may hold anything (padding): keep them finite
+            keep = jnp.expand_dims(jnp.asarray(example_mask, bool), axis)
+            logits = jnp.where(keep, logits, jnp.zeros((), jnp.asarray(logits).dtype))
+        term = gsc_term(logits, axis=axis, where=base_kwargs.get("where"), **gsc_kwargs)
+        if example_mask is not None:
+            term = jnp.where(jnp.asarray(example_mask, bool), term, jnp.zeros((), term.dtype))
+        return base_loss(logits_in, labels, **base_kwargs) + gamma * term
 
     return loss_with_gsc

@@ -354,8 +354,16 @@ class WithGscTest(parameterized.TestCase):
         np.testing.assert_allclose(
             combined(logits, labels, where=where, example_mask=mask),
             gsc_jax.mdca_loss(logits, labels, where=where, example_mask=mask)
-            + 0.1 * gsc_jax.gsc_term(logits, top_c=2, where=where),
+            + 0.1 * gsc_jax.gsc_term(logits, top_c=2, where=where) * mask,
             rtol=1e-5)
+        # A masked row (padding holding NaN) adds 0 to the value and to the gradient.
+        padded = np.array(logits)
+        padded[9] = np.nan
+        value, grad = jax.value_and_grad(lambda z: combined(
+            z, labels, where=where, example_mask=mask).sum())(padded)
+        np.testing.assert_allclose(value, combined(logits, labels, where=where,
+                                                   example_mask=mask).sum(), rtol=1e-5)
+        assert np.all(np.asarray(grad)[8:] == 0) and np.all(np.isfinite(np.asarray(grad)))
 
     def test_poly1_from_optax_composes(self):
         logits, labels = _batch(13)
