@@ -421,15 +421,16 @@ def with_gsc(
 
     @functools.wraps(base_loss)
     def loss_with_gsc(logits, labels, **base_kwargs):
-        logits_in = logits
         axis = base_kwargs.get("axis", -1)
         example_mask = base_kwargs.get("example_mask")
+        term_logits = logits
         if example_mask is not None:  # masked rows may hold anything (padding): keep them finite
-            keep = jnp.expand_dims(jnp.asarray(example_mask, bool), axis)
-            logits = jnp.where(keep, logits, jnp.zeros((), jnp.asarray(logits).dtype))
-        term = gsc_term(logits, axis=axis, where=base_kwargs.get("where"), **gsc_kwargs)
+            keep = jnp.asarray(example_mask, bool)
+            term_logits = jnp.where(jnp.expand_dims(keep, axis), logits,
+                                    jnp.zeros((), jnp.asarray(logits).dtype))
+        term = gsc_term(term_logits, axis=axis, where=base_kwargs.get("where"), **gsc_kwargs)
         if example_mask is not None:
-            term = jnp.where(jnp.asarray(example_mask, bool), term, jnp.zeros((), term.dtype))
-        return base_loss(logits_in, labels, **base_kwargs) + gamma * term
+            term = jnp.where(keep, term, jnp.zeros((), term.dtype))
+        return base_loss(logits, labels, **base_kwargs) + gamma * term
 
     return loss_with_gsc
