@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from benchmarks import _timing
+from benchmarks import _timing, _train_steps
 from experiments.common import losses, parallel, steps
 from experiments.face import models, tables, train
-from experiments.imagenet import pipeline
 
 TABLE5_STEPS, TABLE5_BATCH = 32_000, 512
 
@@ -57,27 +54,14 @@ def main(argv=None):
     shardings = train.head_state_sharding(head_sharding, padded)(
         mesh, jax.eval_shape(init, jax.random.key(0)))
     state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
-    rng = np.random.RandomState(0)
-    batch = pipeline.to_global({
-        "image": rng.randint(0, 256, (args.batch, 112, 112, 3)).astype(np.uint8),
-        "label": rng.randint(0, args.identities, args.batch).astype(np.int32)},
-        parallel.batch_sharded(mesh))
+    batch = _train_steps.synthetic_batch(mesh, args.batch, 112, args.identities)
     specs = {"arcface": tables._spec("arcface"),
              "arcface_gsc": tables._spec("arcface", args.gamma, args.top_c)}
-    compiled = {}
-    for name, spec in specs.items():
+    for spec in specs.values():
         losses.validate_loss_spec(spec, args.identities)
-        step = jax.jit(steps.make_batch_train_step(
-            model=model, tx=tx, loss_spec=spec, lr_fn=lr_fn, steps_per_epoch=1000,
-            mean=train.FACE_MEAN, std=train.FACE_STD, compute_dtype=dtype))
-        start = time.perf_counter()
-        compiled[name] = step.lower(state, batch["image"], batch["label"]).compile()
-        print(f"compiled {name} in {time.perf_counter() - start:.1f}s", file=sys.stderr)
-    machine = _timing.machine_info()
-    timings = _timing.interleaved_medians(
-        {name: (lambda s=s: s(state, batch["image"], batch["label"]))
-         for name, s in compiled.items()},
-        repeats=args.repeats)
+    timings, machine, _ = _train_steps.time_losses(
+        specs, state, batch, model=model, tx=tx, lr_fn=lr_fn, mean=train.FACE_MEAN,
+        std=train.FACE_STD, compute_dtype=dtype, repeats=args.repeats)
     ratio = timings["arcface_gsc"]["median_s"] / timings["arcface"]["median_s"]
     images_per_s = args.batch / timings["arcface"]["median_s"]
     run_hours = TABLE5_STEPS * TABLE5_BATCH / images_per_s / 3600
@@ -85,11 +69,9 @@ def main(argv=None):
           "| median step s | images/s |")
     print("|---|---|---|")
     for name, t in timings.items():
-        t["images_per_s"] = args.batch / t["median_s"]
         print(f"| {name} | {t['median_s']:.3f} | {t['images_per_s']:.2f} |")
     print(f"arcface_gsc / arcface step-time ratio: {ratio:.3f}; one Table 5 run "
           f"({TABLE5_STEPS} steps x {TABLE5_BATCH}) at this rate: {run_hours:.3g} h")
-    machine["load_average_end"] = _timing.machine_info()["load_average"]
     _timing.write_json(args.out, {
         "benchmark": "face_step",
         "measure": "one jitted train step (arcface_casia recipe), median seconds; images/s",

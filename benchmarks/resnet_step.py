@@ -25,9 +25,8 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from benchmarks import _timing
+from benchmarks import _timing, _train_steps
 from experiments.common import losses, parallel, steps
 from experiments.imagenet import models, pipeline, train
 
@@ -58,31 +57,17 @@ def main(argv=None):
     state = jax.jit(lambda k: steps.init_state(
         model, tx, jnp.zeros((1, size, size, 3), dtype), k, args.classes, False),
         out_shardings=repl)(jax.random.key(0))
-    rng = np.random.RandomState(0)
-    batch = pipeline.to_global({
-        "image": rng.randint(0, 256, (args.batch, size, size, 3)).astype(np.uint8),
-        "label": rng.randint(0, args.classes, args.batch).astype(np.int32)}, sharded)
+    batch = _train_steps.synthetic_batch(mesh, args.batch, size, args.classes)
     specs = {"ce": losses.LossSpec("ce"),
              "ce_gsc": losses.LossSpec("ce", gsc_gamma=args.gamma, gsc_top_c=args.top_c)}
-    compiled = {}
-    for name, spec in specs.items():
-        step = jax.jit(steps.make_batch_train_step(
-            model=model, tx=tx, loss_spec=spec, lr_fn=lr_fn, steps_per_epoch=1000,
-            mean=pipeline.IMAGENET_MEAN, std=pipeline.IMAGENET_STD, compute_dtype=dtype))
-        start = time.perf_counter()
-        compiled[name] = step.lower(state, batch["image"], batch["label"]).compile()
-        print(f"compiled {name} in {time.perf_counter() - start:.1f}s", file=sys.stderr)
-    machine = _timing.machine_info()
-    timings = _timing.interleaved_medians(
-        {name: (lambda s=s: s(state, batch["image"], batch["label"]))
-         for name, s in compiled.items()},
-        repeats=args.repeats)
+    timings, machine, compiled = _train_steps.time_losses(
+        specs, state, batch, model=model, tx=tx, lr_fn=lr_fn, mean=pipeline.IMAGENET_MEAN,
+        std=pipeline.IMAGENET_STD, compute_dtype=dtype, repeats=args.repeats)
     ratio = timings["ce_gsc"]["median_s"] / timings["ce"]["median_s"]
     synthetic_rate = args.batch / timings["ce"]["median_s"]
     print(f"| {args.model} {size}px batch {args.batch} | median step s | images/s |")
     print("|---|---|---|")
     for name, t in timings.items():
-        t["images_per_s"] = args.batch / t["median_s"]
         print(f"| {name} (synthetic) | {t['median_s']:.3f} | {t['images_per_s']:.1f} |")
     print(f"ce_gsc / ce step-time ratio: {ratio:.3f} (target <= 1.02)")
 
@@ -111,7 +96,6 @@ def main(argv=None):
                 "synthetic_step_images_per_s": synthetic_rate, "data_steps": args.data_steps}
         print(f"input pipeline alone: {pipeline_rate:.1f} images/s; train step on real data: "
               f"{real_rate:.1f} images/s; on synthetic data: {synthetic_rate:.1f} images/s")
-    machine["load_average_end"] = _timing.machine_info()["load_average"]
     _timing.write_json(args.out, {
         "benchmark": "resnet_step",
         "measure": "one jitted train step (pycls SGD recipe), median seconds; images/s",
