@@ -58,11 +58,11 @@ def put_replicated(array: np.ndarray, mesh: Mesh) -> jax.Array:
     return jax.make_array_from_callback(array.shape, replicated(mesh), lambda idx: array[idx])
 
 
-def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+def check_batch_size(batch_size: int, mesh: Mesh, name: str = "batch_size") -> None:
     """Raises ValueError unless the global batch splits evenly across the devices."""
     n = mesh.devices.size
     if batch_size <= 0 or batch_size % n:
         raise ValueError(
-            f"batch_size {batch_size} must be a positive multiple of the {n} devices; "
-            f"use e.g. --batch_size {max(n, batch_size - batch_size % n)}."
+            f"{name} {batch_size} must be a positive multiple of the {n} devices; "
+            f"use e.g. --{name}={max(n, batch_size - batch_size % n)}."
         )

@@ -1,9 +1,11 @@
-"""Train state and the jitted train step (global arrays on a 'data' mesh).
+"""The train state and the jitted train step of the shared loop (global arrays on a 'data' mesh).
 
-The train step gathers its batch from the device-resident dataset with an epoch permutation, so a
-run is a pure function of (seed, step): that makes resume exact and 1-vs-N devices equal.
+The step takes a batch from the run's data source (`data.Source`: already gathered and augmented,
+a pure function of (seed, step)), so resume is exact and 1-vs-N devices train alike. A population
+run vmaps the same step over several seeds (`population_step`).
 """
 
+import os
 from typing import Any, Callable
 
 import flax
@@ -12,10 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from experiments.common import augment, losses, parallel
-
-
-EPOCH_SUM_KEYS = ("loss", "base_loss", "gsc_term", "count")
+from experiments.common import augment, losses
 
 
 @flax.struct.dataclass
@@ -28,8 +27,9 @@ class TrainState:
       batch_stats: BatchNorm statistics ({} for models without BN).
       opt_state: optax state.
       ols: gsc_jax OnlineLabelSmoothingState for the 'ols' loss, else None.
-      epoch_sums: float32 sums over the current epoch's steps (EPOCH_SUM_KEYS): 'loss' (the trained
-        loss), 'base_loss' and 'gsc_term' (its parts, see `make_train_step`) and 'count' (steps).
+      epoch_sums: float32 sums over the current epoch's steps of every scalar the objective
+        logs (`losses.make_objective`: 'loss', 'base_loss', with GSC 'gsc_term', 'gsc_weighted',
+        'gsc_grad_ratio') and 'count' (steps).
       first_nonfinite_step: int32 [], the number of the first step (1-based) whose training loss
         was NaN or infinite; 0 while every loss has been finite.
     """
@@ -43,32 +43,38 @@ class TrainState:
     first_nonfinite_step: jax.Array
 
 
+def logged_parts(spec: losses.LossSpec, num_classes: int) -> tuple:
+    """The names of the scalars `losses.make_objective(spec)` logs."""
+    logits = jax.ShapeDtypeStruct((2, num_classes), jnp.float32)
+    labels = jax.ShapeDtypeStruct((2,), jnp.int32)
+    soft = jax.ShapeDtypeStruct((num_classes, num_classes), jnp.float32) if spec.uses_ols else None
+    _, parts = jax.eval_shape(losses.make_objective(spec), logits, labels, soft)
+    return tuple(parts)
+
+
 def init_state(model, tx, sample: jax.Array, key: jax.Array, num_classes: int,
-               use_ols: bool) -> TrainState:
-    """Initialises with `model.init(key, sample, train=False)`; sample is [1, H, W, C]."""
+               spec: losses.LossSpec) -> TrainState:
+    """Initialises with `model.init(key, sample, train=False)`; sample is [1, ...] one input."""
     variables = model.init(key, sample, train=False)
     params = variables["params"]
+    keys = (*logged_parts(spec, num_classes), "count")
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         batch_stats=variables.get("batch_stats", {}),
         opt_state=tx.init(params),
-        ols=gsc_jax.ols_init(num_classes) if use_ols else None,
-        epoch_sums={k: jnp.zeros((), jnp.float32) for k in EPOCH_SUM_KEYS},
+        ols=gsc_jax.ols_init(num_classes) if spec.uses_ols else None,
+        epoch_sums={k: jnp.zeros((), jnp.float32) for k in keys},
         first_nonfinite_step=jnp.zeros((), jnp.int32),
     )
-
-
-def epoch_permutation(key: jax.Array, epoch: jax.Array, num_examples: int) -> jax.Array:
-    """int32 [N] shuffling order of epoch `epoch`, a pure function of (key, epoch)."""
-    return jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
 
 
 def apply_model(model, state: TrainState, params, x: jax.Array, train: bool, rngs=None):
     """Runs the model; returns (float32 logits [B, K], new batch_stats).
 
     `rngs` (e.g. {'dropout': key}) reaches the model in training only; models without random
-    layers ignore it.
+    layers ignore it. Models whose normalisation always uses the batch's statistics (no running
+    averages) are evaluated with their batch_stats mutable and the update dropped.
     """
     variables = {"params": params}
     rngs = rngs if train else None
@@ -76,73 +82,42 @@ def apply_model(model, state: TrainState, params, x: jax.Array, train: bool, rng
         return (model.apply(variables, x, train=train, rngs=rngs).astype(jnp.float32),
                 state.batch_stats)
     variables["batch_stats"] = state.batch_stats
-    if not train:
-        return model.apply(variables, x, train=False).astype(jnp.float32), state.batch_stats
-    logits, new = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs=rngs)
-    return logits.astype(jnp.float32), new["batch_stats"]
+    logits, new = model.apply(variables, x, train=train, mutable=["batch_stats"], rngs=rngs)
+    return logits.astype(jnp.float32), (new["batch_stats"] if train else state.batch_stats)
 
 
-def model_input_shape(images, train_views: Callable | None = None,
-                      eval_views: Callable | None = None) -> tuple:
-    """(h, w, C) of one model input: an image of `images` [N, H, W, C], or one of its views."""
-    image = jax.ShapeDtypeStruct((1, *images.shape[1:]), images.dtype)
-    if eval_views is not None:
-        return tuple(jax.eval_shape(eval_views, image).shape[2:])
-    if train_views is not None:
-        return tuple(jax.eval_shape(train_views, jax.random.key(0), image).shape[2:])
-    return tuple(images.shape[1:])
-
-
-def flatten_views(views: jax.Array) -> jax.Array:
-    """[B, V, h, w, C] views -> [B * V, h, w, C] model inputs (the views of an image adjacent)."""
-    return views.reshape(-1, *views.shape[2:])
-
-
-def make_logits_fn(model, *, mean, std, compute_dtype, eval_views: Callable | None = None
-                   ) -> Callable:
-    """`logits_fn(state, images uint8 [B, H, W, C]) -> float32 logits [B, K]` in eval mode.
-
-    With `eval_views(images) -> [B, V, h, w, C]` (e.g. TenCrop), every view is evaluated and the
-    logits are averaged over the V views of each image.
-    """
+def make_logits_fn(model, *, mean, std, compute_dtype) -> Callable:
+    """`logits_fn(state, images uint8 [B, ...]) -> float32 logits [B, K]` in eval mode."""
 
     def logits_fn(state: TrainState, images):
-        if eval_views is None:
-            x = augment.normalize(images, mean, std, compute_dtype)
-            return apply_model(model, state, state.params, x, train=False)[0]
-        views = eval_views(images)
-        x = augment.normalize(flatten_views(views), mean, std, compute_dtype)
-        logits = apply_model(model, state, state.params, x, train=False)[0]
-        return jnp.mean(logits.reshape(views.shape[0], views.shape[1], -1), axis=1)
+        x = augment.normalize(images, mean, std, compute_dtype)
+        return apply_model(model, state, state.params, x, train=False)[0]
 
     return logits_fn
 
 
-def make_batch_train_step(*, model, tx, loss_spec: losses.LossSpec, lr_fn: Callable,
-                          steps_per_epoch: int, mean, std, compute_dtype,
-                          dropout_key: jax.Array | None = None) -> Callable:
-    """Builds `step(state, images u8 [B, H, W, C], labels [B]) -> (state, metrics)`: one batch.
+def make_train_step(*, model, tx, loss_spec: losses.LossSpec, lr_fn: Callable,
+                    steps_per_epoch: int, mean, std, compute_dtype) -> Callable:
+    """Builds `step(state, batch, dropout_key) -> (state, metrics)`: one optimisation step.
 
-    One optimisation step on a batch that is already drawn and augmented (by `make_train_step`
-    from the device-resident dataset, or by a streaming input pipeline): normalisation, the batch
-    mean of the per-example loss (`losses.make_objective`), the update, and for 'ols' the OLS
-    accumulators (updated every step, finalised on the last step of each epoch,
-    gsc_jax.ols_update / ols_finalize_epoch). `dropout_key` feeds the model's 'dropout' stream
-    with fold_in(dropout_key, s) at step s.
+    On a batch {'image': uint8 [B, ...], 'label': int32 [B]} that the data source has drawn and
+    augmented: normalisation, the batch mean of the per-example loss (`losses.make_objective`),
+    the update, and for 'ols' the OLS accumulators (updated every step, finalised on the last
+    step of each epoch, gsc_jax.ols_update / ols_finalize_epoch). The model's 'dropout' stream
+    gets fold_in(dropout_key, s) at step s.
 
-    The loss's parts (batch means) are summed in `state.epoch_sums`: 'base_loss' (the loss without
-    GSC) and 'gsc_term' (unscaled by gamma; 0 when GSC is off). The sums restart at each epoch's
-    first step. `state.first_nonfinite_step` records the first step whose loss was not finite, so
-    that the host can detect a diverged run by reading one scalar now and then.
+    The objective's logged parts are summed in `state.epoch_sums` (restarting at each epoch's
+    first step), and `state.first_nonfinite_step` records the first step whose loss was not
+    finite, so that the host detects a diverged run by reading one scalar now and then.
     """
     objective_fn = losses.make_objective(loss_spec)
 
-    def batch_step(state: TrainState, images, labels):
+    def step(state: TrainState, batch: dict, dropout_key: jax.Array):
+        images, labels = batch["image"], batch["label"]
         i = state.step % steps_per_epoch
         x = augment.normalize(images, mean, std, compute_dtype)
         soft = state.ols.soft_labels if loss_spec.uses_ols else None
-        rngs = None if dropout_key is None else {
-            "dropout": jax.random.fold_in(dropout_key, state.step)}
+        rngs = {"dropout": jax.random.fold_in(dropout_key, state.step)}
 
         def objective(params):
             logits, batch_stats = apply_model(model, state, params, x, train=True, rngs=rngs)
@@ -158,67 +133,79 @@ def make_batch_train_step(*, model, tx, loss_spec: losses.LossSpec, lr_fn: Calla
             last = i == steps_per_epoch - 1
             ols = jax.tree.map(lambda a, b: jnp.where(last, a, b),
                                gsc_jax.ols_finalize_epoch(ols), ols)
-        step_values = {"loss": loss, "base_loss": parts["base_loss"],
-                       "gsc_term": parts.get("gsc_term", jnp.zeros((), jnp.float32)),
-                       "count": jnp.ones((), jnp.float32)}
+        step_values = {**parts, "count": jnp.ones((), jnp.float32)}
         # jnp.where, not a product with 0: a NaN of the previous epoch must not carry over.
         sums = {k: jnp.where(i > 0, state.epoch_sums[k] + step_values[k], step_values[k])
-                for k in EPOCH_SUM_KEYS}
+                for k in state.epoch_sums}
         first_bad = jnp.where((state.first_nonfinite_step == 0) & ~jnp.isfinite(loss),
                               state.step + 1, state.first_nonfinite_step)
         new_state = state.replace(step=state.step + 1,
                                   params=optax.apply_updates(state.params, updates),
                                   batch_stats=batch_stats, opt_state=opt_state, ols=ols,
                                   epoch_sums=sums, first_nonfinite_step=first_bad)
-        return new_state, {**parts, "learning_rate": lr_fn(state.step)}
+        return new_state, {"loss": loss, "learning_rate": lr_fn(state.step)}
 
-    return batch_step
-
-
-def make_train_step(*, model, tx, loss_spec: losses.LossSpec, lr_fn: Callable,
-                    steps_per_epoch: int, batch_size: int, mesh, mean, std, use_augment: bool,
-                    compute_dtype, aug_key: jax.Array, train_views: Callable | None = None,
-                    dropout_key: jax.Array | None = None) -> Callable:
-    """Builds `train_step(state, images [N,H,W,C] u8, labels [N], perm [N]) -> (state, metrics)`.
-
-    Step s trains on perm[i*B:(i+1)*B] with i = s % steps_per_epoch (the last partial batch of an
-    epoch is dropped), augmented with key fold_in(aug_key, s), then takes the step of
-    `make_batch_train_step` (loss, update, OLS, epoch sums, divergence flag).
-
-    `train_views(key, images) -> [B, V, h, w, C]`, when given, replaces `use_augment`'s crop and
-    flip: each of the V views of an image is a training example with the image's label (B * V
-    examples a step, e.g. TenCrop).
-    """
-    batch_step = make_batch_train_step(
-        model=model, tx=tx, loss_spec=loss_spec, lr_fn=lr_fn, steps_per_epoch=steps_per_epoch,
-        mean=mean, std=std, compute_dtype=compute_dtype, dropout_key=dropout_key)
-
-    def train_step(state: TrainState, images_all, labels_all, perm):
-        i = state.step % steps_per_epoch
-        idx = jax.lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)
-        idx = jax.lax.with_sharding_constraint(idx, parallel.batch_sharded(mesh))
-        images, labels = images_all[idx], labels_all[idx]
-        step_key = jax.random.fold_in(aug_key, state.step)
-        if train_views is not None:
-            views = train_views(step_key, images)
-            labels = jnp.repeat(labels, views.shape[1])
-            images = flatten_views(views)
-        elif use_augment:
-            images = augment.random_crop_flip(step_key, images)
-        return batch_step(state, images, labels)
-
-    return train_step
+    return step
 
 
-def epoch_means(sums: dict, loss_spec: losses.LossSpec) -> dict:
-    """The epoch's mean training loss and its parts, from host `epoch_sums`, for metrics.jsonl.
-
-    train_loss: the trained loss; train_base_loss: the loss without GSC (CE / entropy / focal /
-    LS / OLS); train_gsc_term: the GSC term unscaled by gamma, only when GSC is on. So train_loss =
-    train_base_loss + gamma * train_gsc_term (up to float rounding).
-    """
-    n = float(sums["count"])
-    out = {"train_loss": float(sums["loss"]) / n, "train_base_loss": float(sums["base_loss"]) / n}
-    if loss_spec.uses_gsc:
-        out["train_gsc_term"] = float(sums["gsc_term"]) / n
+def epoch_means(sums: dict) -> dict:
+    """'train/<part>' means of the epoch from host `epoch_sums` (per member in a population)."""
+    count = sums["count"]
+    out = {}
+    for key, total in sums.items():
+        if key != "count":
+            value = jnp.asarray(total) / count
+            out[f"train/{key}"] = value.tolist()
     return out
+
+
+def available_memory_bytes(device) -> int | None:
+    """Memory one device can use: the accelerator's limit, or the host's available RAM shared by
+    its CPU devices; None when unknown."""
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    if device.platform == "cpu":
+        try:
+            pages = os.sysconf("SC_AVPHYS_PAGES")
+            return int(pages * os.sysconf("SC_PAGE_SIZE")) // max(jax.local_device_count(), 1)
+        except (ValueError, OSError):
+            return None
+    return None
+
+
+class MemoryCheckedStep:
+    """A jitted train step compiled on its first call, refused when it cannot fit in memory.
+
+    XLA's memory analysis of the compiled step (arguments, outputs and temporaries, per device)
+    is compared with what a device has (`available_memory_bytes`); a step that needs more raises
+    ValueError naming the fields to lower, instead of dying in an allocation mid-step.
+    """
+
+    def __init__(self, jitted: Callable, config):
+        self._jitted, self._config, self._compiled = jitted, config, None
+
+    def __call__(self, *args):
+        if self._compiled is None:
+            self._compiled = self._jitted.lower(*args).compile()
+            check_memory(self._compiled, self._config)
+        return self._compiled(*args)
+
+
+def check_memory(compiled, config) -> None:
+    """Raises ValueError when `compiled` needs more memory per device than a device has."""
+    try:
+        analysis = compiled.memory_analysis()
+    except (NotImplementedError, AttributeError, RuntimeError):
+        return
+    if analysis is None:
+        return
+    needed = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+              + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+    available = available_memory_bytes(jax.local_devices()[0])
+    if available is not None and needed > available:
+        raise ValueError(
+            f"this config needs about {needed / 2**30:.1f} GiB per device for one train step "
+            f"(XLA's memory analysis), more than the {available / 2**30:.1f} GiB a device has: "
+            f"lower config.batch_size (now {config.batch_size}), or the model's or the input's "
+            "size (config.model.*, config.data.image_size), or use more devices.")

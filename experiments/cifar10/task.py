@@ -1,0 +1,46 @@
+"""The CIFAR-10 task: an in-memory image dataset, AlexNet or ConvMixer (GSC paper Table 1-2).
+
+Data: an image folder DIR/{train,test}/<class>/<image> (`config.data.data_dir`, decoded once and
+cached), an arrays file (`config.data.npz`) or TFDS `cifar10` (downloaded once). Training images
+get the 4-px zero-pad random crop + horizontal flip of Lee et al. (2015) on the device
+(`config.data.augment`); subsets and symmetric label noise as in `memory.prepare`.
+"""
+
+from experiments.common import augment
+from experiments.common import config as cfg
+from experiments.common.data import memory
+from experiments.cifar10 import models
+
+
+def validate(config) -> None:
+    cfg.check(config, "model.name", cfg.one_of(*models.MODELS),
+              f"one of {', '.join(models.MODELS)}")
+    memory.check_subset_fields(config)
+
+
+def load(config) -> memory.Dataset:
+    """The whole dataset of `config.data` (before subsets and noise)."""
+    data = config.data
+    if data.npz:
+        return memory.load_npz(data.npz)
+    if data.data_dir:
+        return memory.load_image_folder(data.data_dir, write_cache=_is_process_zero())
+    memory.check_tfds_available(data.tfds_name, data.tfds_data_dir or None)
+    return memory.load_tfds(data.tfds_name, data.tfds_data_dir or None)
+
+
+def _is_process_zero() -> bool:
+    import jax  # pylint: disable=import-outside-toplevel
+    return jax.process_index() == 0
+
+
+def make_source(config) -> memory.ArraySource:
+    dataset, info = memory.prepare(load(config), config.data)
+    return memory.ArraySource(dataset, augment=augment.random_crop_flip if config.data.augment
+                              else None, info=info)
+
+
+def make_model(config, num_classes: int, mesh):
+    del mesh
+    fields = {k: v for k, v in config.model.items() if k != "name"}
+    return models.create_model(config.model.name, num_classes, config.bf16, **fields)

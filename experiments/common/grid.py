@@ -1,0 +1,315 @@
+"""One grid runner for the paper's tables and for sweeps: rows x seeds, a markdown + JSON table.
+
+A table or sweep is a config file with `get_config()` (the run every row starts from; command-line
+`--config.x=y` overrides apply to all rows) and `get_grid()` returning a `Grid`: its rows, each a
+set of config overrides with the paper's numbers, the columns to report and the seeds. Every
+(row, seed) trains in WORKDIR/<grid name>/<row id>[_s<seed>] (a re-run resumes it, a finished one
+is only re-read); with `vmap_seeds` a row's seeds train together as one population run (in-memory
+data only). One divergence policy: a diverged run's cells read "diverged" and the rest of the
+table still runs; a stopped run (a signal, `run.stop_after_steps`) stops the grid, and the same
+command resumes it. Rows not selected (`--rows`) and not finished earlier read "not run". The
+table gives ours as mean +- sample std over the seeds (ddof 1) beside the paper's.
+"""
+
+import dataclasses
+import json
+import math
+import os
+from typing import Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from experiments.common import console, loop, report
+
+FORMATS = {
+    "pct": lambda x: f"{100 * x:.2f}",
+    "nats": lambda x: f"{x:.4f}",
+    "raw": lambda x: f"{x:.4g}",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One row: an id (its sub-workdir), config overrides ('loss.gsc.gamma': 0.02, ...) and the
+    paper's values by column key (in the column's unit, e.g. percent)."""
+
+    id: str
+    overrides: dict
+    paper: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """A reported quantity.
+
+    Attributes:
+      key: a summary key ('test/top1', 'test/top1@best'), or 'max:<metric>' for the best value
+        over the epochs of metrics.jsonl.
+      title: the header.
+      fmt: a key of FORMATS.
+    """
+
+    key: str
+    title: str
+    fmt: str = "pct"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plot:
+    """A figure of columns against a numeric override: one curve per `series` value, one panel
+    per `panel` value (paper Fig. 5's form); `baseline` rows are drawn as dashed lines."""
+
+    x: str
+    series: str = ""
+    panel: str = ""
+    columns: tuple = ("test/top1",)
+    log_x: bool = True
+    baseline: tuple = ()
+    file: str = "sweep.png"
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """A table or sweep.
+
+    Attributes:
+      name: file stem of the outputs and the sub-folder of the runs.
+      title: the table's first line.
+      rows: the Rows.
+      columns: the Columns.
+      seeds: the seeds every row trains with.
+      vmap_seeds: train a row's seeds together (one population run).
+      plots: figures to draw.
+      extra: `extra(results, workdir) -> markdown` appended to the table (per-class tables, loss
+        curves, ...); `results` are the `CellResult`s.
+    """
+
+    name: str
+    title: str
+    rows: tuple
+    columns: tuple
+    seeds: tuple = (0,)
+    vmap_seeds: bool = False
+    plots: tuple = ()
+    extra: Callable | None = None
+
+
+@dataclasses.dataclass
+class CellResult:
+    """A row's outcome: its config, per-seed workdirs and summaries (None: not run)."""
+
+    row: Row
+    label: str
+    workdirs: list
+    summaries: list
+
+    def values(self, key: str) -> list | None:
+        """Per-seed values of a column key; None when a seed has not completed."""
+        out = []
+        for workdir, summary in zip(self.workdirs, self.summaries):
+            if summary is None or summary.get("status") != loop.COMPLETED:
+                return None
+            if key.startswith("max:"):
+                metric = key[4:]
+                out.append(max((r[metric] for r in report.read_jsonl(
+                    os.path.join(workdir, "metrics.jsonl")) if r.get(metric) is not None),
+                    default=math.nan, key=lambda v: np.nanmean(v)))
+            else:
+                out.append(summary.get(key))
+        flat = []
+        for v in out:  # a population run's list is one value per seed
+            flat.extend(v if isinstance(v, list) else [v])
+        return flat
+
+    def status(self) -> str:
+        statuses = [s.get("status") if s else "not run" for s in self.summaries]
+        for status in ("diverged", "failed", "stopped", "not run"):
+            if status in statuses:
+                return status
+        if self.summaries and any(np.any(s.get("diverged_at_step", 0)) for s in self.summaries):
+            return "diverged"
+        return loop.COMPLETED
+
+
+def apply_overrides(config, overrides: dict):
+    """A copy of `config` with dotted-path overrides ('loss.gsc.gamma': 0.02) applied; a dict
+    value replaces the whole sub-config (a row with another model's fields)."""
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        for path, value in overrides.items():
+            *parents, leaf = path.split(".")
+            node = config
+            for key in parents:
+                node = node[key]
+            if leaf not in node:
+                raise ValueError(f"override {path!r}: the config has no field {leaf!r} there.")
+            node[leaf] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+    return config
+
+
+def mean_std(values, fmt: str) -> str:
+    """'mean ± std' (sample std over seeds) in the column's format; one value alone."""
+    f = FORMATS[fmt]
+    v = np.asarray(values, np.float64)
+    if len(v) == 1:
+        return f(v[0])
+    return f"{f(v.mean())} ± {f(v.std(ddof=1))}"
+
+
+def check_rows(grid: Grid, rows) -> tuple:
+    """The row ids to run (all when `rows` is empty); ValueError for unknown ids."""
+    ids = tuple(r.id for r in grid.rows)
+    rows = tuple(rows or ids)
+    unknown = [r for r in rows if r not in ids]
+    if unknown:
+        raise ValueError(f"--rows: unknown rows {unknown}; choose from {', '.join(ids)}.")
+    return rows
+
+
+def row_workdirs(grid: Grid, row: Row, workdir: str) -> list:
+    base = os.path.join(workdir, grid.name, row.id)
+    if grid.vmap_seeds or len(grid.seeds) == 1:
+        return [base]
+    return [f"{base}_s{seed}" for seed in grid.seeds]
+
+
+def run(grid: Grid, base_config, workdir: str, rows=(), cli_overrides=None) -> str:
+    """Trains the selected rows for every seed, then writes the table; returns its markdown.
+
+    `cli_overrides` (the command line's --config.x=y) are applied after each row's own, so that
+    e.g. --config.epochs=6 shortens every row.
+
+    Raises:
+      SystemExit: a run was stopped (exit status 128 + signal, or 0 for stop_after_steps).
+      ValueError: a bad override or config, before its row trains.
+    """
+    selected = check_rows(grid, rows)
+    results = []
+    for row in grid.rows:
+        config = apply_overrides(apply_overrides(base_config, row.overrides),
+                                 cli_overrides or {})
+        workdirs = row_workdirs(grid, row, workdir)
+        label = _label(config)
+        if row.id in selected:
+            runs = ([(workdirs[0], {"seeds": grid.seeds})] if grid.vmap_seeds else
+                    [(w, {"seed": s}) for w, s in zip(workdirs, grid.seeds)])
+            for sub, how in runs:
+                cfg = apply_overrides(config, {"seed": how["seed"]}) if "seed" in how else config
+                result = loop.train_and_evaluate(cfg, sub, seeds=how.get("seeds"))
+                if result.status == loop.STOPPED:
+                    raise SystemExit(128 + result.interrupted_by if result.interrupted_by
+                                     else 0)
+                if result.status != loop.COMPLETED and jax.process_index() == 0:
+                    console.say(f"warning: {sub}: {result.message}")
+        results.append(CellResult(row, label, workdirs,
+                                  [report.read_summary(w) for w in workdirs]))
+    return write(grid, results, workdir)
+
+
+def _label(config) -> str:
+    from experiments.common import losses  # pylint: disable=import-outside-toplevel
+    return losses.LossSpec.from_config(config.loss).label
+
+
+def cell(result: CellResult, column: Column) -> str:
+    status = result.status()
+    if status != loop.COMPLETED:
+        return status
+    values = result.values(column.key)
+    if values is None or any(v is None for v in values):
+        return "n/a"
+    return mean_std(values, column.fmt)
+
+
+def write(grid: Grid, results: list, workdir: str) -> str:
+    """Writes WORKDIR/<name>.md and .json (and the plots); returns the markdown."""
+    header = ["row", "method"]
+    for c in grid.columns:
+        header.append(f"{c.title} (ours)")
+        if any(c.key in r.row.paper for r in results):
+            header.append(f"{c.title} (paper)")
+    lines = [grid.title, "", f"Ours: mean ± sample std over seeds "
+             f"{', '.join(map(str, grid.seeds))}.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in results:
+        cells = [r.row.id, r.label]
+        for c in grid.columns:
+            cells.append(cell(r, c))
+            if any(c.key in x.row.paper for x in results):
+                paper = r.row.paper.get(c.key)
+                cells.append("-" if paper is None else f"{paper:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    if grid.extra is not None:
+        text += "\n" + grid.extra(results, workdir)
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, f"{grid.name}.md"), "w") as f:
+            f.write(text)
+        report.write_json(os.path.join(workdir, f"{grid.name}.json"), {
+            "title": grid.title, "seeds": list(grid.seeds),
+            "rows": [{"row": r.row.id, "method": r.label, "overrides": r.row.overrides,
+                      "paper": r.row.paper, "status": r.status(), "workdirs": r.workdirs,
+                      "values": {c.key: r.values(c.key) for c in grid.columns}}
+                     for r in results]})
+        for plot in grid.plots:
+            plot_grid(plot, results, os.path.join(workdir, plot.file))
+    return text
+
+
+def plot_grid(plot: Plot, results: list, path: str) -> None:
+    """Columns against the `plot.x` override, mean +- standard error over seeds."""
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+    curves = [r for r in results if plot.x in r.row.overrides and r.row.id not in plot.baseline]
+    panels = sorted({r.row.overrides.get(plot.panel) for r in curves} if plot.panel else {None},
+                    key=lambda v: (v is None, v))
+    fig, axes = plt.subplots(len(plot.columns), len(panels), squeeze=False,
+                             figsize=(4.2 * len(panels), 3.2 * len(plot.columns)))
+    for j, panel in enumerate(panels):
+        in_panel = [r for r in curves if not plot.panel or r.row.overrides.get(plot.panel) == panel]
+        series = sorted({r.row.overrides.get(plot.series) for r in in_panel} if plot.series
+                        else {None}, key=lambda v: (v is None, v))
+        for i, column in enumerate(plot.columns):
+            ax = axes[i][j]
+            for s in series:
+                points = sorted((r.row.overrides[plot.x], r.values(column)) for r in in_panel
+                                if (not plot.series or r.row.overrides.get(plot.series) == s)
+                                and r.values(column))
+                if not points:
+                    continue
+                xs = [p[0] for p in points]
+                means = [np.nanmean(p[1]) for p in points]
+                errors = [np.nanstd(p[1], ddof=1) / math.sqrt(len(p[1])) if len(p[1]) > 1
+                          else 0.0 for p in points]
+                ax.errorbar(xs, means, yerr=errors, marker="o", ms=3, capsize=2,
+                            label=f"{plot.series.split('.')[-1]}={s}" if plot.series else None)
+            for k, base in enumerate(plot.baseline):
+                r = next((x for x in results if x.row.id == base and (
+                    not plot.panel or x.row.overrides.get(plot.panel) == panel)), None)
+                values = r.values(column) if r else None
+                if values:
+                    ax.axhline(np.nanmean(values), color=f"C{7 + k}", ls="--", lw=1,
+                               label=r.label)
+            if plot.log_x:
+                ax.set_xscale("log")
+            ax.set_xlabel(plot.x)
+            ax.set_ylabel(column)
+            if plot.panel:
+                ax.set_title(f"{plot.panel} = {panel}", fontsize=9)
+            ax.grid(alpha=0.3)
+            if i == 0 and j == 0:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def results_json(workdir: str, name: str) -> dict:
+    """A grid's JSON, as `write` wrote it."""
+    with open(os.path.join(workdir, f"{name}.json")) as f:
+        return json.load(f)
