@@ -16,7 +16,8 @@ the GSC paper's Table 5, as in the evaluation code of the insightface repository
 
 Data sources:
   * `load_bin` reads insightface's validation `.bin` files (a pickle of the encoded images and the
-    pair labels), with an unpickler that refuses everything but byte strings and numpy arrays.
+    pair labels) without unpickling them: only byte strings, bools and byte / bool arrays are
+    ever built, anything else is refused with a message naming the file.
   * `load_pairs` reads an image folder with an LFW-style `pairs.txt`.
   * `write_bin` writes the `.bin` format; `sample_pairs` draws balanced pairs from identity labels
     (`python -m experiments.face.make_bin` builds a `.bin` from an identity folder).
@@ -24,11 +25,15 @@ Data sources:
 Everything here is NumPy, Pillow and matplotlib; the model is the caller's `embed_fn`.
 """
 
+import codecs
 import dataclasses
 import io
+import math
 import os
 import pathlib
 import pickle
+import pickletools
+import re
 import tempfile
 from typing import Callable, Sequence
 
@@ -81,50 +86,523 @@ class VerificationSet:
 
 # ---------------------------------------------------------------------------------------------
 # Reading and writing insightface's .bin files.
-
-# The globals a validation .bin may reference: numpy array / scalar reconstruction (numpy 1 wrote
-# numpy.core, numpy 2 writes numpy._core; protocol 5 writes arrays with _frombuffer) and the
-# byte-string constructors of Python 2 and of pickle protocols < 3 (which write bytes as
-# _codecs.encode(str, 'latin1')).
-_ALLOWED_GLOBALS = frozenset({
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.numeric", "_frombuffer"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("builtins", "bytes"),
-    ("builtins", "bytearray"),
-    ("__builtin__", "bytes"),
-    ("__builtin__", "bytearray"),
-    ("_codecs", "encode"),
-})
+#
+# A .bin is a pickle, and unpickling executes the file: even behind a restricted `find_class`, the
+# allowed globals run with arguments of the file's choosing (numpy.dtype plus BUILD forges a dtype
+# whose fields are object pointers, a memory-corruption primitive; bytes(10**15) asks for a
+# petabyte). So `read_bin` never unpickles. `_OpcodeReader` reads the opcodes and their arguments,
+# checking every declared size against the bytes the file has left, and `_InertMachine` runs them
+# on inert values only: byte strings, text, ints, bools, None, tuples, lists and dicts. The few
+# calls that Python 2, Python 3 and numpy write for byte strings, uint8 / int8 / bool /
+# fixed-length-bytes arrays and numpy bool / bytes scalars are evaluated by the functions below,
+# from checked arguments. No module is imported, no class is instantiated, no numpy dtype is built
+# from the file's state.
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that only builds byte strings, bools, lists, tuples and numpy arrays.
+class BinFileError(pickle.UnpicklingError, ValueError):
+    """A .bin that `read_bin` refuses; the message names the file and what is wrong.
 
-    A pickle can call any importable function while it is read; a file from the internet must
-    therefore not be read with `pickle.load`. Every global outside `_ALLOWED_GLOBALS` raises
-    `pickle.UnpicklingError` before anything is called.
+    Both a `pickle.UnpicklingError` and a `ValueError`: the two errors `read_bin` raised when it
+    still unpickled.
     """
 
-    def find_class(self, module, name):
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise pickle.UnpicklingError(
-                f"refused global {module}.{name}: a verification .bin may only hold byte strings, "
-                "bools and numpy arrays.")
-        return super().find_class(module, name)
+
+class _Refused(Exception):
+    """Raised inside `_InertMachine`; `read_bin` adds the file and the byte position."""
+
+
+#: What a .bin may hold, quoted when a file asks for anything else.
+_ALLOWED = ("a verification .bin may only hold byte strings, bools and numpy uint8 / bool arrays "
+            "(a pickle of (images, issame))")
+#: numpy dtypes of the arrays and scalars a .bin may hold: raw bytes, never pointers.
+_DTYPE_CODES = re.compile(r"[ui]1|b1|S[1-9][0-9]{0,8}")
+_LATIN1 = ("latin1", "latin-1")
+#: The values a numpy dtype's BUILD state may hold (no fields, sub-arrays or metadata).
+_PLAIN = (bytes, str, int, type(None))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Global:
+    """A name the file referenced (GLOBAL / STACK_GLOBAL); only `_REDUCERS` gives it a meaning."""
+    module: str
+    name: str
+    kind = "a global"
+
+
+@dataclasses.dataclass(eq=False)
+class _DType:
+    """numpy.dtype(code) as declared by the file; `code` matches `_DTYPE_CODES`."""
+    code: str
+    built: bool = False
+    kind = "a numpy dtype"
+
+
+@dataclasses.dataclass(eq=False)
+class _PendingArray:
+    """numpy's `_reconstruct(ndarray, (0,), b'b')`, waiting for the BUILD that fills `array`."""
+    array: np.ndarray | None = None
+    kind = "an unfinished numpy array"
+
+
+def _shown(value) -> str:
+    """A short description of a value from the file, for messages."""
+    if isinstance(value, (bytes, str, int)) and len(repr(value)) <= 40:
+        return repr(value)
+    return _describe(value)
+
+
+def _latin1(text: str) -> bytes:
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise _Refused("a byte string stored as text holds a character above U+00FF") from None
+
+
+def _reduce_codecs_encode(args) -> bytes:
+    """_codecs.encode(text, 'latin1'): how Python 3 pickles bytes at protocols 0 to 2."""
+    if len(args) == 2 and isinstance(args[0], str) and args[1] in _LATIN1:
+        return _latin1(args[0])
+    raise _Refused("_codecs.encode may only turn a text into latin-1 bytes")
+
+
+def _reduce_bytes(args) -> bytes:
+    """bytes(...) / bytearray(...) as pickled: (), (bytes,) or (text, 'latin-1'); never (size,)."""
+    if args == ():
+        return b""
+    if len(args) == 1 and isinstance(args[0], (bytes, bytearray)):
+        return bytes(args[0])
+    if len(args) == 2 and isinstance(args[0], str) and args[1] in _LATIN1:
+        return _latin1(args[0])
+    raise _Refused(f"bytes / bytearray may only copy a byte string, not take the arguments "
+                   f"({', '.join(_shown(a) for a in args[:3])})")
+
+
+def _reduce_dtype(args) -> _DType:
+    """numpy.dtype(code, align, copy), for the codes of `_DTYPE_CODES` only."""
+    if len(args) != 3 or not all(isinstance(a, int) and a in (0, 1) for a in args[1:]):
+        raise _Refused("numpy.dtype must be called as (code, align, copy)")
+    code = args[0].decode("latin-1") if isinstance(args[0], bytes) else args[0]  # Python 2
+    if not isinstance(code, str) or not _DTYPE_CODES.fullmatch(code):
+        raise _Refused(f"numpy dtype {_shown(code)} is not allowed; arrays may only be uint8, "
+                       "int8, bool or fixed-length bytes")
+    return _DType(code)
+
+
+def _reduce_reconstruct(args) -> _PendingArray:
+    """numpy's _reconstruct(ndarray, (0,), b'b'): the empty array a BUILD then fills."""
+    if (len(args) == 3 and args[0] == _Global("numpy", "ndarray") and args[1] == (0,)
+            and args[2] in (b"b", "b")):
+        return _PendingArray()
+    raise _Refused("numpy's _reconstruct may only start a plain numpy.ndarray")
+
+
+def _dtype_code(dtype) -> str:
+    if not isinstance(dtype, _DType) or not dtype.built:
+        raise _Refused(f"expected a numpy dtype, found {_describe(dtype)}")
+    return dtype.code
+
+
+def _array(raw, code: str, shape, fortran) -> np.ndarray:
+    """The array numpy would rebuild from `raw`, which must hold exactly its bytes."""
+    if not isinstance(raw, (bytes, bytearray)):
+        raise _Refused(f"a numpy array's data must be a byte string, found {_describe(raw)}")
+    if (not isinstance(shape, tuple) or len(shape) > 2
+            or not all(isinstance(d, int) and 0 <= d <= max(len(raw), 1) for d in shape)):
+        raise _Refused(f"a numpy array's shape must be at most 2 sizes that fit its data, got "
+                       f"{_shown(shape)}")
+    if not isinstance(fortran, int) or fortran not in (0, 1):
+        raise _Refused("a numpy array's memory order must be a bool")
+    needed = math.prod(shape) * (int(code[1:]) if code[0] == "S" else 1)
+    if needed != len(raw):
+        raise _Refused(f"a numpy array of shape {shape} and dtype {code} needs {needed} bytes, "
+                       f"its data holds {len(raw)}")
+    if code == "b1":  # any nonzero byte is True, as numpy's bool conversion has it
+        flat = np.frombuffer(raw, np.uint8) != 0
+    else:
+        flat = np.frombuffer(raw, np.dtype(code))
+    return flat.reshape(shape, order="F" if fortran else "C")
+
+
+def _reduce_frombuffer(args) -> np.ndarray:
+    """numpy's _frombuffer(buffer, dtype, shape, order): arrays at pickle protocol 5."""
+    if len(args) != 4 or args[3] not in ("C", "F"):
+        raise _Refused("numpy's _frombuffer must be called as (buffer, dtype, shape, 'C' or 'F')")
+    return _array(args[0], _dtype_code(args[1]), args[2], args[3] == "F")
+
+
+def _reduce_scalar(args):
+    """numpy's scalar(dtype, raw): np.bool_ gives a bool, np.bytes_ bytes (trailing NULs cut)."""
+    if len(args) != 2 or not isinstance(args[1], bytes):
+        raise _Refused("numpy's scalar must be called as (dtype, bytes)")
+    code, raw = _dtype_code(args[0]), args[1]
+    if code == "b1" and len(raw) == 1:
+        return raw != b"\x00"
+    if code[0] == "S" and len(raw) == int(code[1:]):
+        return raw.rstrip(b"\x00")
+    raise _Refused(f"a numpy scalar may only be a bool or bytes, got dtype {code} with "
+                   f"{len(raw)} bytes")
+
+
+#: The globals a .bin may name (numpy 1 wrote numpy.core, numpy 2 writes numpy._core), each with
+#: the function that evaluates a call of it; numpy.ndarray is only an argument of _reconstruct.
+_REDUCERS = {
+    **{(f"{core}.multiarray", "_reconstruct"): _reduce_reconstruct
+       for core in ("numpy.core", "numpy._core")},
+    **{(f"{core}.numeric", "_frombuffer"): _reduce_frombuffer
+       for core in ("numpy.core", "numpy._core")},
+    **{(f"{core}.multiarray", "scalar"): _reduce_scalar for core in ("numpy.core", "numpy._core")},
+    ("numpy", "dtype"): _reduce_dtype,
+    ("numpy", "ndarray"): None,
+    ("_codecs", "encode"): _reduce_codecs_encode,
+    **{(module, name): _reduce_bytes
+       for module in ("builtins", "__builtin__") for name in ("bytes", "bytearray")},
+}
+
+
+def _build_dtype(dtype: _DType, state) -> None:
+    """Checks a dtype's BUILD state (byte order, sizes, flags) is plain; it is never applied."""
+    if not isinstance(state, tuple) or not all(isinstance(x, _PLAIN) for x in state):
+        raise _Refused("a numpy dtype's state may only hold numbers and strings (no fields, "
+                       "sub-arrays or metadata)")
+    if len(state) > 1 and state[1] not in ("|", b"|"):
+        raise _Refused(f"a one-byte numpy dtype has byte order '|', got {_shown(state[1])}")
+    dtype.built = True
+
+
+def _build_array(pending: _PendingArray, state) -> None:
+    """Fills an array from its BUILD state: ([1,] shape, dtype, fortran, data)."""
+    if isinstance(state, tuple) and len(state) == 5 and state[0] == 1:
+        state = state[1:]
+    if not isinstance(state, tuple) or len(state) != 4:
+        raise _Refused("a numpy array's state must be (1, shape, dtype, fortran, data)")
+    shape, dtype, fortran, raw = state
+    pending.array = _array(raw, _dtype_code(dtype), shape, fortran)
+
+
+class _InertMachine:
+    """The pickle machine reduced to inert values (see the comment above `BinFileError`).
+
+    `step(name, arg, pos)` runs one opcode of `_OpcodeReader`. `budget` is how many bytes
+    the calls may still create: in a real file each new byte stands for about one byte of the
+    file, so memo references that would re-create a large value many times are refused before
+    they allocate.
+    """
+
+    def __init__(self, size: int):
+        self.stack, self.marks, self.memo = [], [], {}
+        self.size, self.budget, self.name = size, 2 * size + 2**20, ""
+
+    # -- stack ----------------------------------------------------------------------------------
+
+    def push(self, value):
+        self.stack.append(value)
+
+    def pop(self):
+        if not self.stack or (self.marks and len(self.stack) == self.marks[-1]):
+            raise _Refused("the pickle takes a value from an empty stack")
+        return self.stack.pop()
+
+    def top(self):
+        if not self.stack or (self.marks and len(self.stack) == self.marks[-1]):
+            raise _Refused("the pickle uses a value from an empty stack")
+        return self.stack[-1]
+
+    def pop_mark(self) -> list:
+        if not self.marks:
+            raise _Refused("the pickle closes a MARK it never opened")
+        start = self.marks.pop()
+        items = self.stack[start:]
+        del self.stack[start:]
+        return items
+
+    def top_of(self, kind):
+        target = self.top()
+        if not isinstance(target, kind):
+            raise _Refused(f"expected a {kind.__name__} to add to, found {_describe(target)}")
+        return target
+
+    def charge(self, value):
+        self.budget -= value.nbytes if isinstance(value, np.ndarray) else len(value)
+        if self.budget < 0:
+            raise _Refused(f"the pickle would create more than twice the file's {self.size} bytes "
+                           "(memo references re-creating the same value)")
+
+    # -- opcodes --------------------------------------------------------------------------------
+
+    def op_proto(self, version, pos):
+        if not 0 <= version <= pickle.HIGHEST_PROTOCOL:
+            raise _Refused(f"unknown pickle protocol {version}")
+
+    def op_frame(self, length, pos):
+        left = self.size - pos - 9  # the FRAME opcode and its 8-byte length
+        if length > left:
+            raise _Refused(f"a frame of {length} bytes is declared, the file has {left} left "
+                           "(truncated?)")
+
+    def op_mark(self, arg, pos):
+        self.marks.append(len(self.stack))
+
+    def op_value(self, value, pos):
+        self.push(value)
+
+    def op_bool(self, arg, pos):
+        self.push(self.name == "NEWTRUE")
+
+    def op_empty(self, arg, pos):
+        self.push({"EMPTY_TUPLE": (), "EMPTY_LIST": [], "EMPTY_DICT": {}}[self.name])
+
+    def op_tuple(self, arg, pos):
+        size = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}.get(self.name)
+        items = self.pop_mark() if size is None else [self.pop() for _ in range(size)][::-1]
+        self.push(tuple(items))
+
+    def op_list(self, arg, pos):
+        self.push(self.pop_mark())
+
+    def op_append(self, arg, pos):
+        items = self.pop_mark() if self.name == "APPENDS" else [self.pop()]
+        self.top_of(list).extend(items)
+
+    def op_dict(self, arg, pos):
+        items = self.pop_mark()
+        self.push({})
+        self.set_items(items)
+
+    def op_setitem(self, arg, pos):
+        items = self.pop_mark() if self.name == "SETITEMS" else [self.pop(), self.pop()][::-1]
+        self.set_items(items)
+
+    def set_items(self, items: list):
+        target = self.top_of(dict)
+        if len(items) % 2:
+            raise _Refused("a dict needs keys and values in pairs")
+        for key, value in zip(items[::2], items[1::2]):
+            if not isinstance(key, (bytes, str, int, type(None))):
+                raise _Refused(f"a dict key must be a string or a number, found {_describe(key)}")
+            target[key] = value
+
+    def op_put(self, index, pos):
+        self.memo[len(self.memo) if self.name == "MEMOIZE" else index] = self.top()
+
+    def op_get(self, index, pos):
+        if index not in self.memo:
+            raise _Refused(f"the pickle refers to memo entry {index}, which it never stored")
+        self.push(self.memo[index])
+
+    def op_global(self, arg, pos):
+        if self.name == "GLOBAL":
+            module, name = arg
+        else:
+            name, module = self.pop(), self.pop()
+            if not (isinstance(module, str) and isinstance(name, str)):
+                raise _Refused("STACK_GLOBAL needs a module and a name")
+        if (module, name) not in _REDUCERS:
+            raise _Refused(f"refused global {module[:80]}.{name[:80]}: {_ALLOWED}")
+        self.push(_Global(module, name))
+
+    def op_reduce(self, arg, pos):
+        args, func = self.pop(), self.pop()
+        reducer = _REDUCERS.get((func.module, func.name)) if isinstance(func, _Global) else None
+        if reducer is None or not isinstance(args, tuple):
+            raise _Refused(f"only numpy arrays and byte strings may be rebuilt, not by calling "
+                           f"{_describe(func)}")
+        value = reducer(args)
+        if isinstance(value, bytes) and not any(value is a for a in args) or (
+                isinstance(value, np.ndarray) and value.dtype == bool):
+            self.charge(value)  # new memory; arrays of other dtypes are views of the file's bytes
+        self.push(value)
+
+    def op_build(self, arg, pos):
+        state, target = self.pop(), self.top()
+        if isinstance(target, _DType) and not target.built:
+            _build_dtype(target, state)
+        elif isinstance(target, _PendingArray) and target.array is None:
+            _build_array(target, state)
+            if target.array.dtype == bool:  # new memory; the other dtypes view the file's bytes
+                self.charge(target.array)
+        else:
+            raise _Refused(f"BUILD may only set up a new numpy array or dtype, not "
+                           f"{_describe(target)}")
+
+    def step(self, name: str, arg, pos: int):
+        """Runs one opcode; `_Refused` for any opcode outside `_OPCODES` and for any misuse."""
+        method = _OPCODES.get(name)
+        if method is None:
+            raise _Refused(f"the pickle opcode {name} is not allowed: {_ALLOWED}")
+        self.name = name
+        getattr(self, method)(arg, pos)
+
+    def result(self):
+        """The value STOP returns."""
+        return self.pop()
+
+
+def _opcodes(method: str, *names: str) -> dict:
+    return {name: method for name in names}
+
+
+#: The opcodes a .bin may use, each with the `_InertMachine` method that runs it. Everything else
+#: (INST, OBJ, NEWOBJ, EXT*, PERSID, out-of-band buffers, floats, sets, ...) is refused.
+_OPCODES = {
+    **_opcodes("op_proto", "PROTO"),
+    **_opcodes("op_frame", "FRAME"),
+    **_opcodes("op_mark", "MARK"),
+    **_opcodes("op_value", "NONE", "INT", "BININT", "BININT1", "BININT2", "LONG1",
+               "STRING", "BINSTRING", "SHORT_BINSTRING", "SHORT_BINBYTES", "BINBYTES",
+               "BINBYTES8", "BYTEARRAY8", "UNICODE", "SHORT_BINUNICODE", "BINUNICODE",
+               "BINUNICODE8"),
+    **_opcodes("op_bool", "NEWTRUE", "NEWFALSE"),
+    **_opcodes("op_empty", "EMPTY_TUPLE", "EMPTY_LIST", "EMPTY_DICT"),
+    **_opcodes("op_tuple", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3"),
+    **_opcodes("op_list", "LIST"),
+    **_opcodes("op_append", "APPEND", "APPENDS"),
+    **_opcodes("op_dict", "DICT"),
+    **_opcodes("op_setitem", "SETITEM", "SETITEMS"),
+    **_opcodes("op_put", "PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"),
+    **_opcodes("op_get", "GET", "BINGET", "LONG_BINGET"),
+    **_opcodes("op_global", "GLOBAL", "STACK_GLOBAL"),
+    **_opcodes("op_reduce", "REDUCE"),
+    **_opcodes("op_build", "BUILD"),
+}
+
+
+class _OpcodeReader:
+    """The opcodes of a pickle held in `data`, with their arguments, as `pickle` reads them.
+
+    Every length is checked against the bytes left in the file before anything is sliced, so a
+    declared size can never allocate more than the file holds. Python 2 str (STRING, BINSTRING,
+    SHORT_BINSTRING) is read as bytes, as `pickle.load(..., encoding='bytes')` does.
+    """
+
+    _NAMES = {op.code.encode("latin-1"): op.name for op in pickletools.opcodes}
+    _INT_LINE = re.compile(rb"[-+]?[0-9]{1,20}")
+
+    def __init__(self, data: bytes):
+        self.data, self.pos, self.start = data, 0, 0  # start: the current opcode's position
+
+    def take(self, size: int, what: str) -> bytes:
+        left = len(self.data) - self.pos
+        if size > left:
+            raise _Refused(f"{what} of {size} bytes is declared, the file has {left} left "
+                           "(truncated?)")
+        chunk = self.data[self.pos:self.pos + size]
+        self.pos += size
+        return chunk
+
+    def uint(self, size: int) -> int:
+        return int.from_bytes(self.take(size, "a number"), "little")
+
+    def sized(self, size_bytes: int, what: str, signed: bool = False) -> bytes:
+        size = int.from_bytes(self.take(size_bytes, "a length"), "little", signed=signed)
+        if size < 0:
+            raise _Refused(f"{what} of negative length {size}")
+        return self.take(size, what)
+
+    def line(self) -> bytes:
+        end = self.data.find(b"\n", self.pos)
+        if end < 0:
+            raise _Refused("a text argument has no end of line (truncated?)")
+        line, self.pos = self.data[self.pos:end], end + 1
+        return line
+
+    def int_line(self):
+        line = self.line().strip()
+        if line in (b"00", b"01"):  # protocol 0's False and True
+            return line == b"01"
+        if not self._INT_LINE.fullmatch(line):
+            raise _Refused(f"expected a decimal number, found {_shown(line)}")
+        return int(line)
+
+    def string_line(self) -> bytes:
+        line = self.line().rstrip(b"\r")
+        if len(line) < 2 or line[:1] != line[-1:] or line[:1] not in (b"'", b'"'):
+            raise _Refused("a STRING argument must be quoted")
+        try:
+            return codecs.escape_decode(line[1:-1])[0]
+        except ValueError as e:
+            raise _Refused(f"a STRING argument has a bad escape ({e})") from None
+
+    def text(self, data: bytes, codec: str = "utf-8") -> str:
+        try:
+            return str(data, codec, "surrogatepass" if codec == "utf-8" else "strict")
+        except UnicodeDecodeError as e:
+            raise _Refused(f"a text argument is not {codec} ({e.reason})") from None
+
+    def argument(self, name: str):
+        """Reads the argument of opcode `name` (None for opcodes without one)."""
+        if name in ("PROTO", "BININT1", "BINPUT", "BINGET"):
+            return self.uint(1)
+        if name == "BININT2":
+            return self.uint(2)
+        if name in ("LONG_BINPUT", "LONG_BINGET"):
+            return self.uint(4)
+        if name == "BININT":
+            return int.from_bytes(self.take(4, "a number"), "little", signed=True)
+        if name == "FRAME":
+            return self.uint(8)
+        if name == "LONG1":
+            return int.from_bytes(self.sized(1, "an integer"), "little", signed=True)
+        if name in ("INT", "PUT", "GET"):
+            return self.int_line()
+        if name == "STRING":
+            return self.string_line()
+        if name == "UNICODE":
+            return self.text(self.line(), "raw-unicode-escape")
+        if name == "GLOBAL":
+            return self.text(self.line()), self.text(self.line())
+        sizes = {"SHORT_BINSTRING": 1, "SHORT_BINBYTES": 1, "SHORT_BINUNICODE": 1,
+                 "BINSTRING": 4, "BINBYTES": 4, "BINUNICODE": 4,
+                 "BINBYTES8": 8, "BINUNICODE8": 8, "BYTEARRAY8": 8}
+        if name in sizes:
+            data = self.sized(sizes[name], f"a {name} argument", signed=name == "BINSTRING")
+            if name.endswith("UNICODE") or name.endswith("UNICODE8"):
+                return self.text(data)
+            return bytearray(data) if name == "BYTEARRAY8" else data
+        return None
+
+    def opcodes(self):
+        """Yields (name, argument, position) up to and including STOP."""
+        while True:
+            pos = self.start = self.pos
+            code = self.data[pos:pos + 1]
+            if not code:
+                raise _Refused("the pickle ends before its STOP opcode (truncated?)")
+            name = self._NAMES.get(code)
+            if name is None:
+                raise _Refused(f"byte 0x{code.hex()} is not a pickle opcode; this is not a .bin "
+                               "pickle, or a corrupt one")
+            self.pos += 1
+            if name not in _OPCODES and name != "STOP":
+                raise _Refused(f"the pickle opcode {name} is not allowed: {_ALLOWED}")
+            yield name, self.argument(name), pos
+            if name == "STOP":
+                return
+
+
+def _unpickle_inert(data: bytes, path) -> object:
+    """The value a pickle of inert values (see `_InertMachine`) holds; `BinFileError` otherwise."""
+    machine, reader = _InertMachine(len(data)), _OpcodeReader(data)
+    try:
+        for name, arg, pos in reader.opcodes():
+            if name == "STOP":
+                return machine.result()
+            machine.step(name, arg, pos)
+    except _Refused as e:
+        raise BinFileError(f"{path}: byte {reader.start} of {len(data)}: {e}.") from None
+    raise AssertionError("unreachable: opcodes() ends with STOP or raises")
 
 
 def _as_bytes(item) -> bytes | None:
-    """The bytes of one encoded image as a .bin stores it, or None for anything else."""
+    """The bytes of one encoded image as a .bin stores it, or None for anything else.
+
+    bytes, bytearray, `np.bytes_`, a uint8 / int8 array of shape [N] or [N, 1] (what
+    `cv2.imencode` returns, which insightface's alignment scripts store as they are) or a
+    one-element bytes array.
+    """
     if isinstance(item, (bytes, bytearray, np.bytes_)):
         return bytes(item)
     if isinstance(item, np.ndarray):
-        if item.dtype in (np.uint8, np.int8) and item.ndim == 1:
+        if item.dtype in (np.uint8, np.int8) and (item.ndim == 1 or item.shape[1:] == (1,)):
             return item.tobytes()
         if item.dtype.kind == "S" and item.size == 1:
             return bytes(item.reshape(()).item())
@@ -136,41 +614,56 @@ def _describe(obj) -> str:
         return f"numpy array {obj.dtype} {obj.shape}"
     if isinstance(obj, (list, tuple)):
         return f"{type(obj).__name__} of length {len(obj)}"
-    return type(obj).__name__
+    if isinstance(obj, _Global):
+        return f"the global {obj.module[:80]}.{obj.name[:80]}"
+    return getattr(type(obj), "kind", type(obj).__name__)
+
+
+def _finished(value):
+    """`value`, with a filled `_PendingArray` replaced by its array."""
+    if isinstance(value, _PendingArray) and value.array is not None:
+        return value.array
+    return value
 
 
 def _check_bin_structure(obj, path) -> tuple[list[bytes], np.ndarray]:
+    """(2P encoded images, bool [P]) from the unpickled value; `BinFileError` for anything else."""
     where = f"{path}: expected a pickled (images, issame) pair"
+    obj = _finished(obj)
     if not isinstance(obj, (tuple, list)) or len(obj) != 2:
-        raise ValueError(f"{where}, found {_describe(obj)}.")
-    bins, issame_list = obj
+        raise BinFileError(f"{where}, found {_describe(obj)}.")
+    bins, issame_list = (_finished(x) for x in obj)
     if not isinstance(bins, (list, tuple, np.ndarray)):
-        raise ValueError(f"{where}; images must be a sequence of byte strings, found "
-                         f"{_describe(bins)}.")
+        raise BinFileError(f"{where}; images must be a sequence of byte strings, found "
+                           f"{_describe(bins)}.")
     if isinstance(issame_list, np.ndarray):
         if issame_list.dtype != bool or issame_list.ndim != 1:
-            raise ValueError(f"{where}; issame must be a sequence of bools, found "
-                             f"{_describe(issame_list)}.")
+            raise BinFileError(f"{where}; issame must be a sequence of bools, found "
+                               f"{_describe(issame_list)}.")
         issame = issame_list.copy()
     elif isinstance(issame_list, (list, tuple)):
         bad = [i for i, x in enumerate(issame_list) if not isinstance(x, (bool, np.bool_))]
         if bad:
-            raise ValueError(f"{where}; issame must be a sequence of bools, found "
-                             f"{type(issame_list[bad[0]]).__name__} at index {bad[0]}.")
+            raise BinFileError(f"{where}; issame must be a sequence of bools, found "
+                               f"{_describe(issame_list[bad[0]])} at index {bad[0]}.")
         issame = np.asarray(issame_list, dtype=bool).reshape(-1)
     else:
-        raise ValueError(f"{where}; issame must be a sequence of bools, found "
-                         f"{_describe(issame_list)}.")
+        raise BinFileError(f"{where}; issame must be a sequence of bools, found "
+                           f"{_describe(issame_list)}.")
     if len(issame) == 0:
-        raise ValueError(f"{path}: the file holds no pairs (issame is empty).")
+        raise BinFileError(f"{path}: the file holds no pairs (issame is empty).")
     if len(bins) != 2 * len(issame):
-        raise ValueError(f"{path}: {len(issame)} pairs need {2 * len(issame)} images, the file "
-                         f"holds {len(bins)}.")
-    encoded = []
+        raise BinFileError(f"{path}: {len(issame)} pairs need {2 * len(issame)} images, the file "
+                           f"holds {len(bins)}.")
+    encoded, converted = [], {}  # an array referenced many times is copied once
     for i, item in enumerate(bins):
-        data = _as_bytes(item)
+        item = _finished(item)
+        data = item if type(item) is bytes else converted.get(id(item))
         if data is None:
-            raise ValueError(f"{where}; image {i} must be a byte string, found {_describe(item)}.")
+            data = converted[id(item)] = _as_bytes(item)
+        if data is None:
+            raise BinFileError(f"{where}; image {i} must be a byte string, found "
+                               f"{_describe(item)}.")
         encoded.append(data)
     return encoded, issame
 
@@ -206,26 +699,21 @@ def _check_image_size(image_size) -> None:
 def read_bin(path) -> tuple[list[bytes], np.ndarray]:
     """The encoded images and the bool [P] pair labels of an insightface .bin, without decoding.
 
-    The file is a pickle of `(bins, issame_list)`: `bins` holds 2P encoded images (JPEG or PNG;
-    `bytes`, or numpy byte arrays / `np.bytes_` in files written from Python 2), `issame_list` P
-    bools. It is read with a restricted unpickler (`pickle.UnpicklingError` for any global other
-    than numpy array reconstruction and byte-string constructors) and `encoding='bytes'` (Python 2
-    strings are bytes).
+    The file is a pickle of `(bins, issame_list)`: `bins` holds 2P encoded images (JPEG or PNG:
+    `bytes` in the published files, which Python 2 wrote at protocol 2; also bytearray, `np.bytes_`
+    and the uint8 arrays of `cv2.imencode`), `issame_list` P bools (a list, or a numpy bool array).
+    The file is never unpickled: its opcodes are checked and evaluated by `_InertMachine`, which
+    builds only byte strings, bools, lists, tuples and uint8 / int8 / bool / bytes numpy arrays,
+    and checks every declared size against the bytes the file holds before it allocates.
 
     Raises:
       FileNotFoundError: no such file.
-      pickle.UnpicklingError: the pickle references a refused global, or is not a pickle.
-      ValueError: the structure is not (2P byte strings, P bools).
+      BinFileError (a `pickle.UnpicklingError` and a `ValueError`): anything else than such a
+        pickle: another global, class or opcode, a size past the end of the file (truncated), the
+        wrong structure or unequal lengths, naming the file (and the byte, for the pickle).
     """
     path = pathlib.Path(path)
-    with open(path, "rb") as f:
-        try:
-            obj = _RestrictedUnpickler(f, encoding="bytes").load()
-        except pickle.UnpicklingError:
-            raise
-        except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
-            raise pickle.UnpicklingError(f"{path}: not a readable pickle ({e!r}).") from e
-    return _check_bin_structure(obj, path)
+    return _check_bin_structure(_unpickle_inert(path.read_bytes(), path), path)
 
 
 def load_bin(path, *, image_size: int = 112, name: str | None = None,
@@ -243,8 +731,8 @@ def load_bin(path, *, image_size: int = 112, name: str | None = None,
       A `VerificationSet` with uint8 RGB images [2P, S, S, 3].
 
     Raises:
-      pickle.UnpicklingError, ValueError: see `read_bin`; ValueError also for an image that
-        does not decode, naming the file and its index.
+      BinFileError (a pickle.UnpicklingError and a ValueError): see `read_bin`; ValueError also
+        for an image that does not decode, naming the file and its index.
     """
     _check_image_size(image_size)
     path = pathlib.Path(path)
