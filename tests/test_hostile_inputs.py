@@ -23,7 +23,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from experiments.common.data import DataError
 from experiments.face import verification as v
+from experiments.fer2013 import data as fer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 #: The children's address-space limit: numpy and Pillow need about 120 MB of it.
@@ -344,3 +346,90 @@ def test_load_bin_decodes_numpy_images_like_bytes(tmp_path):
         plain = v.load_bin(tmp_path / "plain.bin", image_size=4, progress=False)
         np.testing.assert_array_equal(vset.images, plain.images)
         np.testing.assert_array_equal(vset.issame, [True, False])
+
+
+# ---------------------------------------------------------------------------------------------
+# FER2013: the Kaggle CSV.
+
+SIDE = 2  # 2 x 2 faces, 4 pixels a row
+
+
+def _csv_lines():
+    """A valid CSV: header, then one row per (usage, emotion)."""
+    rows = [f"{label},{' '.join(str((7 * label + k) % 256) for k in range(SIDE * SIDE))},{usage}"
+            for usage in fer.USAGES for label in range(len(fer.EMOTIONS))]
+    return ["emotion,pixels,Usage"] + rows
+
+
+def _write(tmp_path, lines, name="fer2013.csv"):
+    path = tmp_path / name
+    path.write_bytes(b"".join((x if isinstance(x, bytes) else x.encode()) + b"\n" for x in lines))
+    return str(path)
+
+
+def _with_row(row, line=3):
+    """The valid CSV with its line `line` replaced by `row`."""
+    lines = _csv_lines()
+    lines[line - 1] = row
+    return lines
+
+
+BAD_CSV = {  # name: (lines, line number, what the message says)
+    "fewer_fields": (_with_row("3,1 2 3 4"), 3, r"2 fields; every row needs the header's 3"),
+    "one_field": (_with_row("3"), 3, r"1 fields; every row needs the header's 3"),
+    "more_fields": (_with_row("3,1 2 3 4,Training,x"), 3, r"4 fields"),
+    "enormous_pixel": (_with_row("3,1 2 3 " + "9" * 30 + ",Training"), 3,
+                       r"pixels integers separated by spaces"),
+    "huge_pixel_digits": (_with_row("3,1 2 3 " + "9" * 5000 + ",Training"), 3,
+                          r"pixels integers separated by spaces"),
+    "non_integer_pixel": (_with_row("3,1 2 x 4,Training"), 3, r"pixels integers"),
+    "fractional_pixel": (_with_row("3,1 2 3.5 4,Training"), 3, r"pixels integers"),
+    "pixel_above_255": (_with_row("3,1 2 3 256,Training"), 3, r"pixel values must be in 0\.\.255"),
+    "negative_pixel": (_with_row("3,1 -2 3 4,Training"), 3, r"pixel values must be in 0\.\.255"),
+    "wrong_pixel_count": (_with_row("3,1 2 3,Training"), 3, r"3 pixels; every row needs"),
+    "no_pixels": (_with_row("3,,Training", line=2), 2, r"0 pixels; every row needs"),
+    "emotion_7": (_with_row("7,1 2 3 4,Training"), 3, r"emotion 7 is outside 0\.\.6"),
+    "emotion_negative": (_with_row("-1,1 2 3 4,Training"), 3, r"emotion -1 is outside"),
+    "emotion_enormous": (_with_row("9" * 30 + ",1 2 3 4,Training"), 3, r"is outside 0\.\.6"),
+    "emotion_text": (_with_row("happy,1 2 3 4,Training"), 3, r"emotion must be an integer"),
+    "emotion_empty": (_with_row(",1 2 3 4,Training"), 3, r"emotion must be an integer"),
+    "unknown_usage": (_with_row("3,1 2 3 4,Validation"), 3, r"Usage 'Validation' is not one of"),
+    "empty_usage": (_with_row("3,1 2 3 4,"), 3, r"Usage '' is not one of"),
+    "missing_column": (["emotion,image,Usage"] + _csv_lines()[1:], 1,
+                       r"the header lacks the columns \['pixels'\]"),
+    "doubled_column": (["emotion,pixels,Usage,pixels"] + [x + ",1" for x in _csv_lines()[1:]], 1,
+                       r"names the columns \['pixels'\] more than once"),
+    "empty_file": ([], 1, r"the file is empty"),
+    "blank_header": ([""] + _csv_lines(), 1, r"the first line is empty"),
+    "not_utf8": (_with_row(b"3,1 2 3 4,Train\xffing"), 3, r"not UTF-8 text"),
+    "huge_field": (_with_row("3," + "1 " * 100_000 + ",Training"), 3, r"not a CSV row"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_CSV))
+def test_a_malformed_csv_row_names_the_file_and_line(tmp_path, name):
+    lines, line, message = BAD_CSV[name]
+    path = _write(tmp_path, lines)
+    with pytest.raises(DataError, match=message) as info:
+        fer.load_csv(path)
+    text = str(info.value)
+    assert text.startswith(f"{path}:{line}: "), text
+    assert "\n" not in text and len(text) < 400, text
+
+
+def test_a_valid_csv_with_blank_lines_a_bom_and_quotes_loads(tmp_path):
+    lines = _csv_lines()
+    lines[0] = "\ufeff" + lines[0]
+    lines = lines[:5] + [""] + [line.replace(",", ',"', 1).replace(",T", '",T')
+                                if "Training" in line else line for line in lines[5:]]
+    splits = fer.load_csv(_write(tmp_path, lines))
+    assert [len(splits.usage(u)[1]) for u in fer.USAGES] == [len(fer.EMOTIONS)] * 3
+    assert splits.training[0].shape == (len(fer.EMOTIONS), SIDE, SIDE, 1)
+    images, labels = splits.training
+    for image, label in zip(images, labels):
+        np.testing.assert_array_equal(image.ravel(), [(7 * label + k) % 256 for k in range(4)])
+
+
+def test_a_header_only_csv_names_the_missing_usage(tmp_path):
+    with pytest.raises(DataError, match="has no rows with Usage 'Training'"):
+        fer.load_csv(_write(tmp_path, ["emotion,pixels,Usage"]))

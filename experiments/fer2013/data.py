@@ -26,7 +26,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from experiments.common.data import IMAGE_SUFFIXES, DataError
+from experiments.common.data import DataError
+from experiments.common.data.folders import IMAGE_SUFFIXES
 
 EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 USAGES = ("Training", "PublicTest", "PrivateTest")
@@ -163,40 +164,107 @@ def load_folder(data_dir: str) -> FerSplits:
     return FerSplits(*splits, source=os.path.abspath(data_dir))
 
 
+def _clipped(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _csv_rows(f, path: str):
+    """Yields (line number, fields) of each non-empty row of the UTF-8 CSV file `f` (binary).
+
+    Lines are decoded one by one, so a byte that is not UTF-8 is reported on its own line; the
+    number is that of the row's last line (a quoted field may span lines). Raises DataError,
+    naming the file and the line, for text that is not UTF-8 or not CSV.
+    """
+    reader = csv.reader(_decoded_lines(f, path))
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DataError(f"{path}:{reader.line_num}: not a CSV row ({_clipped(str(e))}).") \
+                from None
+        if fields:
+            yield reader.line_num, fields
+
+
+def _decoded_lines(lines, path: str):
+    """The lines of a binary file as text (UTF-8, an optional byte-order mark dropped)."""
+    for number, line in enumerate(lines, start=1):
+        try:
+            yield line.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}:{number}: not UTF-8 text ({e.reason} at byte {e.start} of "
+                            "the line); pass the Kaggle fer2013.csv.") from None
+
+
+def _csv_columns(header: list, path: str) -> dict:
+    """{column: index} of CSV_COLUMNS in the header row; DataError if one is missing or doubled."""
+    missing = [c for c in CSV_COLUMNS if c not in header]
+    if missing:
+        raise DataError(f"{path}:1: the header lacks the columns {missing}; it must name "
+                        f"{', '.join(CSV_COLUMNS)} (found {_clipped(repr(header))}).")
+    doubled = [c for c in CSV_COLUMNS if header.count(c) > 1]
+    if doubled:
+        raise DataError(f"{path}:1: the header names the columns {doubled} more than once.")
+    return {c: header.index(c) for c in CSV_COLUMNS}
+
+
+def _parse_row(fields: list, columns: dict, width: int, where: str) -> tuple:
+    """(usage, label, int64 pixels) of one CSV row; DataError naming `where` for any problem."""
+    if len(fields) != width:
+        raise DataError(f"{where}: {len(fields)} fields; every row needs the header's {width} "
+                        f"({', '.join(CSV_COLUMNS)} and the others it names).")
+    usage = fields[columns["Usage"]].strip()
+    if usage not in USAGES:
+        raise DataError(f"{where}: Usage {_clipped(repr(usage), 60)} is not one of "
+                        f"{', '.join(USAGES)}.")
+    try:
+        label = int(fields[columns["emotion"]])
+        pixels = np.array(fields[columns["pixels"]].split(), dtype=np.int64)
+    except (ValueError, OverflowError) as e:  # OverflowError: a pixel beyond int64
+        raise DataError(f"{where}: emotion must be an integer and pixels integers separated by "
+                        f"spaces ({_clipped(str(e))}).") from e
+    if not 0 <= label < len(EMOTIONS):
+        raise DataError(f"{where}: emotion {_clipped(str(label), 20)} is outside "
+                        f"0..{len(EMOTIONS) - 1} "
+                        f"({', '.join(f'{k}={e}' for k, e in enumerate(EMOTIONS))}).")
+    if pixels.size and (pixels.min() < 0 or pixels.max() > 255):
+        raise DataError(f"{where}: pixel values must be in 0..255.")
+    return usage, label, pixels
+
+
 def load_csv(path: str) -> FerSplits:
-    """Reads the Kaggle fer2013.csv (columns emotion, pixels, Usage in any order; extra ignored)."""
+    """Reads the Kaggle fer2013.csv (columns emotion, pixels, Usage in any order; extra ignored).
+
+    Every row must have the header's number of fields, an integer emotion in 0..6, a Usage of
+    USAGES and the same square number of integer pixels in 0..255 as the first row; any other
+    row, an empty file or a header without those columns raises DataError with one line that
+    names the file and the line.
+    """
     if not os.path.isfile(path):
         raise DataError(f"--csv {path!r} is not a file; pass the Kaggle fer2013.csv "
                         f"(columns {', '.join(CSV_COLUMNS)}).")
     rows = {usage: ([], []) for usage in USAGES}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or ())]
-        if missing:
-            raise DataError(f"{path!r} lacks the columns {missing}; the header must name "
-                            f"{', '.join(CSV_COLUMNS)} (found {reader.fieldnames}).")
+    with open(path, "rb") as f:
+        records = _csv_rows(f, path)
+        line, header = next(records, (1, None))
+        if header is None:
+            raise DataError(f"{path}:1: the file is empty; the Kaggle fer2013.csv starts with the "
+                            f"header {','.join(CSV_COLUMNS)}.")
+        if line != 1:
+            raise DataError(f"{path}:1: the first line is empty; it must be the header naming "
+                            f"{', '.join(CSV_COLUMNS)}.")
+        columns = _csv_columns(header, path)
         side = None
-        for line, row in enumerate(reader, start=2):
+        for line, fields in records:
             where = f"{path}:{line}"
-            usage = row["Usage"].strip()
-            if usage not in rows:
-                raise DataError(f"{where}: Usage {usage!r} is not one of {', '.join(USAGES)}.")
-            try:
-                label = int(row["emotion"])
-                pixels = np.array(row["pixels"].split(), dtype=np.int64)
-            except (TypeError, ValueError) as e:
-                raise DataError(f"{where}: emotion must be an integer and pixels integers "
-                                f"separated by spaces ({e}).") from e
-            if not 0 <= label < len(EMOTIONS):
-                raise DataError(f"{where}: emotion {label} is outside 0..{len(EMOTIONS) - 1} "
-                                f"({', '.join(f'{k}={e}' for k, e in enumerate(EMOTIONS))}).")
+            usage, label, pixels = _parse_row(fields, columns, len(header), where)
             if side is None:
                 side = math.isqrt(pixels.size)
             if pixels.size != side * side or side == 0:
                 raise DataError(f"{where}: {pixels.size} pixels; every row needs the same "
                                 "square count (2304 = 48x48 in FER2013).")
-            if pixels.min() < 0 or pixels.max() > 255:
-                raise DataError(f"{where}: pixel values must be in 0..255.")
             rows[usage][0].append(pixels.astype(np.uint8).reshape(side, side, 1))
             rows[usage][1].append(label)
     splits = []
