@@ -433,3 +433,53 @@ def test_a_valid_csv_with_blank_lines_a_bom_and_quotes_loads(tmp_path):
 def test_a_header_only_csv_names_the_missing_usage(tmp_path):
     with pytest.raises(DataError, match="has no rows with Usage 'Training'"):
         fer.load_csv(_write(tmp_path, ["emotion,pixels,Usage"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# FER2013: the image folder.
+
+def _faces(seed=0):
+    rng = np.random.default_rng(seed)
+    return {split: [rng.integers(0, 256, (4, 4), dtype=np.uint8) for _ in fer.EMOTIONS]
+            for split in fer.FOLDER_USAGE}
+
+
+def _write_faces(root, faces, name=lambda emotion: emotion, file="{n}.png"):
+    for split, images in faces.items():
+        for n, (emotion, face) in enumerate(zip(fer.EMOTIONS, images)):
+            folder = root / split / name(emotion)
+            folder.mkdir(parents=True)
+            Image.fromarray(face).save(folder / file.format(n=n))
+    return root
+
+
+def test_the_folder_reader_ignores_hidden_entries_and_glob_characters(tmp_path):
+    faces = _faces()
+    clean = fer.load_folder(str(_write_faces(tmp_path / "clean", faces)))
+    root = _write_faces(tmp_path / "runs[1]" / "fer*", faces, name=str.capitalize,
+                        file="face[{n}].png")
+    junk = b"\x00\x05\x16\x07 AppleDouble, not a PNG"
+    for split in fer.FOLDER_USAGE:
+        (root / split / ".ipynb_checkpoints" / "x").mkdir(parents=True)  # hidden folder
+        (root / split / ".ipynb_checkpoints" / "x" / "0.png").write_bytes(junk)
+        (root / split / ".DS_Store").write_bytes(junk)
+        (root / split / "labels.csv").write_text("a plain file beside the emotion folders")
+        happy = root / split / "Happy"
+        (happy / ".DS_Store").write_bytes(junk)
+        (happy / "._face[3].png").write_bytes(junk)  # macOS resource fork: hidden, not a PNG
+        (happy / ".ipynb_checkpoints").mkdir()
+        (happy / ".ipynb_checkpoints" / "face-checkpoint.png").write_bytes(junk)
+        (happy / "folder.png").mkdir()  # a folder named like an image
+    messy = fer.load_folder(str(root))
+    for usage in fer.USAGES:
+        for got, want in zip(messy.usage(usage), clean.usage(usage)):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_a_hidden_folder_is_not_an_unknown_emotion(tmp_path):
+    root = _write_faces(tmp_path / "a[b]", _faces())
+    (root / "train" / ".cache").mkdir()
+    fer.load_folder(str(root))
+    (root / "train" / "joy").mkdir()
+    with pytest.raises(DataError, match="unknown emotion folder"):
+        fer.load_folder(str(root))

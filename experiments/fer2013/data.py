@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from experiments.common.data import DataError
-from experiments.common.data.folders import IMAGE_SUFFIXES
+from experiments.common.data.folders import IMAGE_SUFFIXES, class_folders, image_files
 
 EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 USAGES = ("Training", "PublicTest", "PrivateTest")
@@ -87,12 +87,15 @@ def canonical_order(images: np.ndarray, labels: np.ndarray) -> tuple:
 
 
 def _emotion_folders(split_dir: str) -> dict:
-    """{label: folder path} of one split; raises DataError on unknown or missing emotions."""
+    """{label: folder path} of one split; raises DataError on unknown or missing emotions.
+
+    The visible sub-folders of `split_dir` (`folders.class_folders`: hidden entries such as
+    `.ipynb_checkpoints` and plain files beside them are ignored), mapped to labels by name,
+    case-insensitively.
+    """
     folders = {}
-    for name in sorted(os.listdir(split_dir)):
+    for name in class_folders(split_dir):
         path = os.path.join(split_dir, name)
-        if not os.path.isdir(path) or name.startswith("."):
-            continue
         if name.lower() not in EMOTIONS:
             raise DataError(f"unknown emotion folder {path!r}; {FOLDER_LAYOUT}.")
         label = EMOTIONS.index(name.lower())
@@ -117,10 +120,10 @@ def _list_folder(data_dir: str) -> dict:
             raise DataError(f"--data_dir {data_dir!r} has no '{split}' folder; {FOLDER_LAYOUT}.")
         files = []
         for label, folder in _emotion_folders(split_dir).items():
-            images = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES))
+            images = image_files(folder)  # visible image files; names are taken literally
             if not images:
                 raise DataError(f"{folder!r} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
-            files += [(os.path.join(folder, f), label) for f in images]
+            files += [(path, label) for path in images]
         listing[usage] = files
     return listing
 
