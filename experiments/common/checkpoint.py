@@ -7,6 +7,7 @@ import signal
 import threading
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from experiments.common import report
@@ -24,8 +25,9 @@ def make_manager(workdir: str, max_to_keep: int = 2,
 
 
 def save(manager: ocp.CheckpointManager, state) -> None:
-    """Saves `state` under its own step (no-op if that step is already saved)."""
-    step = int(state.step)
+    """Saves `state` under its own step (no-op if that step is already saved); a population's
+    members share one step."""
+    step = int(np.max(jax.device_get(state.step)))
     if manager.latest_step() != step:
         manager.save(step, args=ocp.args.StandardSave(state), force=True)
 

@@ -23,6 +23,16 @@ from experiments.common.data import DataError
 EXIT_ERROR = 1
 
 
+def enable_compilation_cache(path: str) -> None:
+    """Keeps compiled XLA programs in `path` (JAX's persistent compilation cache): the rows of a
+    grid and a resumed run reuse the programs an earlier run compiled. '' turns it off."""
+    if not path:
+        return
+    import jax  # pylint: disable=import-outside-toplevel
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def exit_code(result: loop.RunResult) -> int:
     """The process exit status of a run's result (see the module docstring)."""
     if result.status in (loop.DIVERGED, loop.FAILED):
@@ -110,6 +120,26 @@ def help_text(config_path: str, program: str) -> str:
     return "\n".join(lines)
 
 
+def check_override_paths(config_path: str, argv) -> None:
+    """Exits with a message when a --config.<path>=<value> names no field of the config."""
+    paths = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    if not paths:
+        return
+    try:
+        config = load_module(config_path).get_config()
+    except (OSError, AttributeError, SyntaxError) as error:
+        sys.exit(f"error: --config {config_path!r} is not a config file with get_config(): "
+                 f"{error}")
+    fields = dict(_flatten(config))
+    for path in paths:
+        if path not in fields and not any(f.startswith(path + ".") for f in fields):
+            close = [f for f in fields if f.split(".")[-1] == path.split(".")[-1]]
+            hint = f" (did you mean {', '.join('--config.' + c for c in close[:3])}?)" \
+                if close else ""
+            sys.exit(f"error: --config.{path}: {config_path} has no such field{hint}; --help "
+                     "lists the fields.")
+
+
 def main(default_config: str | None = None, argv=None) -> None:
     """Parses the command line and runs the config (a run or a grid); never returns."""
     argv = list(sys.argv if argv is None else argv)
@@ -126,6 +156,8 @@ def main(default_config: str | None = None, argv=None) -> None:
                      "fields.")
         print(help_text(config_path, os.path.basename(argv[0])))
         sys.exit(0)
+    if config_path is not None:
+        check_override_paths(config_path, argv)
     config_flags.DEFINE_config_file("config", default_config, "Config file.", lock_config=True)
     flags.DEFINE_string("workdir", None, "Output directory.")
     flags.DEFINE_list("rows", [], "Grid rows to run (default all).")
@@ -156,6 +188,7 @@ def _run(argv, config_path: str | None) -> None:
         if grid is not None:
             grid_lib.check_rows(grid, values.rows)
         parallel.maybe_initialize_distributed(config.run.multihost)
+        enable_compilation_cache(config.run.compilation_cache)
         if grid is not None:
             console.say(grid_lib.run(grid, config, values.workdir, values.rows,
                                      config_flags.get_override_values(values["config"])))

@@ -60,6 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.run.stop_after_steps = 0  # checkpoint and exit after N steps in this call (0 = off)
     config.run.progress = True  # progress bars
     config.run.multihost = False  # jax.distributed.initialize() (or GSC_JAX_MULTIHOST=1)
+    config.run.compilation_cache = "~/.cache/gsc-jax/xla"  # XLA programs kept across runs ('' off)
     config.resumable = ("epochs", "run", "evals", "eval_batch_size", "resumable")
     return config
 

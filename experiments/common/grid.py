@@ -25,6 +25,7 @@ from experiments.common import console, loop, report
 
 FORMATS = {
     "pct": lambda x: f"{100 * x:.2f}",
+    "err": lambda x: f"{100 - 100 * x:.2f}",  # an accuracy fraction as an error in percent
     "nats": lambda x: f"{x:.4f}",
     "raw": lambda x: f"{x:.4g}",
 }

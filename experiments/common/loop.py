@@ -156,9 +156,12 @@ def train_and_evaluate(config, workdir: str, *, seeds=None) -> RunResult:
     log = Log(run)
     manager = checkpoint.make_manager(workdir)
     resuming = manager.latest_step() is not None
-    extended = checkpoint.check_run_config(
-        workdir, {"config": cfg.identity(config), "data": run.source.identity(),
-                  "seeds": list(run.seeds)}, config.epochs, resuming=resuming, write=run.is_main)
+    identity = {"config": cfg.identity(config), "data": run.source.identity(),
+                "seeds": list(run.seeds)}
+    if hasattr(run.task, "identity"):
+        identity["task"] = run.task.identity(config, run.source, run.mesh)
+    extended = checkpoint.check_run_config(workdir, identity, config.epochs, resuming=resuming,
+                                           write=run.is_main)
     best = Best(run, resuming)
     state, train_step = initial_state(run, manager)
     start = int(np.max(jax.device_get(state.step)))
@@ -191,10 +194,18 @@ def train_and_evaluate(config, workdir: str, *, seeds=None) -> RunResult:
             bar.update(1)
             epoch_done = step % run.steps_per_epoch == 0
             if step % CHECK_EVERY == 0 or epoch_done:
-                loss, lr, bad = jax.device_get(
-                    (metrics["loss"], metrics["learning_rate"], state.first_nonfinite_step))
+                loss, lr, bad, finished = jax.device_get(
+                    (metrics["loss"], metrics["learning_rate"], state.first_nonfinite_step,
+                     state.finished_at_step))
                 if not run.population and bad:  # a population's diverged members go on (NaN)
                     return log.diverged(state, int(bad))
+                if np.all(finished):  # the task's stopping rule held (every member's)
+                    log.say(f"Finished early: the task's stopping rule held after step "
+                            f"{int(np.max(finished))}/{run.total}.")
+                    state = end_epoch(run, log, best, state, -(-step // run.steps_per_epoch),
+                                      time.time() - t0, None)
+                    checkpoint.save(manager, state)
+                    break
                 rate = (step - step0) * config.batch_size / max(time.time() - t0, 1e-9)
                 bar.set_postfix(loss=f"{np.nanmean(loss):.4f}", lr=f"{np.mean(lr):.2g}",
                                 img_s=f"{rate:.1f}")
@@ -224,8 +235,10 @@ def initial_state(run: Run, manager):
     config = run.config
     dtype = jnp.bfloat16 if config.bf16 else jnp.float32
     sample = jnp.zeros((1, *run.source.input_shape), dtype)
+    task_state = run.task.init_task_state(config) if hasattr(run.task, "init_task_state") \
+        else None
     init = lambda key: steps.init_state(run.model, run.tx, sample, key,  # noqa: E731
-                                        run.source.num_classes, run.spec)
+                                        run.source.num_classes, run.spec, task_state)
     init_keys = (jnp.stack([rng.keys(s)["init"] for s in run.seeds]) if run.seeds
                  else rng.keys(config.seed)["init"])
     if run.seeds:
@@ -241,7 +254,7 @@ def initial_state(run: Run, manager):
     step = steps.make_train_step(
         model=run.model, tx=run.tx, loss_spec=run.spec, lr_fn=run.lr_fn,
         steps_per_epoch=run.steps_per_epoch, mean=config.data.mean, std=config.data.std,
-        compute_dtype=dtype)
+        compute_dtype=dtype, task=run.task)
     if run.seeds:
         step = jax.vmap(step)
     run.plateau_update = jax.jit(lambda st, value: st.replace(opt_state=plateau.epoch_update(

@@ -134,10 +134,17 @@ class TensorBoardScalars:
         self._writer = metric_writers.create_default_writer(logdir, asynchronous=False)
 
     def write(self, record: dict) -> None:
-        """Writes every finite number of `record` at its training step, then flushes."""
-        scalars = {key: value for key, value in record.items()
-                   if key not in ("epoch", "step") and isinstance(value, (int, float))
-                   and not isinstance(value, bool) and math.isfinite(value)}
+        """Writes every finite number of `record` at its training step (a population's list as
+        its mean), then flushes."""
+        scalars = {}
+        for key, value in record.items():
+            if key in ("epoch", "step") or isinstance(value, bool):
+                continue
+            if isinstance(value, list) and value and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                value = float(np.nanmean(value)) if not all(np.isnan(value)) else math.nan
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                scalars[key] = value
         self._writer.write_scalars(int(record["step"]), scalars)
         self._writer.flush()
 
@@ -152,23 +159,27 @@ def write_json(path: str, obj) -> None:
 
 
 def plot_curves(records: list, path: str, title: str = "") -> None:
-    """Plots train loss, test top-1, test NLL and test ECE against epoch into a PNG.
+    """Plots the training loss and every evaluator's top-1, NLL and ECE against epoch into a PNG.
 
-    Records with validation metrics (val_top1, val_nll, val_ece) get them on the same axes.
+    The evaluators are read off the records' keys ('<evaluator>/top1', ...); each metric's panel
+    has one line per evaluator (per member of a population: its mean).
     """
     epochs = [r["epoch"] for r in records]
-    keys = [("train_loss", "train loss"), ("test_top1", "top-1"),
-            ("test_nll", "NLL"), ("test_ece", "ECE (15 bins)")]
-    with_val = any("val_top1" in r for r in records)
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
-    for ax, (key, name) in zip(axes, keys):
-        for k in (key, key.replace("test_", "val_")) if with_val and "test_" in key else (key,):
-            values = [np.nan if r.get(k) is None else r[k] for r in records]
-            ax.plot(epochs, values, marker="o", label=k.split("_")[0])
+    names = sorted({k.split("/")[0] for r in records for k in r
+                    if "/" in k and not k.startswith("train/")})
+    panels = [("train", "loss", "train loss"), ("", "top1", "top-1"), ("", "nll", "NLL"),
+              ("", "ece", "ECE")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.5))
+    for ax, (group, metric, label) in zip(axes, panels):
+        for name in ([group] if group else names):
+            key = f"{name}/{metric}"
+            values = [np.nan if r.get(key) is None else np.nanmean(r[key]) for r in records]
+            if not all(np.isnan(values)):
+                ax.plot(epochs, values, marker="o", label=name)
         ax.set_xlabel("epoch")
-        ax.set_title(name if "test_" not in key or with_val else f"test {name}")
+        ax.set_title(label)
         ax.grid(alpha=0.3)
-        if with_val and "test_" in key:
+        if not group and len(names) > 1:
             ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
@@ -201,22 +212,6 @@ def plot_risk_coverage(curve: dict, path: str, title: str = "") -> None:
     plots.risk_coverage_curve(curve, title=title, path=path)
 
 
-def plot_sweep(xs: list, curves: dict, baseline: float, path: str) -> None:
-    """Accuracy (%) against log-scaled strength per curve, CE baseline dashed (paper Fig. 5)."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, ys in curves.items():
-        ax.plot(xs, [100 * y for y in ys], marker="o", label=name)
-    ax.axhline(100 * baseline, color="gray", ls="--", label="CE")
-    ax.set_xscale("log")
-    ax.set_xlabel("gamma (GSC) / lambda (entropy)")
-    ax.set_ylabel("test top-1 %")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def plot_loss_curves(runs: dict, path: str, eval_split: str = "val") -> None:
     """Training and evaluation loss, and evaluation top-1, against epoch for several runs.
 
@@ -227,17 +222,17 @@ def plot_loss_curves(runs: dict, path: str, eval_split: str = "val") -> None:
     Args:
       runs: {label: metrics.jsonl records}.
       path: output PNG.
-      eval_split: 'val' or 'test' (the records' <split>_nll and <split>_top1).
+      eval_split: 'val' or 'test' (the records' <split>/nll and <split>/top1).
     """
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     for n, (label, records) in enumerate(runs.items()):
         color = f"C{n}"
         epochs = [r["epoch"] for r in records]
         get = lambda key: [np.nan if r.get(key) is None else r[key] for r in records]  # noqa
-        ax_loss.plot(epochs, get("train_loss"), color=color, label=f"{label} train loss")
-        ax_loss.plot(epochs, get(f"{eval_split}_nll"), color=color, ls="--",
+        ax_loss.plot(epochs, get("train/loss"), color=color, label=f"{label} train loss")
+        ax_loss.plot(epochs, get(f"{eval_split}/nll"), color=color, ls="--",
                      label=f"{label} {eval_split} NLL")
-        ax_acc.plot(epochs, get(f"{eval_split}_top1"), color=color, marker="o", label=label)
+        ax_acc.plot(epochs, get(f"{eval_split}/top1"), color=color, marker="o", label=label)
     for ax, name in ((ax_loss, "loss"), (ax_acc, f"{eval_split} top-1")):
         ax.set_xlabel("epoch")
         ax.set_title(name)

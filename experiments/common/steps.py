@@ -32,6 +32,11 @@ class TrainState:
         'gsc_grad_ratio') and 'count' (steps).
       first_nonfinite_step: int32 [], the number of the first step (1-based) whose training loss
         was NaN or infinite; 0 while every loss has been finite.
+      task_state: the task's own state (`Task.init_task_state`, e.g. a per-step history), or
+        None.
+      finished_at_step: int32 [], the step (1-based) after which the task's stopping rule
+        (`Task.finished`) held; 0 while it has not. From then on the step leaves the state as it
+        is, and the loop ends the run at its next check.
     """
 
     step: jax.Array
@@ -41,6 +46,8 @@ class TrainState:
     ols: Any
     epoch_sums: Any
     first_nonfinite_step: jax.Array
+    task_state: Any = None
+    finished_at_step: Any = None
 
 
 def logged_parts(spec: losses.LossSpec, num_classes: int) -> tuple:
@@ -53,7 +60,7 @@ def logged_parts(spec: losses.LossSpec, num_classes: int) -> tuple:
 
 
 def init_state(model, tx, sample: jax.Array, key: jax.Array, num_classes: int,
-               spec: losses.LossSpec) -> TrainState:
+               spec: losses.LossSpec, task_state=None) -> TrainState:
     """Initialises with `model.init(key, sample, train=False)`; sample is [1, ...] one input."""
     variables = model.init(key, sample, train=False)
     params = variables["params"]
@@ -66,6 +73,8 @@ def init_state(model, tx, sample: jax.Array, key: jax.Array, num_classes: int,
         ols=gsc_jax.ols_init(num_classes) if spec.uses_ols else None,
         epoch_sums={k: jnp.zeros((), jnp.float32) for k in keys},
         first_nonfinite_step=jnp.zeros((), jnp.int32),
+        task_state=task_state,
+        finished_at_step=jnp.zeros((), jnp.int32),
     )
 
 
@@ -97,7 +106,7 @@ def make_logits_fn(model, *, mean, std, compute_dtype) -> Callable:
 
 
 def make_train_step(*, model, tx, loss_spec: losses.LossSpec, lr_fn: Callable,
-                    steps_per_epoch: int, mean, std, compute_dtype) -> Callable:
+                    steps_per_epoch: int, mean, std, compute_dtype, task=None) -> Callable:
     """Builds `step(state, batch, dropout_key) -> (state, metrics)`: one optimisation step.
 
     On a batch {'image': uint8 [B, ...], 'label': int32 [B]} that the data source has drawn and
@@ -109,8 +118,16 @@ def make_train_step(*, model, tx, loss_spec: losses.LossSpec, lr_fn: Callable,
     The objective's logged parts are summed in `state.epoch_sums` (restarting at each epoch's
     first step), and `state.first_nonfinite_step` records the first step whose loss was not
     finite, so that the host detects a diverged run by reading one scalar now and then.
+
+    A task may train against targets it derives from the logits (`task.targets(logits, batch)`,
+    self-labelling), keep a state of its own (`task.update_task_state(task_state, logits, batch,
+    step)`) and end training early (`task.finished(task_state)`: after the step where it first
+    holds the state stays as it is).
     """
     objective_fn = losses.make_objective(loss_spec)
+    targets = getattr(task, "targets", lambda logits, batch: batch["label"])
+    update_task_state = getattr(task, "update_task_state", None)
+    finished = getattr(task, "finished", None)
 
     def step(state: TrainState, batch: dict, dropout_key: jax.Array):
         images, labels = batch["image"], batch["label"]
@@ -121,7 +138,8 @@ def make_train_step(*, model, tx, loss_spec: losses.LossSpec, lr_fn: Callable,
 
         def objective(params):
             logits, batch_stats = apply_model(model, state, params, x, train=True, rngs=rngs)
-            loss, parts = objective_fn(logits, labels, soft)
+            loss, parts = objective_fn(logits, targets(jax.lax.stop_gradient(logits), batch),
+                                       soft)
             return loss, (parts, logits, batch_stats)
 
         (loss, (parts, logits, batch_stats)), grads = jax.value_and_grad(
@@ -139,10 +157,23 @@ def make_train_step(*, model, tx, loss_spec: losses.LossSpec, lr_fn: Callable,
                 for k in state.epoch_sums}
         first_bad = jnp.where((state.first_nonfinite_step == 0) & ~jnp.isfinite(loss),
                               state.step + 1, state.first_nonfinite_step)
+        task_state, finished_at = state.task_state, state.finished_at_step
+        if update_task_state is not None:
+            task_state = update_task_state(task_state, jax.lax.stop_gradient(logits), batch,
+                                           state.step)
+        if finished is not None:
+            finished_at = jnp.where((finished_at == 0) & finished(task_state), state.step + 1,
+                                    finished_at)
         new_state = state.replace(step=state.step + 1,
                                   params=optax.apply_updates(state.params, updates),
                                   batch_stats=batch_stats, opt_state=opt_state, ols=ols,
-                                  epoch_sums=sums, first_nonfinite_step=first_bad)
+                                  epoch_sums=sums, first_nonfinite_step=first_bad,
+                                  task_state=task_state, finished_at_step=finished_at)
+        if finished is not None:  # a finished run's state stays as it was, step aside
+            new_state = jax.tree.map(lambda new, old: jnp.where(state.finished_at_step > 0, old,
+                                                                new),
+                                     new_state.replace(step=state.step + 1),
+                                     state.replace(step=state.step + 1))
         return new_state, {"loss": loss, "learning_rate": lr_fn(state.step)}
 
     return step

@@ -362,7 +362,7 @@ class ArraySource(Source):
         self.splits = ("val", "test") if dataset.has_validation else ("test",)
         self._augment, self._train_views, self._eval_views = augment, train_views, eval_views
         self._identity, self._info = identity or {}, info or {}
-        self._on_device = {}
+        self._on_device, self._jitted = {}, {}
         image = jax.ShapeDtypeStruct((1, *dataset.train_images.shape[1:]), jnp.uint8)
         if eval_views is not None:
             self.input_shape = tuple(jax.eval_shape(eval_views, image).shape[2:])
@@ -385,6 +385,12 @@ class ArraySource(Source):
         if key not in self._on_device:
             self._on_device[key] = tuple(parallel.put_replicated(a, mesh) for a in arrays)
         return self._on_device[key]
+
+    def _cached(self, key, build):
+        """A jitted function built once per (kind, sizes, mesh): no recompilation per epoch."""
+        if key not in self._jitted:
+            self._jitted[key] = build()
+        return self._jitted[key]
 
     def _make_batch_fn(self, batch_size: int, steps_per_epoch: int, mesh):
         batch_sharded = parallel.batch_sharded(mesh)
@@ -412,14 +418,16 @@ class ArraySource(Source):
         images, labels = self._device("train", mesh, (self.dataset.train_images,
                                                       self.dataset.train_labels))
         shuffle, aug = member_keys(seed, "shuffle"), member_keys(seed, "augment")
-        permute = lambda key, epoch: epoch_permutation(key, epoch, n)  # noqa: E731
-        batch = self._make_batch_fn(batch_size, spe, mesh)
-        if population:
-            permute = jax.vmap(permute, in_axes=(0, None))
-            batch = jax.vmap(batch, in_axes=(None, None, 0, None, 0))
-        repl = parallel.replicated(mesh)
-        permute = jax.jit(permute, out_shardings=repl)
-        batch = jax.jit(batch)
+
+        def build():
+            permute = lambda key, epoch: epoch_permutation(key, epoch, n)  # noqa: E731
+            batch = self._make_batch_fn(batch_size, spe, mesh)
+            if population:
+                permute = jax.vmap(permute, in_axes=(0, None))
+                batch = jax.vmap(batch, in_axes=(None, None, 0, None, 0))
+            return (jax.jit(permute, out_shardings=parallel.replicated(mesh)), jax.jit(batch))
+
+        permute, batch = self._cached(("train", batch_size, population, id(mesh)), build)
         perm, perm_epoch = None, None
         for step in range(start_step, num_steps):
             if step // spe != perm_epoch:
@@ -444,7 +452,7 @@ class ArraySource(Source):
             return {"image": images if views is None else views(images),
                     "label": take(labels_all), "mask": take(mask_all)}
 
-        batch = jax.jit(batch)
+        batch = self._cached(("eval", batch_size, id(mesh)), lambda: jax.jit(batch))
         for i in range(len(labels) // batch_size):
             yield batch(images, labels, mask, i)
 
