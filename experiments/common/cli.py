@@ -8,7 +8,6 @@ default and the comment beside it in the config files. Exit status: 0 completed 
 the same command).
 """
 
-import importlib.util
 import os
 import re
 import sys
@@ -17,6 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments.common import checkpoint, console, loop, parallel
+from experiments.common import config as cfg
 from experiments.common import grid as grid_lib
 from experiments.common.data import DataError
 
@@ -42,16 +42,6 @@ def exit_code(result: loop.RunResult) -> int:
     return 0
 
 
-def load_module(path: str):
-    """The config file as a module (for its `get_grid`)."""
-    path = path.split(":")[0]
-    spec = importlib.util.spec_from_file_location("_gsc_config_" + re.sub(r"\W", "_", path),
-                                                  path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def field_comments(module) -> dict:
     """{'loss.gsc.gamma': comment} from `config.<path> = ...  # comment` lines of the config
     file and of the config modules it imports from experiments/."""
@@ -69,18 +59,21 @@ def field_comments(module) -> dict:
                 visit(value)
 
     visit(module)
-    from experiments.common import config as base, losses  # pylint: disable=import-outside-toplevel
-    visit(base)
-    visit(losses)
+    from experiments.common import losses  # pylint: disable=import-outside-toplevel
+    from experiments.common.data import memory  # pylint: disable=import-outside-toplevel
+    for shared in (cfg, losses, memory):
+        visit(shared)
     comments = {}
-    pattern = re.compile(r"^\s*(?:config|c)\.([\w.]+)\s*=.*#\s*(.+)$")
+    # `config.x = ...  # comment`; `data.x` in helpers that fill config.data, `c.x` in
+    # losses.config() (config.loss).
+    pattern = re.compile(r"^\s*(config|c|data)\.([\w.]+)\s*=.*#\s*(.+)$")
+    prefixes = {"config": "", "c": "loss.", "data": "data."}
     for text in sources:
         for line in text.splitlines():
             match = pattern.match(line)
             if match:
-                key = match.group(1)
-                comments.setdefault(key, match.group(2).strip())
-                comments.setdefault("loss." + key, match.group(2).strip())
+                comments.setdefault(prefixes[match.group(1)] + match.group(2),
+                                    match.group(3).strip())
     return comments
 
 
@@ -95,7 +88,7 @@ def _flatten(config, prefix=""):
 
 def help_text(config_path: str, program: str) -> str:
     """--help: usage and every field of the config with its default."""
-    module = load_module(config_path)
+    module = cfg.load_module(config_path)
     config = module.get_config()
     comments = field_comments(module)
     lines = [f"usage: {program} --workdir W [--config FILE] [--config.<field>=<value> ...]",
@@ -126,7 +119,7 @@ def check_override_paths(config_path: str, argv) -> None:
     if not paths:
         return
     try:
-        config = load_module(config_path).get_config()
+        config = cfg.load_module(config_path).get_config()
     except (OSError, AttributeError, SyntaxError) as error:
         sys.exit(f"error: --config {config_path!r} is not a config file with get_config(): "
                  f"{error}")
@@ -177,7 +170,7 @@ def _run(argv, config_path: str | None) -> None:
         sys.exit("error: --workdir is required.")
     config = values.config
     try:
-        module = load_module(values["config"].config_filename)
+        module = cfg.load_module(values["config"].config_filename)
         seeds = tuple(int(s) for s in values.seeds)
         grid = module.get_grid() if hasattr(module, "get_grid") else None
         if (values.rows or seeds) and grid is None:

@@ -12,7 +12,9 @@ setting is refused, so no field can be forgotten.
 """
 
 import importlib
+import importlib.util
 import math
+import re
 
 import ml_collections
 
@@ -173,3 +175,36 @@ def identity(config) -> dict:
             node = node.get(key, {})
         node.pop(leaf, None)
     return out
+
+
+def apply_overrides(config, overrides: dict):
+    """A copy of `config` with dotted-path overrides ('loss.gsc.gamma': 0.02) applied; a dict
+    value replaces the whole sub-config (a row with another model's fields)."""
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        for path, value in overrides.items():
+            *parents, leaf = path.split(".")
+            node = config
+            for key in parents:
+                node = node[key]
+            if leaf not in node:
+                raise ValueError(f"override {path!r}: the config has no field {leaf!r} there.")
+            node[leaf] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+    return config
+
+
+def load_module(path: str):
+    """A config file (`--config FILE[:arg]`) as a module, for its get_config() and get_grid()."""
+    path = path.split(":")[0]
+    spec = importlib.util.spec_from_file_location("_gsc_config_" + re.sub(r"\W", "_", path), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load(path: str, overrides: dict | None = None) -> tuple:
+    """(config, grid or None) of a config file: its `get_config()` with `overrides` (dotted paths,
+    as on the command line) applied, and its `get_grid()` if it has one (a table or sweep)."""
+    module = load_module(path)
+    config = apply_overrides(module.get_config(), overrides or {})
+    return config, (module.get_grid() if hasattr(module, "get_grid") else None)

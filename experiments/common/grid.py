@@ -18,9 +18,9 @@ import os
 from typing import Callable
 
 import jax
-import ml_collections
 import numpy as np
 
+from experiments.common import config as cfg
 from experiments.common import console, loop, report
 
 FORMATS = {
@@ -134,22 +134,6 @@ class CellResult:
         return loop.COMPLETED
 
 
-def apply_overrides(config, overrides: dict):
-    """A copy of `config` with dotted-path overrides ('loss.gsc.gamma': 0.02) applied; a dict
-    value replaces the whole sub-config (a row with another model's fields)."""
-    config = config.copy_and_resolve_references()
-    with config.unlocked():
-        for path, value in overrides.items():
-            *parents, leaf = path.split(".")
-            node = config
-            for key in parents:
-                node = node[key]
-            if leaf not in node:
-                raise ValueError(f"override {path!r}: the config has no field {leaf!r} there.")
-            node[leaf] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
-    return config
-
-
 def mean_std(values, fmt: str) -> str:
     """'mean ± std' (sample std over seeds) in the column's format; one value alone."""
     f = FORMATS[fmt]
@@ -189,7 +173,7 @@ def run(grid: Grid, base_config, workdir: str, rows=(), cli_overrides=None) -> s
     selected = check_rows(grid, rows)
     results = []
     for row in grid.rows:
-        config = apply_overrides(apply_overrides(base_config, row.overrides),
+        config = cfg.apply_overrides(cfg.apply_overrides(base_config, row.overrides),
                                  cli_overrides or {})
         workdirs = row_workdirs(grid, row, workdir)
         label = _label(config)
@@ -197,7 +181,7 @@ def run(grid: Grid, base_config, workdir: str, rows=(), cli_overrides=None) -> s
             runs = ([(workdirs[0], {"seeds": grid.seeds})] if grid.vmap_seeds else
                     [(w, {"seed": s}) for w, s in zip(workdirs, grid.seeds)])
             for sub, how in runs:
-                cfg = apply_overrides(config, {"seed": how["seed"]}) if "seed" in how else config
+                cfg = cfg.apply_overrides(config, {"seed": how["seed"]}) if "seed" in how else config
                 result = loop.train_and_evaluate(cfg, sub, seeds=how.get("seeds"))
                 if result.status == loop.STOPPED:
                     raise SystemExit(128 + result.interrupted_by if result.interrupted_by

@@ -100,9 +100,15 @@ MARGIN_DEFAULTS = {"arcface": (64.0, 0.5), "cosface": (64.0, 0.4)}
 def config() -> ml_collections.ConfigDict:
     """`config.loss` of the base config: the base loss, GSC, the margin, every loss's defaults."""
     c = ml_collections.ConfigDict()
-    c.name = "ce"  # base loss: one of LOSS_NAMES
-    c.gsc = ml_collections.ConfigDict({"gamma": 0.0, "top_c": 2, "mu": 0.0})
-    c.margin = ml_collections.ConfigDict({"name": "none", "scale": 64.0, "m": 0.5})
+    c.name = "ce"  # base loss: ce|entropy|focal|ls|ols|flsd53|mbls|mdca|mmce|dca|poly1
+    c.gsc = ml_collections.ConfigDict()
+    c.gsc.gamma = 0.0  # GSC strength (0 = off); the paper: 0.005-0.05, up to 2 with label noise
+    c.gsc.top_c = 2  # top scores in the GSC term, 1 <= top_c <= num_classes
+    c.gsc.mu = 0.0  # mean of the Gaussians (0 in the paper)
+    c.margin = ml_collections.ConfigDict()
+    c.margin.name = "none"  # none | arcface | cosface: margin logits s cos(theta + m) / - m
+    c.margin.scale = 64.0  # s of the cosine logits
+    c.margin.m = 0.5  # margin m (ArcFace 0.5 rad, CosFace 0.4)
     for name, entry in REGISTRY.items():
         c[name] = ml_collections.ConfigDict(dict(entry.defaults))
     return c

@@ -1,4 +1,4 @@
-"""CIFAR-10 AlexNet (GSC paper Table 1), the recipe of bearpaw/pytorch-classification.
+r"""CIFAR-10 AlexNet (GSC paper Table 1), the recipe of bearpaw/pytorch-classification.
 
     python -m experiments.cifar10 --workdir runs/alexnet --config.data.data_dir DIR
     python -m experiments.cifar10 --workdir runs/alexnet_gsc --config.data.data_dir DIR \

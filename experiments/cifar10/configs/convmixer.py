@@ -1,4 +1,4 @@
-"""CIFAR-10 ConvMixer-256/8 (GSC paper Table 1), the recipe of locuslab/convmixer-cifar10.
+r"""CIFAR-10 ConvMixer-256/8 (GSC paper Table 1), the recipe of locuslab/convmixer-cifar10.
 
     python -m experiments.cifar10 --config experiments/cifar10/configs/convmixer.py \
         --workdir runs/convmixer --config.data.data_dir DIR
@@ -10,6 +10,8 @@ not implemented. Paper: CE 89.79 %, CE+GSC(0.02, 3) 92.47 %.
 """
 
 import ml_collections
+
+from experiments.common import config as base
 
 from experiments.cifar10.configs import alexnet
 
@@ -33,5 +35,4 @@ def recipe() -> dict:
 
 
 def get_config():
-    from experiments.common import grid  # pylint: disable=import-outside-toplevel
-    return grid.apply_overrides(alexnet.get_config(), recipe())
+    return base.apply_overrides(alexnet.get_config(), recipe())

@@ -1,4 +1,4 @@
-"""GSC paper Fig. 5: CIFAR-10 test top-1 against gamma for top_c 2-5, and against the entropy
+r"""GSC paper Fig. 5: CIFAR-10 test top-1 against gamma for top_c 2-5, and against the entropy
 baseline's lambda.
 
     python -m experiments.cifar10 --config experiments/cifar10/configs/sweep.py \

@@ -1,4 +1,4 @@
-"""GSC paper Table 1: every CIFAR-10 loss with the paper's hyper-parameters, AlexNet and ConvMixer.
+r"""GSC paper Table 1: every CIFAR-10 loss with the paper's hyper-parameters, AlexNet and ConvMixer.
 
     python -m experiments.cifar10 --config experiments/cifar10/configs/table1.py \
         --workdir runs/t1 --config.data.data_dir DIR [--rows alexnet_ce,alexnet_ce_gsc]

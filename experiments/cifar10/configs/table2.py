@@ -1,4 +1,4 @@
-"""GSC paper Table 2: CIFAR-10 with symmetric label noise (20-80 %), CE against four GSC settings.
+r"""GSC paper Table 2: CIFAR-10 with symmetric label noise (20-80 %), CE against four GSC settings.
 
     python -m experiments.cifar10 --config experiments/cifar10/configs/table2.py \
         --workdir runs/t2 --config.data.data_dir DIR

@@ -1,4 +1,4 @@
-"""Face recognition: IR-ResNet-50 with ArcFace (+ GSC), CASIA-WebFace recipe (GSC paper Table 5).
+r"""Face recognition: IR-ResNet-50 with ArcFace (+ GSC), CASIA-WebFace recipe (GSC paper Table 5).
 
     python -m experiments.face --workdir runs/arc --config.data.data_dir casia/ \
         --config.evals.verification.val_dir=casia_bins/

@@ -1,4 +1,4 @@
-"""GSC paper Table 5: CosFace and ArcFace, with and without GSC, on six verification sets.
+r"""GSC paper Table 5: CosFace and ArcFace, with and without GSC, on six verification sets.
 
     python -m experiments.face --config experiments/face/configs/table5.py --workdir runs/t5 \
         --config.data.data_dir casia/ --config.evals.verification.val_dir=casia_bins/

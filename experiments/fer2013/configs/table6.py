@@ -1,4 +1,4 @@
-"""GSC paper Table 6: FER2013, CE and CE+GSC, with seeds; and the loss curves of its Fig. 7.
+r"""GSC paper Table 6: FER2013, CE and CE+GSC, with seeds; and the loss curves of its Fig. 7.
 
     python -m experiments.fer2013 --config experiments/fer2013/configs/table6.py \
         --workdir runs/t6 --config.data.data_dir DIR --seeds 0,1

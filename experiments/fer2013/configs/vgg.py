@@ -1,4 +1,4 @@
-"""FER2013 with the VGG and recipe of Khairuddin & Chen (2021) (GSC paper Table 6).
+r"""FER2013 with the VGG and recipe of Khairuddin & Chen (2021) (GSC paper Table 6).
 
     python -m experiments.fer2013 --workdir runs/fer_ce --config.data.data_dir DIR
     python -m experiments.fer2013 --workdir runs/fer_gsc --config.data.csv fer2013.csv \

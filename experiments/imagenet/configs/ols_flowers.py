@@ -1,4 +1,4 @@
-"""Flowers-102 ResNet-50 with the fine-grained recipe of online label smoothing (GSC paper
+r"""Flowers-102 ResNet-50 with the fine-grained recipe of online label smoothing (GSC paper
 Table 4).
 
     python -m experiments.imagenet --config experiments/imagenet/configs/ols_flowers.py \
@@ -12,7 +12,7 @@ the workdir of an ImageNet run of the same model (its classifier is replaced). P
 CE+GSC(0.05, 9) 92.36 %.
 """
 
-from experiments.common import grid
+from experiments.common import config as base
 from experiments.imagenet.configs import pycls
 
 RECIPE = {"data.dataset": "oxford_flowers102", "data.train_crop": "resize_random",
@@ -23,4 +23,4 @@ RECIPE = {"data.dataset": "oxford_flowers102", "data.train_crop": "resize_random
 
 
 def get_config():
-    return grid.apply_overrides(pycls.get_config(), RECIPE)
+    return base.apply_overrides(pycls.get_config(), RECIPE)

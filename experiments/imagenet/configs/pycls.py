@@ -1,4 +1,4 @@
-"""ImageNet ResNet-50 with the pycls recipe (GSC paper Table 3).
+r"""ImageNet ResNet-50 with the pycls recipe (GSC paper Table 3).
 
     python -m experiments.imagenet --workdir runs/rn50_ce --config.data.dataset=imagenet2012
     python -m experiments.imagenet --workdir runs/rn50_gsc --config.data.data_dir DIR \

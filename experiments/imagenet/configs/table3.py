@@ -1,4 +1,4 @@
-"""GSC paper Table 3: ImageNet-1K, ResNet-50 and ResNet-101, CE and CE+GSC, 100 epochs.
+r"""GSC paper Table 3: ImageNet-1K, ResNet-50 and ResNet-101, CE and CE+GSC, 100 epochs.
 
     python -m experiments.imagenet --config experiments/imagenet/configs/table3.py \
         --workdir runs/t3 --config.data.dataset=imagenet2012 --config.bf16 [--rows rn50_ce]

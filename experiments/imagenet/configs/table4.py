@@ -1,4 +1,4 @@
-"""GSC paper Table 4: Flowers-102, ResNet-50 fine-tuned from ImageNet: CE, LS, OLS, each without
+r"""GSC paper Table 4: Flowers-102, ResNet-50 fine-tuned from ImageNet: CE, LS, OLS, each without
 and with GSC.
 
     python -m experiments.imagenet --config experiments/imagenet/configs/table4.py \

@@ -1,4 +1,4 @@
-"""The calibration-loss comparison on digits: every base loss of the registry but OLS (its
+r"""The calibration-loss comparison on digits: every base loss of the registry but OLS (its
 soft-label state is per run, and it is compared on ImageNet-scale data in Table 4), each without
 and with GSC.
 

@@ -1,4 +1,4 @@
-"""Offline quickstart: what GSC does to accuracy and calibration next to other training losses.
+r"""Offline quickstart: what GSC does to accuracy and calibration next to other training losses.
 
     python -m experiments.quickstart --workdir runs/quickstart
     python -m experiments.quickstart --workdir runs/qs_noise --config.data.label_noise=0.4

@@ -1,4 +1,4 @@
-"""Kanezaki's unsupervised segmentation, baseline against + GSC, on one image (GSC paper Fig. 8).
+r"""Kanezaki's unsupervised segmentation, baseline against + GSC, on one image (GSC paper Fig. 8).
 
     python -m experiments.segmentation --workdir runs/seg --config.data.image=photo.jpg \
         [--config.data.ground_truth=regions.png]
@@ -59,8 +59,9 @@ def figures(results, workdir: str) -> str:
     if not done:
         return ""
     from experiments.segmentation import task  # pylint: disable=import-outside-toplevel
-    config = grid.apply_overrides(get_config(), done[0].summaries[0]["config"]["data"] and {
-        f"data.{k}": v for k, v in done[0].summaries[0]["config"]["data"].items()})
+    saved = done[0].summaries[0]["config"]["data"]
+    config = base.apply_overrides(get_config(), {
+        f"data.{k}": tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
     _, rgb, truth, _ = task.load(config)
     panels = []
     for r in done:
