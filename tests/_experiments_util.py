@@ -1,13 +1,16 @@
 """Helpers shared by the experiments tests: tiny synthetic datasets, configs, subprocess runs."""
 
+import io
 import os
 import subprocess
 import sys
 
 import numpy as np
+from PIL import Image
 
 from experiments.common import config as cfg
 from experiments.common.data import memory
+from experiments.face import verification
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "experiments")
@@ -82,3 +85,65 @@ def run_module(args, env_extra=None, timeout=1800) -> subprocess.CompletedProces
                           if any(a.startswith("--workdir") for a in args) else
                           [sys.executable, "-m", *args], cwd=REPO, env=_env(env_extra),
                           capture_output=True, text=True, timeout=timeout)
+
+
+# --- generated faces: an identity folder and a verification set ---------------------------------
+
+FACE_SIZE = 32
+FACE_IDS = 6
+
+
+def identity_images(rng, templates, k, n):
+    """n noisy views of identity k: its template, shifted by up to 2 px, plus noise."""
+    out = []
+    for _ in range(n):
+        dy, dx = rng.randint(-2, 3, 2)
+        image = np.roll(templates[k], (dy, dx), axis=(0, 1)).astype(np.int16)
+        image += rng.randint(-30, 31, image.shape)
+        out.append(np.clip(image, 0, 255).astype(np.uint8))
+    return out
+
+
+def jpeg_bytes(pixels) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def make_faces(root, num_ids=FACE_IDS, per_id=12, pairs_per_id=8, seed=0):
+    """An identity folder ROOT/train/<id>/*.jpg and a verification .bin ROOT/val.bin of other
+    images of the same identities (balanced same / different pairs). Each identity is a random
+    smooth colour template."""
+    rng = np.random.RandomState(seed)
+    coarse = rng.randint(0, 256, (num_ids, 4, 4, 3)).astype(np.uint8)
+    templates = [np.asarray(Image.fromarray(c).resize((FACE_SIZE, FACE_SIZE), Image.BILINEAR))
+                 for c in coarse]
+    for k in range(num_ids):
+        folder = os.path.join(root, "train", f"id{k:03d}")
+        os.makedirs(folder)
+        for i, pixels in enumerate(identity_images(rng, templates, k, per_id)):
+            with open(os.path.join(folder, f"{i:04d}.jpg"), "wb") as f:
+                f.write(jpeg_bytes(pixels))
+    held = [(jpeg_bytes(p), k) for k in range(num_ids)
+            for p in identity_images(rng, templates, k, pairs_per_id)]
+    index, issame = verification.sample_pairs(np.array([k for _, k in held]),
+                                              num_ids * pairs_per_id, seed=seed)
+    encoded = [held[i][0] for pair in index for i in pair]
+    verification.write_bin(os.path.join(root, "val.bin"), encoded, issame)
+    # The same pairs in LFW's layout: lfw/<name>/<name>_0001.jpg and lfw/pairs.txt.
+    names = [f"person{k}" for k in range(num_ids)]
+    number = {}  # held-out image -> its 1-based number within its identity
+    for i, (jpeg, k) in enumerate(held):
+        number[i] = sum(1 for j in range(i) if held[j][1] == k) + 1
+        os.makedirs(os.path.join(root, "lfw", names[k]), exist_ok=True)
+        with open(os.path.join(root, "lfw", names[k], f"{names[k]}_{number[i]:04d}.jpg"),
+                  "wb") as f:
+            f.write(jpeg)
+    lines = [f"{names[held[a][1]]} {number[a]} {number[b]}" if same else
+             f"{names[held[a][1]]} {number[a]} {names[held[b][1]]} {number[b]}"
+             for (a, b), same in zip(index, issame)]
+    with open(os.path.join(root, "lfw", "pairs.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return os.path.join(root, "train"), os.path.join(root, "val.bin")
+
+

@@ -174,15 +174,16 @@ def run(grid: Grid, base_config, workdir: str, rows=(), cli_overrides=None) -> s
     results = []
     for row in grid.rows:
         config = cfg.apply_overrides(cfg.apply_overrides(base_config, row.overrides),
-                                 cli_overrides or {})
+                                     cli_overrides or {})
         workdirs = row_workdirs(grid, row, workdir)
         label = _label(config)
         if row.id in selected:
             runs = ([(workdirs[0], {"seeds": grid.seeds})] if grid.vmap_seeds else
                     [(w, {"seed": s}) for w, s in zip(workdirs, grid.seeds)])
             for sub, how in runs:
-                cfg = cfg.apply_overrides(config, {"seed": how["seed"]}) if "seed" in how else config
-                result = loop.train_and_evaluate(cfg, sub, seeds=how.get("seeds"))
+                run_config = (cfg.apply_overrides(config, {"seed": how["seed"]}) if "seed" in how
+                              else config)
+                result = loop.train_and_evaluate(run_config, sub, seeds=how.get("seeds"))
                 if result.status == loop.STOPPED:
                     raise SystemExit(128 + result.interrupted_by if result.interrupted_by
                                      else 0)
