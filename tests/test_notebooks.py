@@ -1,7 +1,10 @@
-"""The Colab notebooks run top to bottom on CPU (smoke settings) and are committed without outputs."""
+"""The Colab notebooks run top to bottom on CPU (smoke settings) and are committed without outputs;
+the quickstart's setup cell fails with a message, not later, when it cannot reach a checkout."""
 
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -35,6 +38,35 @@ def test_notebook_is_committed_without_outputs(name):
     assert sum(PLACEHOLDER_URL in c.source for c in nb.cells if c.cell_type == "code") == 1
 
 
+def _setup_cell(name: str) -> str:
+    nb = nbformat.read(COLAB / name, as_version=4)
+    return next(c.source for c in nb.cells if c.cell_type == "code" and "REPO_URL" in c.source)
+
+
+@pytest.mark.parametrize("repo_url, message", [
+    (PLACEHOLDER_URL, "REPO_URL is still the placeholder"),
+    ("/nonexistent/gsc-jax", "git clone /nonexistent/gsc-jax failed"),
+])
+def test_quickstart_setup_outside_a_checkout_fails_in_its_cell_with_a_message(
+        tmp_path, repo_url, message):
+    code = _setup_cell("gsc_quickstart.ipynb").replace(PLACEHOLDER_URL, repo_url)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    assert "RuntimeError" in done.stderr and message in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "gsc-jax").exists() or repo_url != PLACEHOLDER_URL
+
+
+def test_quickstart_setup_inside_a_checkout_runs_from_it(tmp_path):
+    code = _setup_cell("gsc_quickstart.ipynb") + "\nprint('ROOT', ROOT)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "colab",
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"ROOT {ROOT}" in done.stdout
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
 def test_notebook_runs_and_draws_its_figures(name, monkeypatch):
     pytest.importorskip("nbclient")
