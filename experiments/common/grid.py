@@ -60,7 +60,9 @@ class Column:
 @dataclasses.dataclass(frozen=True)
 class Plot:
     """A figure of columns against a numeric override: one curve per `series` value, one panel
-    per `panel` value (paper Fig. 5's form); `baseline` rows are drawn as dashed lines."""
+    per `panel` value (paper Fig. 5's form), mean +- standard error over the seeds. `baseline`
+    rows are drawn as dashed lines; on a log axis a curve's point at x = 0 is drawn as a dotted
+    line in its colour; `rows` keeps only the rows whose id starts with one of its prefixes."""
 
     x: str
     series: str = ""
@@ -68,6 +70,7 @@ class Plot:
     columns: tuple = ("test/top1",)
     log_x: bool = True
     baseline: tuple = ()
+    rows: tuple = ()
     file: str = "sweep.png"
 
 
@@ -82,6 +85,10 @@ class Grid:
       columns: the Columns.
       seeds: the seeds every row trains with.
       vmap_seeds: train a row's seeds together (one population run).
+      vmap_gammas: with `vmap_seeds`, also train these GSC strengths together: each row becomes
+        one population run of (gamma, seed) members (gamma traced: one compiled program), and
+        reports one row per gamma, '<row id>_g<gamma>' with 'loss.gsc.gamma' among its
+        overrides (a strength sweep at the cost of a few runs).
       plots: figures to draw.
       extra: `extra(results, workdir) -> markdown` appended to the table (per-class tables, loss
         curves, ...); `results` are the `CellResult`s.
@@ -93,6 +100,7 @@ class Grid:
     columns: tuple
     seeds: tuple = (0,)
     vmap_seeds: bool = False
+    vmap_gammas: tuple = ()
     plots: tuple = ()
     extra: Callable | None = None
 
@@ -105,6 +113,7 @@ class CellResult:
     label: str
     workdirs: list
     summaries: list
+    members: list | None = None  # a population's members this row reports (vmap_gammas)
 
     def values(self, key: str) -> list | None:
         """Per-seed values of a column key; None when a seed has not completed."""
@@ -114,9 +123,12 @@ class CellResult:
                 return None
             if key.startswith("max:"):
                 metric = key[4:]
-                out.append(max((r[metric] for r in report.read_jsonl(
-                    os.path.join(workdir, "metrics.jsonl")) if r.get(metric) is not None),
-                    default=math.nan, key=lambda v: np.nanmean(v)))
+                series = [r[metric] for r in report.read_jsonl(
+                    os.path.join(workdir, "metrics.jsonl")) if r.get(metric) is not None]
+                if self.members is not None:
+                    series = [[v[i] for i in self.members] for v in series]
+                out.append(np.max(np.asarray(series, np.float64), axis=0).tolist()
+                           if series else math.nan)
             else:
                 out.append(summary.get(key))
         flat = []
@@ -176,6 +188,9 @@ def run(grid: Grid, base_config, workdir: str, rows=(), cli_overrides=None) -> s
         config = cfg.apply_overrides(cfg.apply_overrides(base_config, row.overrides),
                                      cli_overrides or {})
         workdirs = row_workdirs(grid, row, workdir)
+        if grid.vmap_gammas:
+            results += run_strengths(grid, row, config, workdirs[0], row.id in selected)
+            continue
         label = _label(config)
         if row.id in selected:
             runs = ([(workdirs[0], {"seeds": grid.seeds})] if grid.vmap_seeds else
@@ -192,6 +207,41 @@ def run(grid: Grid, base_config, workdir: str, rows=(), cli_overrides=None) -> s
         results.append(CellResult(row, label, workdirs,
                                   [report.read_summary(w) for w in workdirs]))
     return write(grid, results, workdir)
+
+
+def run_strengths(grid: Grid, row: Row, config, workdir: str, selected: bool) -> list:
+    """One population run of the row's (gamma, seed) members; a CellResult per gamma."""
+    gammas = tuple(float(g) for g in grid.vmap_gammas)
+    members = [(g, s) for g in gammas for s in grid.seeds]
+    config = cfg.apply_overrides(config, {"loss.gsc.gamma": max(gammas)})
+    if selected:
+        result = loop.train_and_evaluate(config, workdir, seeds=[s for _, s in members],
+                                         gammas=[g for g, _ in members])
+        if result.status == loop.STOPPED:
+            raise SystemExit(128 + result.interrupted_by if result.interrupted_by else 0)
+    summary = report.read_summary(workdir)
+    out = []
+    for gamma in gammas:
+        index = [i for i, (g, _) in enumerate(members) if g == gamma]
+        virtual = Row(f"{row.id}_g{gamma:g}", {**row.overrides, "loss.gsc.gamma": gamma},
+                      row.paper)
+        label = _label(cfg.apply_overrides(config, {"loss.gsc.gamma": gamma}))
+        out.append(CellResult(virtual, label, [workdir],
+                              [None if summary is None else member_summary(summary, index)],
+                              members=index))
+    return out
+
+
+def member_summary(summary: dict, index: list) -> dict:
+    """The summary of a population's members `index`: every per-member list sliced."""
+    count = len(summary.get("seeds") or [])
+    out = {}
+    for key, value in summary.items():
+        if isinstance(value, list) and count and len(value) == count:
+            out[key] = [value[i] for i in index]
+        else:
+            out[key] = value
+    return out
 
 
 def _label(config) -> str:
@@ -245,35 +295,44 @@ def write(grid: Grid, results: list, workdir: str) -> str:
     return text
 
 
+def _errorbars(ax, points, label, log_x):
+    """Draws mean +- standard error of [(x, values)]; x = 0 on a log axis as a dotted line."""
+    stats = [(x, np.nanmean(v), np.nanstd(v, ddof=1) / math.sqrt(len(v)) if len(v) > 1 else 0.0)
+             for x, v in points]
+    shown = [p for p in stats if p[0] > 0 or not log_x]
+    line = ax.errorbar([p[0] for p in shown], [p[1] for p in shown],
+                       yerr=[p[2] for p in shown], marker="o", ms=3, capsize=2, label=label)
+    for x, mean, _ in stats:
+        if log_x and x <= 0:
+            ax.axhline(mean, color=line[0].get_color(), ls=":", lw=1)
+
+
 def plot_grid(plot: Plot, results: list, path: str) -> None:
     """Columns against the `plot.x` override, mean +- standard error over seeds."""
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
-    curves = [r for r in results if plot.x in r.row.overrides and r.row.id not in plot.baseline]
+    curves = [r for r in results if plot.x in r.row.overrides and r.row.id not in plot.baseline
+              and (not plot.rows or r.row.id.startswith(plot.rows))]
+    key = lambda v: (v is None, str(type(v)), v)  # noqa: E731
     panels = sorted({r.row.overrides.get(plot.panel) for r in curves} if plot.panel else {None},
-                    key=lambda v: (v is None, v))
+                    key=key)
     fig, axes = plt.subplots(len(plot.columns), len(panels), squeeze=False,
                              figsize=(4.2 * len(panels), 3.2 * len(plot.columns)))
     for j, panel in enumerate(panels):
         in_panel = [r for r in curves if not plot.panel or r.row.overrides.get(plot.panel) == panel]
         series = sorted({r.row.overrides.get(plot.series) for r in in_panel} if plot.series
-                        else {None}, key=lambda v: (v is None, v))
+                        else {None}, key=key)
         for i, column in enumerate(plot.columns):
             ax = axes[i][j]
             for s in series:
                 points = sorted((r.row.overrides[plot.x], r.values(column)) for r in in_panel
                                 if (not plot.series or r.row.overrides.get(plot.series) == s)
                                 and r.values(column))
-                if not points:
-                    continue
-                xs = [p[0] for p in points]
-                means = [np.nanmean(p[1]) for p in points]
-                errors = [np.nanstd(p[1], ddof=1) / math.sqrt(len(p[1])) if len(p[1]) > 1
-                          else 0.0 for p in points]
-                ax.errorbar(xs, means, yerr=errors, marker="o", ms=3, capsize=2,
-                            label=f"{plot.series.split('.')[-1]}={s}" if plot.series else None)
+                if points:
+                    _errorbars(ax, points, f"{plot.series.split('.')[-1]} = {s}"
+                               if plot.series else None, plot.log_x)
             for k, base in enumerate(plot.baseline):
                 r = next((x for x in results if x.row.id == base and (
                     not plot.panel or x.row.overrides.get(plot.panel) == panel)), None)
@@ -283,7 +342,7 @@ def plot_grid(plot: Plot, results: list, path: str) -> None:
                                label=r.label)
             if plot.log_x:
                 ax.set_xscale("log")
-            ax.set_xlabel(plot.x)
+            ax.set_xlabel(plot.x + (" (dotted: 0)" if plot.log_x else ""))
             ax.set_ylabel(column)
             if plot.panel:
                 ax.set_title(f"{plot.panel} = {panel}", fontsize=9)

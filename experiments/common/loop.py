@@ -90,6 +90,7 @@ class Run:
     seeds: tuple
     population: int
     is_main: bool
+    gammas: tuple = ()
     plateau_update: object = None
 
     @property
@@ -100,7 +101,7 @@ class Run:
         return self.spec.label + (f" x {self.population} seeds" if self.population else "")
 
 
-def setup(config, workdir: str, seeds=None) -> Run:
+def setup(config, workdir: str, seeds=None, gammas=None) -> Run:
     """Validates the config and builds the source, model, optimiser and evaluators; raises
     ValueError (naming the field) or DataError before any training."""
     task = cfg.load_task(config)
@@ -108,6 +109,13 @@ def setup(config, workdir: str, seeds=None) -> Run:
     if hasattr(task, "validate"):
         task.validate(config)
     seeds = tuple(seeds) if seeds else ()
+    gammas = tuple(float(g) for g in gammas) if gammas else ()
+    if gammas and len(gammas) != len(seeds):
+        raise ValueError(f"a population's gammas ({len(gammas)}) must pair with its seeds "
+                         f"({len(seeds)}).")
+    if gammas and not (min(gammas) >= 0 and config.loss.gsc.gamma > 0):
+        raise ValueError("a population of GSC strengths needs gammas >= 0 and "
+                         "config.loss.gsc.gamma > 0 (the GSC term is part of the program).")
     if seeds and (config.plateau.factor > 0 or config.best.metric):
         raise ValueError("config.plateau and config.best follow one run's metric: a population "
                          "(several seeds trained together) cannot use them.")
@@ -130,10 +138,10 @@ def setup(config, workdir: str, seeds=None) -> Run:
                                  len(seeds), workdir)
     return Run(config, workdir, task, source, model, mesh, spec, spe, tx, lr_fn,
                evaluators.build(config, context), seeds, len(seeds),
-               jax.process_index() == 0)
+               jax.process_index() == 0, gammas=gammas)
 
 
-def train_and_evaluate(config, workdir: str, *, seeds=None) -> RunResult:
+def train_and_evaluate(config, workdir: str, *, seeds=None, gammas=None) -> RunResult:
     """Trains the run `config` describes in `workdir`, evaluating every epoch; resumes from it.
 
     Args:
@@ -141,6 +149,8 @@ def train_and_evaluate(config, workdir: str, *, seeds=None) -> RunResult:
       workdir: the run's directory (see the module docstring).
       seeds: several seeds to train together as a population (`jax.vmap`; data sources that
         hold their data in memory only); None trains `config.seed` alone.
+      gammas: with `seeds`, each member's GSC strength (traced: one compiled program for all);
+        None gives every member `config.loss.gsc.gamma`.
 
     Returns:
       A RunResult; its summary (also summary.json) has the final evaluation's scalars under
@@ -151,13 +161,13 @@ def train_and_evaluate(config, workdir: str, *, seeds=None) -> RunResult:
       ValueError / DataError: a bad config or unreadable data, before any training.
       checkpoint.ConfigMismatchError: workdir holds a run with another configuration.
     """
-    run = setup(config, workdir, seeds)
+    run = setup(config, workdir, seeds, gammas)
     os.makedirs(workdir, exist_ok=True)
     log = Log(run)
     manager = checkpoint.make_manager(workdir)
     resuming = manager.latest_step() is not None
     identity = {"config": cfg.identity(config), "data": run.source.identity(),
-                "seeds": list(run.seeds)}
+                "seeds": list(run.seeds), "gammas": list(run.gammas)}
     if hasattr(run.task, "identity"):
         identity["task"] = run.task.identity(config, run.source, run.mesh)
     extended = checkpoint.check_run_config(workdir, identity, config.epochs, resuming=resuming,
@@ -167,7 +177,7 @@ def train_and_evaluate(config, workdir: str, *, seeds=None) -> RunResult:
     start = int(np.max(jax.device_get(state.step)))
     log.resume(start, extended)
     step = start
-    keys = source_dropout_keys(run)
+    keys = member_inputs(run)
     if 0 < start <= run.total and start % run.steps_per_epoch == 0 and not log.has_epoch(
             start // run.steps_per_epoch):
         # The checkpoint ends an epoch whose record is missing (its line was cut short by a
@@ -189,7 +199,7 @@ def train_and_evaluate(config, workdir: str, *, seeds=None) -> RunResult:
                 checkpoint.save(manager, state)
                 return log.finish(state, FAILED, f"{error} The checkpoint of step {step} is "
                                   f"saved in {workdir}; run the same command to resume.")
-            state, metrics = train_step(state, batch, keys)
+            state, metrics = train_step(state, batch, *keys)
             step += 1
             bar.update(1)
             epoch_done = step % run.steps_per_epoch == 0
@@ -265,11 +275,14 @@ def initial_state(run: Run, manager):
     return state, train_step
 
 
-def source_dropout_keys(run: Run):
-    """The 'dropout' key of the seed (or [P] keys of a population)."""
+def member_inputs(run: Run) -> tuple:
+    """(the 'dropout' key, the GSC strength) of the run, or [P] of each for a population."""
+    gamma = run.config.loss.gsc.gamma
     if run.seeds:
-        return jnp.stack([rng.keys(s)["dropout"] for s in run.seeds])
-    return rng.keys(run.config.seed)["dropout"]
+        gammas = run.gammas or (gamma,) * len(run.seeds)
+        return (jnp.stack([rng.keys(s)["dropout"] for s in run.seeds]),
+                jnp.asarray(gammas, jnp.float32))
+    return rng.keys(run.config.seed)["dropout"], jnp.float32(gamma)
 
 
 class Best:
@@ -377,6 +390,7 @@ class Log:
         out = {"step": int(np.max(jax.device_get(state.step))), "epochs": run.config.epochs,
                 "steps": run.total, "loss": run.spec.label,
                 "hyperparameters": run.spec.hyperparameters(), "seeds": list(run.seeds),
+                "gammas": list(run.gammas),
                 "num_devices": int(run.mesh.devices.size), "config": run.config.to_dict(),
                 **info}
         if run.population:  # diverged members (first non-finite step, 0 = none) went on as NaN

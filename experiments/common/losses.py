@@ -254,19 +254,23 @@ def _gsc_term(spec: LossSpec, logits: jax.Array) -> jax.Array:
 
 
 def make_loss_fn(spec: LossSpec) -> Callable:
-    """Builds the per-example loss `fn(logits [B, K], labels [B], soft_labels [K, K] | None)`.
+    """Builds the per-example loss `fn(logits [B, K], labels [B], soft_labels [K, K] | None,
+    gamma=None)`.
 
     The result has shape [B]. `soft_labels` is the OLS state's matrix (`gsc_jax.ols_*`); the
     other losses ignore it. With GSC on, the base loss goes through `gsc_jax.with_gsc` (for 'ce'
-    that is the fused `gsc_jax.gsc_loss`).
+    that is the fused `gsc_jax.gsc_loss`); `gamma`, when given, replaces `spec.gsc_gamma` and may
+    be traced (a population of strengths trained together).
     """
     base = _base_loss_fn(spec)  # gsc_jax.cross_entropy itself for 'ce': with_gsc fuses it
-    if spec.uses_gsc:
-        base = gsc_jax.with_gsc(base, gamma=spec.gsc_gamma, top_c=spec.gsc_top_c,
-                                mu=spec.gsc_mu)
 
-    def loss_fn(logits: jax.Array, labels: jax.Array, soft_labels=None) -> jax.Array:
-        return _call(spec, base, _training_logits(spec, logits, labels), labels, soft_labels)
+    def loss_fn(logits: jax.Array, labels: jax.Array, soft_labels=None,
+                gamma=None) -> jax.Array:
+        fn = base
+        if spec.uses_gsc:
+            fn = gsc_jax.with_gsc(base, gamma=spec.gsc_gamma if gamma is None else gamma,
+                                  top_c=spec.gsc_top_c, mu=spec.gsc_mu)
+        return _call(spec, fn, _training_logits(spec, logits, labels), labels, soft_labels)
 
     return loss_fn
 
@@ -276,7 +280,8 @@ def _global_norm(tree) -> jax.Array:
 
 
 def make_objective(spec: LossSpec, *, with_gsc_term: bool | None = None) -> Callable:
-    """Builds `objective(logits, labels, soft_labels=None) -> (loss, parts)` for a training step.
+    """Builds `objective(logits, labels, soft_labels=None, gamma=None) -> (loss, parts)` for a
+    training step (`gamma` as in `make_loss_fn`).
 
     loss is the mean over examples of `make_loss_fn(spec)` (a scalar to differentiate); parts
     holds scalar means for logging, computed from the logits under stop_gradient (the gradient is
@@ -295,8 +300,9 @@ def make_objective(spec: LossSpec, *, with_gsc_term: bool | None = None) -> Call
     base = _base_loss_fn(spec)
     with_gsc_term = spec.uses_gsc if with_gsc_term is None else with_gsc_term
 
-    def objective(logits: jax.Array, labels: jax.Array, soft_labels=None):
-        loss = jnp.mean(loss_fn(logits, labels, soft_labels))
+    def objective(logits: jax.Array, labels: jax.Array, soft_labels=None, gamma=None):
+        gamma = spec.gsc_gamma if gamma is None else gamma
+        loss = jnp.mean(loss_fn(logits, labels, soft_labels, gamma))
         parts = {"loss": loss, "base_loss": loss}
         frozen = jax.lax.stop_gradient(logits)
         if not with_gsc_term:
@@ -311,8 +317,8 @@ def make_objective(spec: LossSpec, *, with_gsc_term: bool | None = None) -> Call
         base_value, base_grad = jax.value_and_grad(base_mean)(frozen)
         term, term_grad = jax.value_and_grad(term_mean)(frozen)
         base_norm = _global_norm(base_grad)
-        gsc_norm = spec.gsc_gamma * _global_norm(term_grad)
-        parts.update(base_loss=base_value, gsc_term=term, gsc_weighted=spec.gsc_gamma * term,
+        gsc_norm = gamma * _global_norm(term_grad)
+        parts.update(base_loss=base_value, gsc_term=term, gsc_weighted=gamma * term,
                      gsc_grad_ratio=jnp.where(gsc_norm == 0, 0.0,
                                               gsc_norm / jnp.maximum(base_norm, 1e-30)))
         return loss, parts

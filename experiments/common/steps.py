@@ -107,13 +107,14 @@ def make_logits_fn(model, *, mean, std, compute_dtype) -> Callable:
 
 def make_train_step(*, model, tx, loss_spec: losses.LossSpec, lr_fn: Callable,
                     steps_per_epoch: int, mean, std, compute_dtype, task=None) -> Callable:
-    """Builds `step(state, batch, dropout_key) -> (state, metrics)`: one optimisation step.
+    """Builds `step(state, batch, dropout_key, gamma=None) -> (state, metrics)`: one step.
 
     On a batch {'image': uint8 [B, ...], 'label': int32 [B]} that the data source has drawn and
     augmented: normalisation, the batch mean of the per-example loss (`losses.make_objective`),
     the update, and for 'ols' the OLS accumulators (updated every step, finalised on the last
     step of each epoch, gsc_jax.ols_update / ols_finalize_epoch). The model's 'dropout' stream
-    gets fold_in(dropout_key, s) at step s.
+    gets fold_in(dropout_key, s) at step s. `gamma` (traced) replaces the spec's GSC strength, so
+    that the members of a population may train different strengths in one program.
 
     The objective's logged parts are summed in `state.epoch_sums` (restarting at each epoch's
     first step), and `state.first_nonfinite_step` records the first step whose loss was not
@@ -129,7 +130,7 @@ def make_train_step(*, model, tx, loss_spec: losses.LossSpec, lr_fn: Callable,
     update_task_state = getattr(task, "update_task_state", None)
     finished = getattr(task, "finished", None)
 
-    def step(state: TrainState, batch: dict, dropout_key: jax.Array):
+    def step(state: TrainState, batch: dict, dropout_key: jax.Array, gamma=None):
         images, labels = batch["image"], batch["label"]
         i = state.step % steps_per_epoch
         x = augment.normalize(images, mean, std, compute_dtype)
@@ -139,7 +140,7 @@ def make_train_step(*, model, tx, loss_spec: losses.LossSpec, lr_fn: Callable,
         def objective(params):
             logits, batch_stats = apply_model(model, state, params, x, train=True, rngs=rngs)
             loss, parts = objective_fn(logits, targets(jax.lax.stop_gradient(logits), batch),
-                                       soft)
+                                       soft, gamma)
             return loss, (parts, logits, batch_stats)
 
         (loss, (parts, logits, batch_stats)), grads = jax.value_and_grad(
