@@ -136,6 +136,7 @@ def check_override_paths(config_path: str, argv) -> None:
 def main(default_config: str | None = None, argv=None) -> None:
     """Parses the command line and runs the config (a run or a grid); never returns."""
     argv = list(sys.argv if argv is None else argv)
+    console.install()
     config_path = default_config
     for i, arg in enumerate(argv):
         if arg.startswith("--config="):

@@ -262,11 +262,12 @@ def cell(result: CellResult, column: Column) -> str:
 def write(grid: Grid, results: list, workdir: str) -> str:
     """Writes WORKDIR/<name>.md and .json (and the plots); returns the markdown."""
     header = ["row", "method"]
+    with_paper = any(r.row.paper for r in results)
     for c in grid.columns:
-        header.append(f"{c.title} (ours)")
+        header.append(f"{c.title} (ours)" if with_paper else c.title)
         if any(c.key in r.row.paper for r in results):
             header.append(f"{c.title} (paper)")
-    lines = [grid.title, "", f"Ours: mean ± sample std over seeds "
+    lines = [grid.title, "", f"{'Ours: m' if with_paper else 'M'}ean ± sample std over seeds "
              f"{', '.join(map(str, grid.seeds))}.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:

@@ -18,6 +18,7 @@ every CHECK_EVERY steps), multi-host agreement on a stop request, atomic JSON.
 import dataclasses
 import os
 import shutil
+import sys
 import time
 
 import jax
@@ -189,7 +190,7 @@ def train_and_evaluate(config, workdir: str, *, seeds=None, gammas=None) -> RunR
                                        seed=run.seeds or config.seed)
     with checkpoint.StopOnSignal() as stop, tqdm(
             total=run.total, initial=start, disable=not (config.run.progress and run.is_main),
-            desc=run.label(), unit="step", dynamic_ncols=True, file=console.STDERR) as bar:
+            desc=run.label(), unit="step", dynamic_ncols=True, file=sys.stderr) as bar:
         log.bar = bar
         t0, step0 = time.time(), step
         while step < run.total:
@@ -197,6 +198,7 @@ def train_and_evaluate(config, workdir: str, *, seeds=None, gammas=None) -> RunR
                 batch = next(batches)
             except DataError as error:
                 checkpoint.save(manager, state)
+                manager.wait_until_finished()
                 return log.finish(state, FAILED, f"{error} The checkpoint of step {step} is "
                                   f"saved in {workdir}; run the same command to resume.")
             state, metrics = train_step(state, batch, *keys)
@@ -353,7 +355,10 @@ class Log:
 
     def say(self, message: str) -> None:
         if self.run.is_main:
-            (self.bar.write if self.bar is not None else console.say)(message)
+            if self.bar is not None:
+                self.bar.write(message, file=sys.stdout)
+            else:
+                console.say(message)
 
     def resume(self, start: int, extended: str | None) -> None:
         """Keeps the records up to the checkpoint's step and says where the run starts."""

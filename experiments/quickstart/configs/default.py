@@ -78,7 +78,7 @@ def risk_coverage_figure(results, workdir: str) -> str:
     ax.legend(fontsize=6, ncol=2)
     path = os.path.join(workdir, "risk_coverage.png")
     fig.savefig(path, dpi=120)
-    return f"risk_coverage.png: every loss's risk-coverage curve ({path}).\n"
+    return "risk_coverage.png: every loss's risk-coverage curve, seeds pooled.\n"
 
 
 def get_grid():
