@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments.common import augment, data
+from experiments.common import augment
+from experiments.common.data import DataError, memory
 
 
 def _write_folder(root, sizes=(8, 8)):
@@ -29,7 +30,7 @@ def _write_folder(root, sizes=(8, 8)):
 
 def test_image_folder_loader_and_cache(tmp_path):
     written = _write_folder(tmp_path / "imgs")
-    ds = data.load_image_folder(str(tmp_path / "imgs"), str(tmp_path / "cache"))
+    ds = memory.load_image_folder(str(tmp_path / "imgs"), str(tmp_path / "cache"))
     assert ds.class_names == ("cat", "dog")
     assert ds.train_images.shape == (5, 8, 8, 3) and ds.train_images.dtype == np.uint8
     assert sorted(ds.train_labels.tolist()) == [0, 0, 0, 1, 1]
@@ -40,7 +41,7 @@ def test_image_folder_loader_and_cache(tmp_path):
     assert ds.source == str(tmp_path / "imgs")
     (cache,) = glob.glob(str(tmp_path / "cache" / "images-*.npz"))
     assert not glob.glob(str(tmp_path / "cache" / "*.tmp*"))  # written to a temporary, renamed
-    again = data.load_image_folder(str(tmp_path / "imgs"), str(tmp_path / "cache"))
+    again = memory.load_image_folder(str(tmp_path / "imgs"), str(tmp_path / "cache"))
     for a, b in zip(ds[:4], again[:4]):
         np.testing.assert_array_equal(a, b)
     with np.load(cache) as arrays:  # the second load read the cache: poison it, load again
@@ -48,12 +49,12 @@ def test_image_folder_loader_and_cache(tmp_path):
     poisoned["test_labels"] = 1 - poisoned["test_labels"]
     with open(cache, "wb") as f:
         np.savez(f, **poisoned)
-    cached = data.load_image_folder(str(tmp_path / "imgs"), str(tmp_path / "cache"))
+    cached = memory.load_image_folder(str(tmp_path / "imgs"), str(tmp_path / "cache"))
     np.testing.assert_array_equal(cached.test_labels, 1 - ds.test_labels)
 
 
 def _load(root):
-    return data.load_image_folder(str(root / "imgs"), str(root / "cache"))
+    return memory.load_image_folder(str(root / "imgs"), str(root / "cache"))
 
 
 def _by_label(ds):
@@ -94,7 +95,7 @@ def test_cache_follows_an_image_moved_between_classes(tmp_path):
 
 def test_cache_not_written_when_asked(tmp_path):
     _write_folder(tmp_path / "imgs")
-    ds = data.load_image_folder(str(tmp_path / "imgs"), str(tmp_path / "cache"),
+    ds = memory.load_image_folder(str(tmp_path / "imgs"), str(tmp_path / "cache"),
                                 write_cache=False)
     assert len(ds.train_labels) == 5 and not (tmp_path / "cache").exists()
 
@@ -115,13 +116,13 @@ def _truncate(path):
 def test_unreadable_images_name_the_file(tmp_path, damage, message):
     _write_folder(tmp_path / "imgs")
     damage(tmp_path / "imgs/train/cat/1.png")
-    with pytest.raises(data.DataError, match=message) as error:
+    with pytest.raises(DataError, match=message) as error:
         _load(tmp_path)
     assert "\n" not in str(error.value)
 
 
 def test_image_folder_splits_are_mixed_so_a_prefix_holds_every_class(tmp_path):
-    # --num_train_examples / --num_test_examples take a prefix: class-sorted splits would give
+    # --config.data.num_train_examples / num_eval_examples take a prefix: class-sorted splits would give
     # one class (a smoke run on the first 1,000 test images would see airplanes only).
     rng = np.random.RandomState(0)
     for split in ("train", "test"):
@@ -130,7 +131,7 @@ def test_image_folder_splits_are_mixed_so_a_prefix_holds_every_class(tmp_path):
             for i in range(8):
                 Image.fromarray(rng.randint(0, 255, (4, 4, 3)).astype(np.uint8)).save(
                     tmp_path / split / cls / f"{i}.png")
-    ds = data.load_image_folder(str(tmp_path), str(tmp_path / "cache"))
+    ds = memory.load_image_folder(str(tmp_path), str(tmp_path / "cache"))
     for labels in (ds.train_labels, ds.test_labels):
         assert sorted(labels.tolist()) == [0] * 8 + [1] * 8 + [2] * 8
         assert set(labels[:8].tolist()) == {0, 1, 2}
@@ -138,15 +139,15 @@ def test_image_folder_splits_are_mixed_so_a_prefix_holds_every_class(tmp_path):
 
 def test_symmetric_label_noise_protocol():
     labels = np.repeat(np.arange(10), 100).astype(np.int32)
-    noisy = data.symmetric_label_noise(labels, 0.4, 10, seed=123)
+    noisy = memory.symmetric_label_noise(labels, 0.4, 10, seed=123)
     flipped = noisy != labels
     assert flipped.sum() == 400  # exact rate: the true class is never drawn
     assert np.all(np.bincount(labels[flipped], minlength=10) == 40)  # class balanced
-    np.testing.assert_array_equal(noisy, data.symmetric_label_noise(labels, 0.4, 10, seed=123))
-    assert not np.array_equal(noisy, data.symmetric_label_noise(labels, 0.4, 10, seed=1))
-    np.testing.assert_array_equal(data.symmetric_label_noise(labels, 0.0, 10), labels)
+    np.testing.assert_array_equal(noisy, memory.symmetric_label_noise(labels, 0.4, 10, seed=123))
+    assert not np.array_equal(noisy, memory.symmetric_label_noise(labels, 0.4, 10, seed=1))
+    np.testing.assert_array_equal(memory.symmetric_label_noise(labels, 0.0, 10), labels)
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
-        data.symmetric_label_noise(labels, 1.0, 10)
+        memory.symmetric_label_noise(labels, 1.0, 10)
 
 
 def test_random_crop_flip():
@@ -164,7 +165,7 @@ def test_random_crop_flip():
 
 
 def test_digits_split():
-    ds = data.load_digits()
+    ds = memory.load_digits()
     assert ds.train_images.shape[1:] == (8, 8, 1) and len(ds.train_labels) + len(ds.test_labels) \
         == 1797
     assert ds.num_classes == 10 and ds.train_images.max() == 255
@@ -174,7 +175,7 @@ def test_load_tfds_on_mocked_cifar10(tmp_path):
     """load_tfds reads both splits of (mocked) TFDS cifar10 into uint8/int32 arrays."""
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
-        ds = data.load_tfds("cifar10", str(tmp_path / "tfds"), chunk_size=5)
+        ds = memory.load_tfds("cifar10", str(tmp_path / "tfds"), chunk_size=5)
     assert ds.train_images.shape == (12, 32, 32, 3) and ds.train_images.dtype == np.uint8
     assert ds.test_images.shape == (12, 32, 32, 3) and ds.test_images.dtype == np.uint8
     assert ds.train_labels.shape == (12,) and ds.train_labels.dtype == np.int32
@@ -207,7 +208,7 @@ def test_load_tfds_reads_each_split_in_order_across_chunks(tmp_path):
     for chunk_size in (4, 7, 10_000):
         with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
                                     as_dataset_fn=as_dataset_fn):
-            ds = data.load_tfds("cifar10", str(tmp_path / "tfds"), chunk_size=chunk_size)
+            ds = memory.load_tfds("cifar10", str(tmp_path / "tfds"), chunk_size=chunk_size)
         for split, images, labels in (("train", ds.train_images, ds.train_labels),
                                       ("test", ds.test_images, ds.test_labels)):
             want_images, want_labels = fake_split(split)
