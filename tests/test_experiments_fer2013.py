@@ -1,13 +1,11 @@
 """FER2013: both data formats, the split flag, the on-device augmentation, TenCrop evaluation, the
-VGG, bad input, and a tiny end-to-end run (generated faces in tmp_path; no real data needed)."""
+VGG, reduce-on-plateau and the best-validation state in the one loop, bad input, Table 6 and a
+tiny end-to-end run (generated faces in tmp_path; no real data needed)."""
 
 import csv
-import dataclasses
 import functools
 import json
 import os
-import subprocess
-import sys
 
 import flax.linen as nn
 import gsc_jax
@@ -18,12 +16,13 @@ import optax
 import pytest
 from PIL import Image
 
-from experiments.common import data as common_data
-from experiments.common import evaluation, loop, losses, parallel, plateau, steps
-from experiments.common.data import DataError
-from experiments.fer2013 import augment, data, models, tables, train
-
-from _experiments_util import REPO
+from _experiments_util import REPO, load_config, run_module
+from experiments.common import config as cfg
+from experiments.common import evaluators, grid, loop, losses, parallel, plateau, steps
+from experiments.common.data import DataError, memory
+from experiments.common.evaluators import classification
+from experiments.fer2013 import augment, data, models
+from experiments.fer2013 import task as fer_task
 
 SIDE = 12  # generated faces are SIDE x SIDE (FER2013's are 48 x 48)
 # Per usage, how many faces of each label (every emotion present in every split).
@@ -31,8 +30,8 @@ COUNTS = {"Training": (3, 1, 2, 3, 2, 2, 3), "PublicTest": (1,) * 7, "PrivateTes
                                                                                    1, 1)}
 FOLDER_OF = {usage: split for split, usage in data.FOLDER_USAGE.items()}
 # A run small enough to compile and train in seconds on 20x20 faces.
-TINY = train.RunConfig(epochs=1, batch_size=8, crop=16, width=2, hidden=8, eval_batch_size=4,
-                       progress=False)
+TINY = dict(epochs=1, batch_size=8, data__crop=16, model__width=2, model__hidden=8,
+            eval_batch_size=4)
 
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -389,79 +388,94 @@ class _Linear(nn.Module):
         return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
 
 
-def _synthetic(n_train=32, n_eval=16, side=8, val=True):
+def _synthetic(n_train=32, n_eval=16, side=16, val=True) -> memory.Dataset:
     rng = np.random.RandomState(0)
     split = lambda n: (rng.randint(0, 256, (n, side, side, 1)).astype(np.uint8),  # noqa: E731
                        (np.arange(n) % 7).astype(np.int32))
     train_split, test_split, val_split = split(n_train), split(n_eval), split(n_eval)
-    return common_data.Dataset(*train_split, *test_split, data.EMOTIONS, "synthetic",
-                               *(val_split if val else (None, None)))
+    return memory.Dataset(*train_split, *test_split, data.EMOTIONS, "synthetic",
+                          *(val_split if val else (None, None)))
 
 
-def _loop_config(**changes):
-    base = dict(loss=losses.LossSpec(), epochs=3, batch_size=8, eval_batch_size=8, seed=0,
-                mean=(0.0,), std=(1.0,), augment=False, progress=False, per_class=True)
-    base.update(changes)
-    return loop.LoopConfig(**base)
+@pytest.fixture
+def linear_task(monkeypatch):
+    """The FER2013 task (TenCrop views, multiview evaluators) with `_Linear` as its model."""
+    monkeypatch.setattr(fer_task, "make_model", lambda config, num_classes, mesh: _Linear(
+        num_classes))
 
 
-def _frozen_sgd(steps_per_epoch):
-    """SGD whose step is 0 (the validation accuracy never improves) on a nominal lr of 0.1."""
-    del steps_per_epoch
-    return optax.sgd(0.0), optax.constant_schedule(0.1)
+def _loop_config(tmp_path, val=True, **overrides):
+    """The VGG recipe on `_synthetic()` (an arrays file) with one crop of 16 of the 16x16 faces
+    per training image, 3 epochs of 4 steps, no weight decay."""
+    npz = str(tmp_path / ("fer.npz" if val else "fer_noval.npz"))
+    memory.save_npz(npz, _synthetic(val=val))
+    base = dict(data__npz=npz, epochs=3, batch_size=8, eval_batch_size=8, data__crop=16,
+                data__train_crops=1, optimizer__weight_decay=0.0)
+    return load_config("fer2013", "vgg", **{**base, **overrides})
 
 
-def test_loop_reduces_on_plateau_and_keeps_the_best_validation_state(tmp_path):
-    config = _loop_config(plateau_factor=0.5, plateau_patience=0)
-    result = loop.train_and_evaluate(config, _Linear(), _frozen_sgd, _synthetic(),
-                                     str(tmp_path))
-    records = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+def _records(workdir) -> list:
+    return [json.loads(x) for x in open(os.path.join(str(workdir), "metrics.jsonl"))]
+
+
+def test_loop_reduces_on_plateau_and_keeps_the_best_validation_state(tmp_path, linear_task):
+    # A learning rate so small that no parameter moves (float32): the validation accuracy is
+    # the same every epoch, so no epoch after the first improves.
+    config = _loop_config(tmp_path, optimizer__learning_rate=1e-30, plateau__factor=0.5,
+                          plateau__patience=0)
+    workdir = tmp_path / "run"
+    result = loop.train_and_evaluate(config, str(workdir))
+    records = _records(workdir)
     # Epoch 1 improves on nothing; epochs 2 and 3 do not improve: with patience 0 each halves
     # the scale after its evaluation, so epoch 3 trained at half the learning rate.
-    assert [r["learning_rate"] for r in records] == pytest.approx([0.1, 0.1, 0.05])
+    assert [r["learning_rate"] for r in records] == pytest.approx([1e-30, 1e-30, 5e-31])
     assert float(plateau.current_scale(result.state.opt_state)) == pytest.approx(0.25)
-    assert len({r["val_top1"] for r in records}) == 1
+    assert len({r["val/top1"] for r in records}) == 1
     s = result.summary
-    assert s["best_val_epoch"] == 1 and s["best_val_accuracy"] == records[0]["val_top1"]
-    assert s["val_accuracy"] == records[-1]["val_top1"]
-    assert s["test_accuracy_at_best_val"] == s["test_accuracy"]  # same parameters
-    assert (tmp_path / "checkpoints_best").is_dir() and (tmp_path / "confusion.png").exists()
-    confusion = np.asarray(s["test_confusion"])
+    assert s["best/epoch"] == 1 and s["best/value"] == records[0]["val/top1"]
+    assert s["val/top1"] == records[-1]["val/top1"]
+    assert s["test/top1@best"] == s["test/top1"]  # same parameters
+    assert (workdir / "checkpoints_best").is_dir() and (workdir / "test_confusion.png").exists()
+    confusion = np.asarray(s["test/confusion"])
     assert confusion.shape == (7, 7) and confusion.sum() == 16
-    np.testing.assert_allclose(s["test_per_class_accuracy"],
+    np.testing.assert_allclose(s["test/per_class_accuracy"],
                                np.diag(confusion) / confusion.sum(1))
-    assert np.trace(confusion) / 16 == pytest.approx(s["test_accuracy"])
-    for key in ("val_top1", "val_top5", "val_nll", "val_ece", "test_top1"):
+    assert np.trace(confusion) / 16 == pytest.approx(s["test/top1"])
+    for key in ("val/top1", "val/top5", "val/nll", "val/ece", "val/view_top1", "test/top1"):
         assert key in records[0]
 
 
-def test_best_validation_checkpoint_is_the_best_epoch_and_resume_is_exact(tmp_path):
-    config = _loop_config(plateau_factor=0.5, plateau_patience=1)
-    make_tx = lambda n: (optax.sgd(0.05), optax.constant_schedule(0.05))  # noqa: E731
-    ds = _synthetic()
-    full = loop.train_and_evaluate(config, _Linear(), make_tx, ds, str(tmp_path / "full"))
-    part = loop.train_and_evaluate(dataclasses.replace(config, stop_after_steps=6), _Linear(),
-                                   make_tx, ds, str(tmp_path / "resumed"))
+def test_best_validation_checkpoint_is_the_best_epoch_and_resume_is_exact(tmp_path, linear_task):
+    config = _loop_config(tmp_path, optimizer__learning_rate=0.05, plateau__factor=0.5,
+                          plateau__patience=1)
+    full = loop.train_and_evaluate(config, str(tmp_path / "full"))
+    part = loop.train_and_evaluate(cfg.apply_overrides(config, {"run.stop_after_steps": 6}),
+                                   str(tmp_path / "resumed"))
     assert part.status == loop.STOPPED
-    resumed = loop.train_and_evaluate(config, _Linear(), make_tx, ds, str(tmp_path / "resumed"))
+    resumed = loop.train_and_evaluate(config, str(tmp_path / "resumed"))
     for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    records = [json.loads(x) for x in open(tmp_path / "full" / "metrics.jsonl")]
-    best = int(np.argmax([r["val_top1"] for r in records])) + 1  # first epoch of the maximum
+    records = _records(tmp_path / "full")
+    best = int(np.argmax([r["val/top1"] for r in records])) + 1  # first epoch of the maximum
     for s in (full.summary, resumed.summary):
-        assert s["best_val_epoch"] == best
-        assert s["best_val_accuracy"] == max(r["val_top1"] for r in records)
-        assert s["test_accuracy_at_best_val"] == pytest.approx(records[best - 1]["test_top1"])
+        assert s["best/epoch"] == best
+        assert s["best/value"] == max(r["val/top1"] for r in records)
+        assert s["test/top1@best"] == pytest.approx(records[best - 1]["test/top1"])
 
 
-def test_plateau_needs_a_validation_split(tmp_path):
-    with pytest.raises(ValueError, match="needs a validation split"):
-        loop.train_and_evaluate(_loop_config(plateau_factor=0.5), _Linear(), _frozen_sgd,
-                                _synthetic(val=False), str(tmp_path))
-    with pytest.raises(ValueError, match="0 < plateau_factor < 1"):
-        loop.train_and_evaluate(_loop_config(plateau_factor=1.5), _Linear(), _frozen_sgd,
-                                _synthetic(), str(tmp_path))
-    assert not (tmp_path / "checkpoints").exists()
+def test_plateau_and_best_need_a_validation_split(tmp_path, linear_task):
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"config.evals.val.split: 'val' is not a split"):
+        loop.train_and_evaluate(_loop_config(tmp_path, val=False, plateau__factor=0.5),
+                                str(workdir))
+    with pytest.raises(ValueError, match=r"config.plateau.factor must be in \[0, 1\)"):
+        loop.train_and_evaluate(_loop_config(tmp_path, plateau__factor=1.5), str(workdir))
+    config = _loop_config(tmp_path, plateau__factor=0.5)
+    with config.unlocked():
+        del config.evals["val"]
+    with pytest.raises(ValueError, match="names no evaluator of config.evals"):
+        loop.train_and_evaluate(config, str(workdir))
+    assert not workdir.exists()
 
 
 def test_confusion_counts_match_sklearn():
@@ -472,31 +486,54 @@ def test_confusion_counts_match_sklearn():
     labels = rng.randint(0, 7, 50).astype(np.int32)
     mask = rng.rand(50) > 0.2
     logits[3] = np.nan  # not counted, like a padded example
-    sums = evaluation.batch_sums(jnp.asarray(logits), jnp.asarray(labels),
-                                 example_mask=jnp.asarray(mask), confusion=True)
+    sums = classification.batch_sums(jnp.asarray(logits), jnp.asarray(labels),
+                                     example_mask=jnp.asarray(mask), confusion=True)
     keep = mask & np.isfinite(logits).all(1)
     expected = confusion_matrix(labels[keep], logits[keep].argmax(1), labels=range(7))
     np.testing.assert_array_equal(sums["confusion"], expected)
-    summary = evaluation.finalize(jax.device_get(sums))
+    summary = classification.finalize(jax.device_get(sums))
     np.testing.assert_allclose(summary["per_class_accuracy"],
                                np.diag(expected) / expected.sum(1))
 
 
+def _numpy_ten_crop_batch(images, crop):
+    return np.stack([_numpy_ten_crop(im, crop) for im in np.asarray(images)])
+
+
 def test_ten_crop_evaluation_is_the_mean_of_the_ten_crops_logits():
-    model = _Linear()
-    images = jnp.asarray(np.random.RandomState(0).randint(0, 256, (3, 20, 20, 1)), jnp.uint8)
+    """The multiview evaluator on a source with TenCrop evaluation views: an example's logits
+    are the mean of its ten crops' logits, and its metrics are those of the mean logits."""
+    model, mesh = _Linear(), parallel.make_mesh()
+    rng = np.random.RandomState(0)
+    images = rng.randint(0, 256, (6, 20, 20, 1)).astype(np.uint8)
+    labels = (np.arange(6) % 7).astype(np.int32)
+    dataset = memory.Dataset(images, labels, images, labels, data.EMOTIONS, "synthetic")
+    source = memory.ArraySource(dataset, eval_views=functools.partial(augment.eval_views,
+                                                                      crop=16))
+    assert source.input_shape == (16, 16, 1)
     state = steps.init_state(model, optax.sgd(0.1), jnp.zeros((1, 16, 16, 1)), jax.random.key(0),
-                             7, False)
-    logits_fn = steps.make_logits_fn(model, mean=(0.0,), std=(1.0,), compute_dtype=jnp.float32,
-                                     eval_views=functools.partial(augment.eval_views, crop=16))
-    got = jax.jit(logits_fn)(state, images)
-    plain = jax.jit(steps.make_logits_fn(model, mean=(0.0,), std=(1.0,),
-                                         compute_dtype=jnp.float32))
-    crops = np.stack([_numpy_ten_crop(im, 16) for im in np.asarray(images)])
-    each = np.stack([np.asarray(plain(state, jnp.asarray(crops[:, v]))) for v in range(10)], 1)
+                             7, losses.LossSpec())
+    plain = steps.make_logits_fn(model, mean=(0.0,), std=(1.0,), compute_dtype=jnp.float32)
+    config = load_config("fer2013", "vgg")
+    context = evaluators.Context(config, source, model, plain, mesh, parallel.replicated(mesh),
+                                 7, 15, 4, 0, "")
+    evaluator = classification.Multiview("test", config.evals.test, context)
+    got = jax.jit(evaluator.logits_of)(state, augment.eval_views(jnp.asarray(images[:3]), crop=16))
+    crops = _numpy_ten_crop_batch(images[:3], 16).astype(np.float32)
+    each = np.stack([np.asarray(jax.jit(model.apply)({"params": state.params},
+                                                     jnp.asarray(crops[:, v]) / 255.0))
+                     for v in range(10)], 1)
     assert got.shape == (3, 7)
     np.testing.assert_allclose(got, each.mean(1), rtol=1e-5, atol=1e-5)
     assert not np.allclose(each[:, 0], each[:, 5])  # the crops do differ
+    scalars, details = evaluator.run(state)  # eval batch 4: 6 faces and 2 padded
+    crops = _numpy_ten_crop_batch(images, 16).astype(np.float32) / 255.0
+    each = np.stack([np.asarray(model.apply({"params": state.params}, jnp.asarray(crops[:, v])))
+                     for v in range(10)], 1)
+    assert scalars["count"] == 6
+    assert scalars["top1"] == pytest.approx(np.mean(each.mean(1).argmax(1) == labels))
+    assert scalars["view_top1"] == pytest.approx(np.mean(each.argmax(2) == labels[:, None]))
+    assert np.asarray(details["confusion"]).sum() == 6
 
 
 def test_train_step_trains_every_view_with_its_image_label():
@@ -506,140 +543,167 @@ def test_train_step_trains_every_view_with_its_image_label():
     # Two views per image: the image and its negative; the step sees 16 examples.
     views = lambda key, im: jnp.stack([im.astype(jnp.float32),  # noqa: E731
                                        255.0 - im.astype(jnp.float32)], axis=1)
-    tx = optax.sgd(0.0)
-    state = steps.init_state(model, tx, jnp.zeros((1, 4, 4, 1)), jax.random.key(0), 7, False)
+    source = memory.ArraySource(memory.Dataset(images, labels, images, labels, data.EMOTIONS),
+                                train_views=views)
+    batch = next(source.train_batches(batch_size=8, start_step=0, num_steps=1, mesh=mesh,
+                                      seed=0))
+    x, y = np.asarray(batch["image"]), np.asarray(batch["label"])
+    assert x.shape == (16, 4, 4, 1) and y.shape == (16,)
+    seen = []
+    for j in range(8):  # views of one image are adjacent and carry its label
+        (i,) = [i for i in range(8) if np.array_equal(x[2 * j], images[i])]
+        np.testing.assert_array_equal(x[2 * j + 1], 255.0 - images[i])
+        assert y[2 * j] == y[2 * j + 1] == labels[i]
+        seen.append(i)
+    assert sorted(seen) == list(range(8))  # the epoch's permutation: every image once
+    tx, spec = optax.sgd(0.0), losses.LossSpec()
+    state = steps.init_state(model, tx, jnp.zeros((1, 4, 4, 1)), jax.random.key(0), 7, spec)
     step = jax.jit(steps.make_train_step(
-        model=model, tx=tx, loss_spec=losses.LossSpec(), lr_fn=optax.constant_schedule(0.0),
-        steps_per_epoch=1, batch_size=8, mesh=mesh, mean=(0.0,), std=(1.0,), use_augment=True,
-        compute_dtype=jnp.float32, aug_key=jax.random.key(1), train_views=views,
-        dropout_key=jax.random.key(2)))
-    perm = jnp.arange(8)
-    new_state, metrics = step(state, jnp.asarray(images), jnp.asarray(labels), perm)
-    x = np.concatenate([images, 255 - images]).astype(np.float32) / 255.0
-    logits = model.apply({"params": state.params}, jnp.asarray(x))
-    expected = gsc_jax.cross_entropy(logits, jnp.asarray(np.concatenate([labels, labels])))
+        model=model, tx=tx, loss_spec=spec, lr_fn=optax.constant_schedule(0.0),
+        steps_per_epoch=1, mean=(0.0,), std=(1.0,), compute_dtype=jnp.float32))
+    new_state, _ = step(state, batch, jax.random.key(2))
+    logits = model.apply({"params": state.params}, jnp.asarray(x / 255.0))
+    expected = gsc_jax.cross_entropy(logits, jnp.asarray(y))
     np.testing.assert_allclose(new_state.epoch_sums["loss"], np.mean(expected), rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
-# Bad configurations, and the command line end to end.
+# Bad configurations, Table 6, and the command line end to end.
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"loss": losses.LossSpec("ce", gsc_gamma=0.01, gsc_top_c=8)},
-     r"gsc_top_c must be in \[1, num_classes=7\]"),
-    ({"val_usage": "Test"}, "--val_usage must be one of PrivateTest, PublicTest"),
-    ({"train_crops": 5}, "--train_crops must be 1 or 10"),
-    ({"crop": 8}, "--crop must be >= 16"),
-    ({"crop": 24}, "--crop 24 exceeds the 20x20 faces"),
-    ({"width": 0}, "--width must be positive"),
-    ({"epochs": 0}, "--epochs must be positive"),
-    ({"learning_rate": -0.1}, "--learning_rate must be positive"),
-    ({"label_noise": 1.0}, r"--label_noise must be in \[0, 1\)"),
-    ({"num_eval_examples": -1}, "--num_eval_examples must be >= 0"),
+@pytest.mark.parametrize("overrides, message", [
+    ({"loss__gsc__gamma": 0.01, "loss__gsc__top_c": 8},
+     r"config.loss.gsc.top_c must be in \[1, num_classes=7\]"),
+    ({"data__val_usage": "Test"}, "config.data.val_usage must be one of PrivateTest, PublicTest"),
+    ({"data__train_crops": 5}, "config.data.train_crops must be 1 or 10"),
+    ({"data__crop": 8}, "config.data.crop must be an integer >= 16"),
+    ({"data__crop": 24}, "config.data.crop 24 exceeds the 20x20 faces"),
+    ({"model__width": 0}, "config.model.width must be a positive integer"),
+    ({"epochs": 0}, "config.epochs must be a positive integer"),
+    ({"optimizer__learning_rate": -0.1}, "config.optimizer.learning_rate must be a positive"),
+    ({"data__label_noise": 1.0}, r"config.data.label_noise must be in \[0, 1\)"),
+    ({"data__num_eval_examples": -1}, "config.data.num_eval_examples must be an integer >= 0"),
+    ({"data__npz": "x.npz"}, "set exactly one of config.data.data_dir"),
 ])
-def test_bad_run_config_fails_before_training(changes, message, tmp_path):
-    config = dataclasses.replace(TINY, **changes)
-    splits = data.load_csv(_write_csv(tmp_path / "f.csv", _faces(side=20)))
+def test_bad_run_config_fails_before_training(overrides, message, tmp_path):
+    csv_path = _write_csv(tmp_path / "f.csv", _faces(side=20))
+    config = load_config("fer2013", "vgg", data__csv=csv_path, **{**TINY, **overrides})
     with pytest.raises(ValueError, match=message):
-        train.run(config, splits, str(tmp_path / "run"))
+        loop.train_and_evaluate(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
 
-def _cli(args, tmp_path, timeout=300):
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               JAX_DISABLE_MOST_OPTIMIZATIONS="1")  # tiny models: compile time dominates
-    return subprocess.run([sys.executable, "-m", "experiments.fer2013", *args], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+def test_run_identity_holds_the_recipe_without_the_epochs():
+    """A resume compares the config without `config.resumable` (the epoch count among them, so
+    that more epochs extend a run): a FER2013 run's width is part of it, its epochs are not."""
+    one = cfg.identity(load_config("fer2013", "vgg", epochs=1))
+    three = cfg.identity(load_config("fer2013", "vgg", epochs=3))
+    wider = cfg.identity(load_config("fer2013", "vgg", epochs=3, model__width=4))
+    assert one == three and "epochs" not in one
+    assert three != wider and wider["model"]["width"] == 4
 
 
-TINY_FLAGS = ["--epochs", "1", "--batch_size", "8", "--crop", "16", "--width", "2", "--hidden",
-              "8", "--eval_batch_size", "4"]
+def test_departures_and_usages_in_the_summary_info():
+    config = load_config("fer2013", "vgg", epochs=1, data__val_usage="PublicTest")
+    info = fer_task.info(config)
+    assert (info["val_usage"], info["test_usage"]) == ("PublicTest", "PrivateTest")
+    assert "epochs: 1 (recipe 300)" in info["departures"]
+    assert not any(d.startswith("model.width") for d in info["departures"])
+
+
+def _table6():
+    return cfg.load(os.path.join(REPO, "experiments/fer2013/configs/table6.py"))
+
+
+def test_table6_reports_mean_and_std_over_seeds_and_plots_fig7(tmp_path, monkeypatch):
+    """The table's arithmetic and layout, on stand-in runs (training is tested below)."""
+    accuracy = {("ce", 0): 0.60, ("ce", 1): 0.62, ("gsc_0.01_2", 0): 0.61,
+                ("gsc_0.01_2", 1): 0.65}
+
+    def fake_run(config, workdir, seeds=None):
+        assert seeds is None
+        row = os.path.basename(workdir).rsplit("_s", 1)[0]
+        acc = accuracy[(row, config.seed)]
+        os.makedirs(workdir)
+        records = [{"epoch": e, "train/loss": 1.5 / e, "val/nll": 1.2, "val/top1": acc}
+                   for e in (1, 2)]
+        with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        summary = {"status": "completed", "epochs": 2, "test/top1": acc,
+                   "test/top1@best": acc - 0.01, "val/top1": acc + 0.01,
+                   "best/value": acc + 0.02, "test/ece": 0.05, "test/nll": 1.0,
+                   "test/per_class_accuracy": [acc] * 7}
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f)
+        return loop.RunResult(None, summary)
+
+    monkeypatch.setattr(loop, "train_and_evaluate", fake_run)
+    config, table = _table6()
+    import dataclasses  # pylint: disable=import-outside-toplevel
+    table = dataclasses.replace(table, seeds=(0, 1))
+    text = grid.run(table, config, str(tmp_path), rows=("gsc_0.01_2", "ce"))
+    lines = text.splitlines()
+    ce = next(line for line in lines if line.startswith("| ce | CE |"))
+    gsc = next(line for line in lines if line.startswith("| gsc_0.01_2 |"))
+    # Sample std of (60, 62) is sqrt(2) = 1.41; of (61, 65) 2.83. The paper's beside ours.
+    assert ce == ("| ce | CE | 61.00 ± 1.41 | 60.00 ± 1.41 | 72.12 | 62.00 ± 1.41 | 73.82 "
+                  "| 63.00 ± 1.41 | 5.00 ± 0.00 | 1.0000 ± 0.0000 |")
+    assert gsc == ("| gsc_0.01_2 | CE+GSC(0.01,2) | 63.00 ± 2.83 | 62.00 ± 2.83 | 72.72 "
+                   "| 64.00 ± 2.83 | 73.25 | 65.00 ± 2.83 | 5.00 ± 0.00 | 1.0000 ± 0.0000 |")
+    assert text.index("| ce |") < text.index("| gsc_0.01_2 |")  # the paper's order
+    assert all(line.count("not run") == 6 for line in lines
+               if line.startswith(("| gsc_0.015_2 ", "| gsc_0.01_3 ", "| gsc_0.02_3 ")))
+    per_class = next(line for line in lines if line.startswith("| CE | 61.0 |"))
+    assert per_class.count("61.0") == 7
+    assert (tmp_path / "fig7.png").stat().st_size > 0
+    saved = grid.results_json(str(tmp_path), "table6")
+    assert [r["row"] for r in saved["rows"]][:2] == ["ce", "gsc_0.01_2"]
+    assert saved["rows"][0]["values"]["test/top1"] == [0.60, 0.62]
+    with pytest.raises(ValueError, match="unknown rows"):
+        grid.check_rows(table, ["ce", "gsc_9"])
+
+
+CLI_TINY = ["--config.epochs=1", "--config.batch_size=8", "--config.data.crop=16",
+            "--config.model.width=2", "--config.model.hidden=8", "--config.eval_batch_size=4",
+            "--config.run.progress=False"]
 # Faces of side 32: a 16x16 crop reaches the dense layers as 1x1 features, a whole face as 2x2,
 # so a model initialised on whole faces would fail on crops.
 CLI_SIDE = 32
 
 
+@pytest.mark.slow
 def test_cli_table6_row_trains_end_to_end_and_writes_the_table(tmp_path):
     csv_path = _write_csv(tmp_path / "fer2013.csv", _faces(side=CLI_SIDE))
     work = tmp_path / "work"
-    out = _cli(["--workdir", str(work), "--csv", csv_path, "--table", "6", "--table_rows",
-                "gsc_0.01_2", *TINY_FLAGS], tmp_path)
+    out = run_module(["experiments.fer2013", "--config",
+                      os.path.join(REPO, "experiments/fer2013/configs/table6.py"),
+                      f"--workdir={work}", f"--config.data.csv={csv_path}",
+                      "--rows=gsc_0.01_2", *CLI_TINY])
     assert out.returncode == 0, out.stderr[-3000:]
     table = (work / "table6.md").read_text()
-    assert "Test = PublicTest, validation = PrivateTest" in table
-    rows = [line for line in table.splitlines() if line.startswith("| CE+GSC(0.01,2)")]
-    assert len(rows) == 2 and "| 72.72 | 73.25 |" in rows[0]  # accuracy and per-class tables
-    summary = json.loads((work / "table6" / "gsc_0.01_2_s0" / "summary.json").read_text())
+    rows = [line for line in table.splitlines() if "CE+GSC(0.01,2)" in line]
+    assert len(rows) == 2 and "| 72.72 |" in rows[0]  # accuracy and per-class tables
+    assert rows[1].startswith("| CE+GSC(0.01,2) |") and rows[1].count("|") == 9
+    summary = json.loads((work / "table6" / "gsc_0.01_2" / "summary.json").read_text())
     assert summary["status"] == "completed"
     assert summary["val_usage"] == "PrivateTest" and summary["test_usage"] == "PublicTest"
     assert summary["num_train_examples"] == 16 and summary["num_val_examples"] == 8
-    assert len(summary["test_per_class_accuracy"]) == 7
+    assert len(summary["test/per_class_accuracy"]) == 7
     assert "epochs: 1 (recipe 300)" in summary["departures"]
-    (record,) = [json.loads(x) for x in open(work / "table6" / "gsc_0.01_2_s0" / "metrics.jsonl")]
-    assert {"train_loss", "train_gsc_term", "val_top1", "val_nll", "test_top1"} <= set(record)
+    (record,) = _records(work / "table6" / "gsc_0.01_2")
+    assert {"train/loss", "train/gsc_term", "val/top1", "val/nll", "test/top1"} <= set(record)
 
 
-def test_table6_reports_mean_and_std_over_seeds_and_plots_fig7(tmp_path, monkeypatch):
-    """The table's arithmetic and layout, on stand-in runs (training is tested above)."""
-    accuracy = {("ce", 0): 0.60, ("ce", 1): 0.62, ("gsc_0.01_2", 0): 0.61,
-                ("gsc_0.01_2", 1): 0.65}
-
-    def fake_run(config, splits, workdir, run_info=None):
-        row = os.path.basename(workdir).rsplit("_s", 1)[0]
-        acc = accuracy[(row, config.seed)]
-        os.makedirs(workdir)
-        records = [{"epoch": e, "train_loss": 1.5 / e, "val_nll": 1.2, "val_top1": acc}
-                   for e in (1, 2)]
-        with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
-        summary = {"status": "completed", "epochs": 2, "test_accuracy": acc,
-                   "test_accuracy_at_best_val": acc - 0.01, "val_accuracy": acc + 0.01,
-                   "best_val_accuracy": acc + 0.02, "test_ece": 0.05, "test_nll": 1.0,
-                   "test_per_class_accuracy": [acc] * 7}
-        return loop.RunResult(None, summary)
-
-    monkeypatch.setattr(train, "run", fake_run)
-    text = tables.run_table6(train.RunConfig(val_usage="PublicTest"), None, str(tmp_path),
-                             seeds=(0, 1), rows=("gsc_0.01_2", "ce"))
-    assert "Test = PrivateTest, validation = PublicTest" in text
-    ce = next(line for line in text.splitlines() if line.startswith("| CE |"))
-    gsc = next(line for line in text.splitlines() if line.startswith("| CE+GSC(0.01,2) |"))
-    # Sample std of (60, 62) is sqrt(2) = 1.41; of (61, 65) 2.83. Table order is the paper's.
-    assert ce.startswith("| CE | 2 | 61.00 ± 1.41 | 60.00 ± 1.41 | 62.00 ± 1.41 | 63.00 ± 1.41 "
-                         "| 72.12 | 73.82 |")
-    assert "| 63.00 ± 2.83 |" in gsc and "| 72.72 | 73.25 |" in gsc
-    assert text.index("| CE |") < text.index("| CE+GSC(0.01,2) |")
-    assert (tmp_path / "fig7.png").stat().st_size > 0
-    saved = json.loads((tmp_path / "table6.json").read_text())
-    assert [r["row"] for r in saved] == ["ce", "gsc_0.01_2"]
-    with pytest.raises(ValueError, match="unknown --table_rows"):
-        tables.check_rows(["ce", "gsc_9"])
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
-    (["--train_crops", "5"], "error: --train_crops must be 1 or 10"),
-    (["--csv", "missing.csv"], "error: --csv 'missing.csv' is not a file"),
+    (["--config.data.train_crops=5"], "error: config.data.train_crops must be 1 or 10"),
+    (["--config.data.csv=missing.csv"], "error: --csv 'missing.csv' is not a file"),
 ], ids=["crops", "csv"])
 def test_cli_rejects_bad_input_before_training(args, message, tmp_path):
     csv_path = _write_csv(tmp_path / "fer2013.csv", _faces(side=20))
-    flags = ["--workdir", str(tmp_path / "work"), *TINY_FLAGS, *args]
-    if "--csv" not in args:
-        flags += ["--csv", csv_path]
-    out = _cli(flags, tmp_path, timeout=120)
-    assert out.returncode != 0 and message in out.stderr
+    flags = [f"--workdir={tmp_path / 'work'}", *CLI_TINY, *args]
+    if not any(a.startswith("--config.data.csv") for a in args):
+        flags.append(f"--config.data.csv={csv_path}")
+    out = run_module(["experiments.fer2013", *flags])
+    assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]
     assert not (tmp_path / "work").exists()
-
-
-def test_more_epochs_extend_a_run_and_other_changes_are_refused(tmp_path, monkeypatch):
-    """The run identity checked on resume holds the recipe without the epochs (which the loop
-    checks apart, so that more epochs extend a run)."""
-    seen = []
-    monkeypatch.setattr(loop, "train_and_evaluate",
-                        lambda *args, identity=None, **kw: seen.append(identity))
-    splits = data.load_csv(_write_csv(tmp_path / "f.csv", _faces(side=20)))
-    for changes in ({"epochs": 1}, {"epochs": 3}, {"epochs": 3, "width": 4}):
-        train.run(dataclasses.replace(TINY, **changes), splits, str(tmp_path / "run"))
-    assert seen[0] == seen[1]
-    assert seen[1] != seen[2] and seen[2]["recipe"]["width"] == 4
-    assert "epochs" not in seen[0]["recipe"]
