@@ -130,9 +130,10 @@ class StepRunner:
 
 
 def time_losses(runs: dict, batch: dict, *, repeats: int,
-                extra_calls: dict | None = None) -> tuple[dict, dict, dict]:
+                extra_calls=None) -> tuple[dict, dict, dict]:
     """Compiles the train step of every {name: Run} on `batch` (the first call compiles, as in
-    the loop), then times the steps, and any `extra_calls` {name: callable}, round-robin.
+    the loop), then times the steps round-robin, with the calls `extra_calls(runners)` returns
+    ({name: callable}; `runners` is {name: StepRunner}).
 
     Returns:
       (timings {name: {'median_s', ..., and for the steps 'compile_s' (the first call),
@@ -151,7 +152,8 @@ def time_losses(runs: dict, batch: dict, *, repeats: int,
               file=sys.stderr, flush=True)
     machine = _timing.machine_info()
     calls = {name: (lambda r=r: r.step(batch)) for name, r in runners.items()}
-    calls.update(extra_calls or {})
+    if extra_calls is not None:
+        calls.update(extra_calls(runners))
     timings = _timing.interleaved_medians(calls, repeats=repeats)
     images = int(batch["label"].shape[0])
     for name, t in timings.items():
