@@ -10,10 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.common import checkpoint, losses
-from experiments.cifar10 import train
+from experiments.common import checkpoint, loop, losses
 
-from _experiments_util import synthetic_dataset, tiny_config
+from _experiments_util import load_config, synthetic_dataset, tiny_cifar_config, write_npz
 
 L = losses.LossSpec
 
@@ -21,55 +20,83 @@ L = losses.LossSpec
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
+def _loss_overrides(spec: losses.LossSpec) -> dict:
+    """The config overrides of a LossSpec's name and GSC setting."""
+    return {"loss__name": spec.name, "loss__gsc__gamma": spec.gsc_gamma,
+            "loss__gsc__top_c": spec.gsc_top_c}
+
+
+def _records(workdir):
+    return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", [
     L("ce"), L("entropy"), L("focal"), L("ls"), L("ols"),
-    L("focal", gsc_gamma=0.02, gsc_top_c=3),
+    L("ce", gsc_gamma=0.5, gsc_top_c=2),  # fused CE+GSC
+    L("ls", gsc_gamma=0.5, gsc_top_c=3),  # base + gsc_term
 ], ids=lambda s: s.label)
-def test_each_loss_trains_one_epoch(spec, tmp_path):
-    ds = synthetic_dataset()
-    result = train.run(tiny_config(spec, epochs=1), ds, str(tmp_path))
+def test_each_loss_trains_one_epoch_and_logs_its_parts(spec, tmp_path):
+    npz = write_npz(tmp_path)  # 64 images / batch 16 = 4 steps per epoch
+    workdir = str(tmp_path / "run")
+    result = loop.train_and_evaluate(tiny_cifar_config(npz, epochs=1, **_loss_overrides(spec)),
+                                     workdir)
     s = result.summary
-    assert result.interrupted_by is None
-    for key in ("test_accuracy", "test_ece", "test_nll"):
+    assert result.status == loop.COMPLETED and result.interrupted_by is None
+    assert s["loss"] == spec.label
+    for key in ("test/top1", "test/ece", "test/nll"):
         assert np.isfinite(s[key])
-    assert 0.0 <= s["test_accuracy"] <= 1.0 and 0.0 <= s["test_ece"] <= 1.0
-    (record,) = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-    assert set(record) >= {"epoch", "train_loss", "test_top1", "test_top5", "test_nll",
-                           "test_ece", "learning_rate", "epoch_time_s"}
-    assert np.isfinite(record["train_loss"])
-    assert _tensorboard_scalars(tmp_path / "tensorboard") >= {"train_loss", "test_top1", "test_ece"}
+    assert 0.0 <= s["test/top1"] <= 1.0 and 0.0 <= s["test/ece"] <= 1.0
+    (record,) = _records(workdir)
+    assert set(record) >= {"epoch", "train/loss", "train/base_loss", "test/top1", "test/top5",
+                           "test/nll", "test/ece", "learning_rate", "epoch_time_s"}
+    assert np.isfinite(record["train/loss"])
+    assert _tensorboard_scalars(os.path.join(workdir, "tensorboard")) >= {
+        "train/loss", "test/top1", "test/ece"}
+    if spec.uses_gsc:  # the logged parts add up to the trained loss
+        gsc_part = spec.gsc_gamma * record["train/gsc_term"]
+        assert gsc_part > 1e-2  # large against the tolerance below: the sum tests something
+        np.testing.assert_allclose(record["train/base_loss"] + gsc_part, record["train/loss"],
+                                   rtol=1e-5)
+    else:
+        assert "train/gsc_term" not in record
+        assert record["train/base_loss"] == pytest.approx(record["train/loss"], rel=1e-6)
     if spec.name == "ols":  # finalised once at the end of the epoch: rows are distributions
         np.testing.assert_allclose(np.asarray(result.state.ols.soft_labels).sum(-1), 1.0,
                                    atol=1e-5)
 
 
+@pytest.mark.slow
 def test_alexnet_step_and_outputs(tmp_path):
-    ds = synthetic_dataset(n_train=32, n_test=12, size=32)
-    config = tiny_config(L("ce", gsc_gamma=0.05, gsc_top_c=2), model="alexnet", epochs=1,
-                         model_overrides=())
-    s = train.run(config, ds, str(tmp_path)).summary
-    assert s["model"] == "alexnet" and np.isfinite(s["test_nll"])
-    for name in ("summary.json", "metrics.jsonl", "curves.png", "reliability.png",
-                 "risk_coverage.png"):
+    npz = write_npz(tmp_path, synthetic_dataset(n_train=32, n_test=12, size=32))
+    config = load_config("cifar10", "alexnet", data__npz=npz, epochs=1, batch_size=16,
+                         eval_batch_size=8, loss__gsc__gamma=0.05, loss__gsc__top_c=2)
+    s = loop.train_and_evaluate(config, str(tmp_path)).summary
+    assert s["config"]["model"]["name"] == "alexnet" and np.isfinite(s["test/nll"])
+    for name in ("summary.json", "metrics.jsonl", "curves.png", "test_reliability.png",
+                 "test_risk_coverage.png"):
         assert (tmp_path / name).stat().st_size > 0
-    assert 0 <= s["test_aurc"] <= 1 and s["risk_coverage"]["coverage"][0] == 1.0
-    assert json.load(open(tmp_path / "summary.json"))["test_accuracy"] == s["test_accuracy"]
+    assert 0 <= s["test/aurc"] <= 1 and s["test/risk_coverage"]["coverage"][0] == 1.0
+    assert json.load(open(tmp_path / "summary.json"))["test/top1"] == s["test/top1"]
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
-    ds = synthetic_dataset()  # 64 images / batch 16 = 4 steps per epoch, 2 epochs
-    spec = L("ols", gsc_gamma=0.05, gsc_top_c=2)  # OLS state must survive the restart too
-    full = train.run(tiny_config(spec), ds, str(tmp_path / "full"))
-    part = train.run(tiny_config(spec, stop_after_steps=3), ds, str(tmp_path / "resumed"))
-    assert part.interrupted_by == 0 and int(part.state.step) == 3
-    resumed = train.run(tiny_config(spec), ds, str(tmp_path / "resumed"))
+    npz = write_npz(tmp_path)  # 64 images / batch 16 = 4 steps per epoch, 2 epochs
+    # OLS state must survive the restart too.
+    loss = _loss_overrides(L("ols", gsc_gamma=0.05, gsc_top_c=2))
+    full = loop.train_and_evaluate(tiny_cifar_config(npz, **loss), str(tmp_path / "full"))
+    part = loop.train_and_evaluate(tiny_cifar_config(npz, run__stop_after_steps=3, **loss),
+                                   str(tmp_path / "resumed"))
+    assert part.status == loop.STOPPED and part.interrupted_by == 0
+    assert int(part.state.step) == 3
+    resumed = loop.train_and_evaluate(tiny_cifar_config(npz, **loss), str(tmp_path / "resumed"))
     assert int(resumed.state.step) == int(full.state.step) == 8
     for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    records = [[json.loads(x) for x in open(tmp_path / d / "metrics.jsonl")]
-               for d in ("full", "resumed")]
-    assert [r["test_nll"] for r in records[0]] == [r["test_nll"] for r in records[1]]
-    assert [r["train_loss"] for r in records[0]] == [r["train_loss"] for r in records[1]]
+    records = [_records(tmp_path / d) for d in ("full", "resumed")]
+    assert [r["test/nll"] for r in records[0]] == [r["test/nll"] for r in records[1]]
+    assert [r["train/loss"] for r in records[0]] == [r["train/loss"] for r in records[1]]
 
 
 def test_sigterm_sets_stop_request_and_handlers_are_restored():
@@ -87,41 +114,19 @@ def test_loss_parts_add_up_to_the_trained_loss(name):
     labels = jnp.arange(6) % 10
     soft = gsc_jax.ols_init(10).soft_labels
     spec = L(name, gsc_gamma=0.5, gsc_top_c=3)
-    parts = losses.make_loss_parts_fn(spec)(logits, labels, soft)
-    assert set(parts) == {"base_loss", "gsc_term"}
-    total = losses.make_loss_fn(spec)(logits, labels, soft)
+    loss, parts = losses.make_objective(spec)(logits, labels, soft)
+    assert {"base_loss", "gsc_term"} <= set(parts)
+    total = jnp.mean(losses.make_loss_fn(spec)(logits, labels, soft))
+    np.testing.assert_allclose(loss, total, rtol=1e-6)
     np.testing.assert_allclose(parts["base_loss"] + 0.5 * parts["gsc_term"], total, rtol=1e-5,
                                atol=1e-6)
-    assert np.all(np.abs(0.5 * parts["gsc_term"]) > 1e-3)  # the check above sees the GSC part
+    assert np.abs(0.5 * parts["gsc_term"]) > 1e-3  # the check above sees the GSC part
     off = L(name)  # gamma 0: the base loss is the loss, and no GSC term
-    parts = losses.make_loss_parts_fn(off)(logits, labels, soft)
-    assert set(parts) == {"base_loss"}
-    np.testing.assert_allclose(parts["base_loss"], losses.make_loss_fn(off)(logits, labels, soft),
+    loss, parts = losses.make_objective(off)(logits, labels, soft)
+    assert set(parts) == {"loss", "base_loss"}
+    np.testing.assert_allclose(parts["base_loss"],
+                               jnp.mean(losses.make_loss_fn(off)(logits, labels, soft)),
                                rtol=1e-6)
-
-
-def _records(workdir):
-    return [json.loads(line) for line in open(workdir / "metrics.jsonl")]
-
-
-@pytest.mark.parametrize("spec", [L("ce", gsc_gamma=0.5, gsc_top_c=2),  # fused CE+GSC
-                                  L("ls", gsc_gamma=0.5, gsc_top_c=3)],  # base + gsc_term
-                         ids=lambda s: s.label)
-def test_metrics_log_base_loss_and_gsc_term(spec, tmp_path):
-    train.run(tiny_config(spec), synthetic_dataset(), str(tmp_path))
-    records = _records(tmp_path)
-    assert len(records) == 2
-    for r in records:
-        gsc_part = spec.gsc_gamma * r["train_gsc_term"]
-        assert gsc_part > 1e-2  # large against the tolerance below: the sum tests something
-        np.testing.assert_allclose(r["train_base_loss"] + gsc_part, r["train_loss"], rtol=1e-5)
-
-
-def test_metrics_without_gsc_log_base_loss_only(tmp_path):
-    train.run(tiny_config(L("focal")), synthetic_dataset(), str(tmp_path))
-    for r in _records(tmp_path):
-        assert "train_gsc_term" not in r
-        assert r["train_base_loss"] == pytest.approx(r["train_loss"], rel=1e-6)
 
 
 def test_loss_spec_decides_gsc_and_the_objective_logs_its_parts():
@@ -130,13 +135,14 @@ def test_loss_spec_decides_gsc_and_the_objective_logs_its_parts():
     off, on = L("focal", gsc_gamma=0.0, gsc_top_c=3), L("focal", gsc_gamma=0.3, gsc_top_c=3)
     assert (off.uses_gsc, on.uses_gsc) == (False, True)
     assert "GSC" not in off.label and on.label == "Focal(2)+GSC(0.3,3)"
-    assert off.hyperparameters() == {"name": "focal", "focal_eta": 2.0}
-    assert on.hyperparameters() == {"name": "focal", "focal_eta": 2.0, "gsc_gamma": 0.3,
+    assert off.hyperparameters() == {"name": "focal", "eta": 2.0}
+    assert on.hyperparameters() == {"name": "focal", "eta": 2.0, "gsc_gamma": 0.3,
                                     "gsc_top_c": 3}
     term = jnp.mean(gsc_jax.gsc_term(logits, top_c=3))
+    with_gsc = {"loss", "base_loss", "gsc_term", "gsc_weighted", "gsc_grad_ratio"}
     for spec, with_term, keys in ((off, None, {"loss", "base_loss"}),
                                   (off, True, {"loss", "base_loss", "gsc_term"}),
-                                  (on, None, {"loss", "base_loss", "gsc_term"})):
+                                  (on, None, with_gsc)):
         objective = losses.make_objective(spec, with_gsc_term=with_term)
         (loss, parts), grad = jax.value_and_grad(objective, has_aux=True)(logits, labels)
         assert set(parts) == keys
