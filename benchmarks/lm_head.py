@@ -87,6 +87,26 @@ def run_config(shape, top_c, dtype, chunk_size, candidates, repeats):
     }
 
 
+def run(plan: dict) -> list[dict]:
+    """`run_config` of every shape of `plan` (keys: shapes, top_c, dtype, chunk_size, candidates,
+    repeats; defaults: the CLI's)."""
+    names = plan.get("candidates", CANDIDATES)
+    candidates = ["ce"] + [name for name in names if name != "ce"]
+    records = []
+    for shape in plan.get("shapes", SHAPES):
+        records.append(run_config(tuple(shape), plan.get("top_c", 5), plan.get("dtype", "float32"),
+                                  plan.get("chunk_size", 4096), candidates,
+                                  plan.get("repeats", 5)))
+        print(f"  done {tuple(shape)} {plan.get('dtype', 'float32')}", file=sys.stderr,
+              flush=True)
+    return records
+
+
+def markdown(records: list[dict]) -> str:
+    """`markdown_table` with the candidates the records hold."""
+    return markdown_table(records, list(records[0]["candidates"]) if records else [])
+
+
 def markdown_table(records, candidates) -> str:
     header = ("| B x D x V | dtype | chunk | candidate | median ms | time / ce | temp MiB | "
               "temp / ce |")
@@ -124,12 +144,9 @@ def main(argv=None):
     candidates = ["ce"] + [name for name in args.candidates if name != "ce"]
     machine = _timing.machine_info()
     print(f"machine: {machine}", file=sys.stderr)
-    records = []
-    for shape in args.shapes:
-        records.append(
-            run_config(shape, args.top_c, args.dtype, args.chunk_size, candidates, args.repeats)
-        )
-        print(f"done {shape}", file=sys.stderr, flush=True)
+    records = run({"shapes": args.shapes, "top_c": args.top_c, "dtype": args.dtype,
+                   "chunk_size": args.chunk_size, "candidates": candidates,
+                   "repeats": args.repeats})
     machine["load_average_end"] = _timing.machine_info()["load_average"]
     print(markdown_table(records, candidates))
     _timing.write_json(

@@ -123,7 +123,8 @@ def markdown_tables(records, candidates) -> str:
             rec["dtype"],
             f"{cells['ce']['median_s'] * 1e3:.3f}",
         ]
-        row += [f"{cells[name]['ratio_to_ce']:.2f}" for name in others]
+        row += [f"{cells[name]['ratio_to_ce']:.2f}" if name in cells else "n/a"
+                for name in others]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "Compiled temporary memory, KiB (logits size for scale):", ""]
     lines.append("| shape | top_c | dtype | logits | " + " | ".join(candidates) + " |")
@@ -135,7 +136,8 @@ def markdown_tables(records, candidates) -> str:
             rec["dtype"],
             f"{rec['logits_bytes'] / 1024:.0f}",
         ]
-        row += [f"{rec['candidates'][name]['temp_bytes'] / 1024:.0f}" for name in candidates]
+        row += [f"{rec['candidates'][name]['temp_bytes'] / 1024:.0f}"
+                if name in rec["candidates"] else "n/a" for name in candidates]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -156,6 +158,36 @@ def _kernel_available() -> str | None:
     return None
 
 
+def run(plan: dict) -> list[dict]:
+    """Times every (shape, top_c, dtype) of `plan` (keys: shapes, top_c, dtypes, candidates,
+    repeats; defaults: this module's); a record each. A kernel candidate that cannot run here is
+    left out, with the reason in every record's 'skipped_candidates'."""
+    shapes = [tuple(s) for s in plan.get("shapes", SHAPES)]
+    names = plan.get("candidates", DEFAULT_CANDIDATES)
+    candidates = ["ce"] + [name for name in names if name != "ce"]
+    skipped = {}
+    if any(name in KERNEL_CANDIDATES for name in candidates):
+        reason = _kernel_available()
+        if reason is not None:
+            skipped = {name: reason for name in candidates if name in KERNEL_CANDIDATES}
+            candidates = [name for name in candidates if name not in KERNEL_CANDIDATES]
+            print(f"skipping {sorted(skipped)}: {reason}", file=sys.stderr)
+    records = []
+    for shape in shapes:
+        for top_c in plan.get("top_c", TOP_CS):
+            for dtype in plan.get("dtypes", DTYPES):
+                record = run_config(shape, top_c, dtype, candidates, plan.get("repeats", 20))
+                records.append({**record, "skipped_candidates": skipped})
+                print(f"  done {shape} top_c={top_c} {dtype}", file=sys.stderr, flush=True)
+    return records
+
+
+def markdown(records: list[dict]) -> str:
+    """`markdown_tables` of the records, with the candidates they hold."""
+    candidates = list(records[0]["candidates"]) if records else ["ce"]
+    return markdown_tables(records, candidates)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=20, help="timed samples per candidate")
@@ -173,22 +205,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.dtypes, args.top_c = 5, ["float32"], [5]
-    candidates = ["ce"] + [name for name in args.candidates if name != "ce"]
-    skipped = {}
-    if any(name in KERNEL_CANDIDATES for name in candidates):
-        reason = _kernel_available()
-        if reason is not None:
-            skipped = {name: reason for name in candidates if name in KERNEL_CANDIDATES}
-            candidates = [name for name in candidates if name not in KERNEL_CANDIDATES]
-            print(f"skipping {sorted(skipped)}: {reason}", file=sys.stderr)
     machine = _timing.machine_info()
     print(f"machine: {machine}", file=sys.stderr)
-    records = []
-    for shape in args.shapes:
-        for top_c in args.top_c:
-            for dtype in args.dtypes:
-                records.append(run_config(shape, top_c, dtype, candidates, args.repeats))
-                print(f"done {shape} top_c={top_c} {dtype}", file=sys.stderr, flush=True)
+    records = run({"shapes": args.shapes, "top_c": args.top_c, "dtypes": args.dtypes,
+                   "candidates": args.candidates, "repeats": args.repeats})
+    skipped = records[0]["skipped_candidates"] if records else {}
+    candidates = list(records[0]["candidates"]) if records else ["ce"]
     machine["load_average_end"] = _timing.machine_info()["load_average"]
     print(markdown_tables(records, candidates))
     _timing.write_json(

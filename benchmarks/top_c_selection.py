@@ -66,6 +66,16 @@ def run_config(shape, top_c, repeats):
     }
 
 
+def run(plan: dict) -> list[dict]:
+    """`run_config` of every (shape, top_c) of `plan` (keys: shapes, top_c, repeats)."""
+    records = []
+    for shape in plan.get("shapes", SHAPES):
+        for top_c in plan.get("top_c", TOP_CS):
+            records.append(run_config(tuple(shape), top_c, plan.get("repeats", 15)))
+            print(f"  done {tuple(shape)} top_c={top_c}", file=sys.stderr, flush=True)
+    return records
+
+
 def markdown_table(records) -> str:
     names = list(SELECTIONS)
     header = "| shape | top_c | " + " | ".join(
@@ -92,11 +102,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     machine = _timing.machine_info()
     print(f"machine: {machine}", file=sys.stderr)
-    records = []
-    for shape in args.shapes:
-        for top_c in args.top_c:
-            records.append(run_config(shape, top_c, args.repeats))
-            print(f"done {shape} top_c={top_c}", file=sys.stderr, flush=True)
+    records = run({"shapes": args.shapes, "top_c": args.top_c, "repeats": args.repeats})
     machine["load_average_end"] = _timing.machine_info()["load_average"]
     print(markdown_table(records))
     _timing.write_json(args.out, {
@@ -109,6 +115,8 @@ def main(argv=None):
     })
     print(f"\nwrote {args.out}", file=sys.stderr)
 
+
+markdown = markdown_table
 
 if __name__ == "__main__":
     main()
