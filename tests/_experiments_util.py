@@ -147,3 +147,14 @@ def make_faces(root, num_ids=FACE_IDS, per_id=12, pairs_per_id=8, seed=0):
     return os.path.join(root, "train"), os.path.join(root, "val.bin")
 
 
+
+
+def tiny_digits_config(npz: str, **overrides):
+    """The quickstart's task (SmallCNN, no augmentation, no BatchNorm) on `npz`, e.g.
+    `synthetic_dataset(n_train=24, n_test=10, size=4)`: batch 8, 2 epochs, SGD (momentum 0.9)
+    at lr 0.1, one plain classification evaluator on the test split. Compiles in a few seconds:
+    for tests of the loop itself (resume, stops, divergence)."""
+    base = {"data__npz": npz, "epochs": 2, "batch_size": 8, "eval_batch_size": 8,
+            "optimizer__name": "sgd", "optimizer__learning_rate": 0.1,
+            "evals": {"test": {"type": "classification", "split": "test"}}}
+    return load_config("quickstart", "default", **{**base, **overrides})

@@ -210,6 +210,7 @@ def train_and_evaluate(config, workdir: str, *, seeds=None, gammas=None) -> RunR
                     (metrics["loss"], metrics["learning_rate"], state.first_nonfinite_step,
                      state.finished_at_step))
                 if not run.population and bad:  # a population's diverged members go on (NaN)
+                    manager.wait_until_finished()  # the last good epoch's checkpoint
                     return log.diverged(state, int(bad))
                 if np.all(finished):  # the task's stopping rule held (every member's)
                     log.say(f"Finished early: the task's stopping rule held after step "
@@ -232,6 +233,7 @@ def train_and_evaluate(config, workdir: str, *, seeds=None, gammas=None) -> RunR
             if (signum or limit) and step < run.total:
                 bad = jax.device_get(state.first_nonfinite_step)
                 if not run.population and bad:  # never checkpoint a diverged state
+                    manager.wait_until_finished()
                     return log.diverged(state, int(bad))
                 checkpoint.save(manager, state)
                 manager.wait_until_finished()
