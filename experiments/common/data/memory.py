@@ -218,7 +218,8 @@ def check_tfds_available(name: str, tfds_data_dir: str | None) -> None:
         raise DataError(
             f"TFDS '{name}' is not prepared locally and the network is unreachable. "
             "Prepare it on a machine with network access and pass that directory as "
-            f"--tfds_data_dir, or pass --data_dir DIR with {IMAGE_FOLDER_LAYOUT}."
+            f"--config.data.tfds_data_dir, or pass --config.data.data_dir DIR with "
+            f"{IMAGE_FOLDER_LAYOUT}."
         )
 
 
