@@ -5,7 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.common import evaluation
+from experiments.common import evaluators, parallel
+from experiments.common.data import memory
+from experiments.common.evaluators import classification as evaluation
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _numpy_summary(logits, labels, num_bins=15):
@@ -25,26 +29,58 @@ def _numpy_summary(logits, labels, num_bins=15):
             "nll": -np.mean(log_probs[np.arange(n), labels]), "ece": ece}
 
 
+def _classification(logits, labels, batch_size, population=0):
+    """The 'classification' evaluator of a test split whose example i has logits `logits[i]`:
+    the split's images are the indices i (uint8 [M, 1, 1, 1]), the model looks them up and
+    scales them by the state (a population's state holds one scale per member)."""
+    n = len(labels)
+    index = np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1)
+    source = memory.ArraySource(memory.Dataset(index, labels, index, labels,
+                                               tuple(f"c{k}" for k in range(logits.shape[1]))))
+    table = jnp.asarray(logits)
+    lookup = lambda state, images: state * table[  # noqa: E731
+        images[:, 0, 0, 0].astype(jnp.int32)]
+    if population:
+        lookup = jax.vmap(lookup, in_axes=(0, None))
+    mesh = parallel.make_mesh()
+    context = evaluators.Context(None, source, None, lookup, mesh, parallel.replicated(mesh),
+                                 logits.shape[1], 15, batch_size, population, "")
+    return evaluators.TYPES["classification"]("test", {"type": "classification", "split": "test"},
+                                              context)
+
+
 def test_padded_batches_equal_numpy_on_the_real_examples():
     rng = np.random.default_rng(0)
     logits = (rng.normal(size=(37, 10)) * 3).astype(np.float32)
     labels = rng.integers(0, 10, 37).astype(np.int32)
-    images, padded_labels, mask = evaluation.pad_to_multiple(logits, labels, 8)
-    assert images.shape == (40, 10) and mask.sum() == 37
-    evaluate = evaluation.make_evaluator(lambda variables, x: x * variables, batch_size=8,
-                                         num_classes=10)
-    got = evaluate(jnp.float32(1.0), images, padded_labels, mask)
+    images, padded_labels, mask = memory.pad_to_multiple(logits, labels, 8)
+    assert images.shape == (40, 10) and mask.sum() == 37 and not padded_labels[37:].any()
+    # The split of 37 examples in batches of 8: the last batch holds 3 examples and 5 padding.
+    got, details = _classification(logits, labels, batch_size=8).run(jnp.float32(1.0))
     want = _numpy_summary(logits, labels)
     assert got["count"] == 37 and got["nonfinite"] == 0
     for key in ("top1", "top5", "nll", "ece"):
         np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=key)
-    assert sum(got["reliability"]["count"]) == 37
+    assert sum(details["reliability"]["count"]) == 37
     # The same sums in one unpadded batch.
     whole = evaluation.finalize(jax.device_get(evaluation.batch_sums(logits, labels)))
     for key in ("top1", "top5", "nll", "ece"):
         np.testing.assert_allclose(whole[key], got[key], rtol=1e-6, err_msg=key)
-    with pytest.raises(ValueError, match="pad them with `pad_to_multiple`"):
-        evaluate(jnp.float32(1.0), logits, labels, np.ones(37, bool))
+
+
+def test_a_population_reports_each_member_and_pools_the_details():
+    rng = np.random.default_rng(1)
+    logits = (rng.normal(size=(21, 5)) * 2).astype(np.float32)
+    labels = rng.integers(0, 5, 21).astype(np.int32)
+    scales = jnp.array([1.0, 0.25])
+    got, details = _classification(logits, labels, batch_size=4, population=2).run(scales)
+    for i, scale in enumerate(np.asarray(scales)):
+        want = _numpy_summary(scale * logits, labels)
+        for key in ("top1", "top5", "nll", "ece"):
+            np.testing.assert_allclose(got[key][i], want[key], rtol=1e-5, atol=1e-6,
+                                       err_msg=key)
+    assert got["count"] == [21, 21]
+    assert details["pooled"]["count"] == 42 and sum(details["reliability"]["count"]) == 42
 
 
 def test_nonfinite_logits_are_never_correct_and_are_counted():
