@@ -1,6 +1,6 @@
 """Tests of the segmentation experiment (Kanezaki 2018 + GSC): pieces, synthetic scene, inputs."""
 
-import dataclasses
+import io
 import json
 import logging
 import os
@@ -15,25 +15,50 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import gsc_jax
-from experiments.segmentation import compare
+from experiments.common import config as cfg
+from experiments.common import grid, loop, losses
 from experiments.segmentation import data
 from experiments.segmentation import evaluate
-from experiments.segmentation import train
+from experiments.segmentation import model
+from experiments.segmentation import task
+
+from _experiments_util import QUIET, config_file
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 # Superpixels of about 15 pixels, as the reference's 10000 on a 321 x 481 image.
-_SMALL = train.Config(slic_n_segments=150, max_iter=100, min_labels=4)
+_SMALL = {"data.slic_n_segments": 150, "data.iterations": 100, "data.min_labels": 4,
+          "data.max_side": 0}
+
+
+def _scene_config(directory, height, width, seed=0, **overrides):
+    """The kanezaki config and grid on a synthetic scene written as DIRECTORY/scene.png with its
+    ground truth DIRECTORY/truth.npy; `overrides` are dotted config paths."""
+    image, truth = data.synthetic_scene(height, width, seed=seed)
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(image).save(buffer, "PNG")
+    with open(os.path.join(directory, "scene.png"), "wb") as f:
+        f.write(buffer.getvalue())
+    np.save(os.path.join(directory, "truth.npy"), truth)
+    return cfg.load(config_file("segmentation", "kanezaki"), {
+        **QUIET, "data.image": os.path.join(directory, "scene.png"),
+        "data.ground_truth": os.path.join(directory, "truth.npy"), **_SMALL, **overrides})
 
 
 def _model_and_inputs(height=12, width=16, seed=0):
-    """Net, its train-mode apply, params, a random image and superpixels for loss tests."""
+    """Logits of the net as a function of its params, params, and a batch for loss tests."""
     pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    segment_ids, num_segments = train.superpixels(pixels, dataclasses.replace(
-        _SMALL, slic_n_segments=20))
-    model = train.KanezakiNet(n_channel=10)
+    segment_ids, _ = model.superpixels(pixels, 20, 100.0)
+    net = model.KanezakiNet(n_channel=10)
     image = jnp.asarray(pixels, jnp.float32)[None] / 255.0
-    variables = jax.jit(model.init)(jax.random.key(seed), image)
-    apply = train.make_apply(model, variables["batch_stats"])
-    return apply, variables["params"], image, jnp.asarray(segment_ids), num_segments
+    variables = jax.jit(net.init)(jax.random.key(seed), image)
+    batch_stats = variables["batch_stats"]
+
+    def logits_of(params):
+        return net.apply({"params": params, "batch_stats": batch_stats}, image,
+                         mutable=["batch_stats"])[0]
+
+    return logits_of, variables["params"], {"label": jnp.asarray(segment_ids)}
 
 
 class PiecesTest(parameterized.TestCase):
@@ -41,14 +66,14 @@ class PiecesTest(parameterized.TestCase):
     def test_refine_labels_majority_and_ties_to_smallest(self):
         labels = jnp.array([3, 3, 1, 5, 2, 2, 5, 7])
         segments = jnp.array([0, 0, 0, 1, 1, 1, 1, 2])
-        refined = train.refine_labels(labels, segments, 3, 8)
+        refined = model.refine_labels(labels, segments, 3, 8)
         np.testing.assert_array_equal(refined, [3, 3, 3, 2, 2, 2, 2, 7])
 
     def test_count_labels(self):
-        self.assertEqual(int(train.count_labels(jnp.array([4, 0, 4, 9]), 10)), 3)
+        self.assertEqual(int(model.count_labels(jnp.array([4, 0, 4, 9]), 10)), 3)
 
     def test_network_shapes(self):
-        init = train.KanezakiNet().init
+        init = model.KanezakiNet().init
         params = jax.eval_shape(init, jax.random.key(0), jnp.ones((1, 5, 6, 3)))["params"]
         self.assertEqual(params["TorchConv_0"]["kernel"].shape, (3, 3, 3, 100))
         self.assertEqual(params["TorchConv_1"]["kernel"].shape, (3, 3, 100, 100))
@@ -66,20 +91,26 @@ class PiecesTest(parameterized.TestCase):
 class GscGradientTest(absltest.TestCase):
 
     def test_loss_includes_gamma_times_mean_gsc_and_gradient_changes(self):
-        apply, params, image, segment_ids, num_segments = _model_and_inputs()
+        """The task's objective, as the train step builds it: CE (+ GSC) against the refined
+        self-labels of the logits (`task.targets`, no gradient through them)."""
+        logits_of, params, batch = _model_and_inputs()
 
         def loss_and_grad(gamma):
-            loss_fn = train.make_loss_fn(apply, 10, num_segments=num_segments, gamma=gamma,
-                                         top_c=7)
-            return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params, image, segment_ids)
+            objective = losses.make_objective(losses.LossSpec("ce", gsc_gamma=gamma, gsc_top_c=7))
 
-        (base, base_metrics), base_grads = loss_and_grad(0.0)
-        (loss, metrics), grads = loss_and_grad(0.3)
-        gsc = gsc_jax.gsc_term(jax.jit(apply)(params, image), top_c=7).mean()
+            def loss_fn(params):
+                logits = logits_of(params)
+                return objective(logits, task.targets(jax.lax.stop_gradient(logits), batch))
+
+            return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+
+        (base, base_parts), base_grads = loss_and_grad(0.0)
+        (loss, parts), grads = loss_and_grad(0.3)
+        gsc = gsc_jax.gsc_term(jax.jit(logits_of)(params), top_c=7).mean()
         self.assertGreater(float(gsc), 0.0)
-        np.testing.assert_allclose(metrics["gsc"], gsc, rtol=1e-5)
+        np.testing.assert_allclose(parts["gsc_term"], gsc, rtol=1e-5)
         np.testing.assert_allclose(loss, base + 0.3 * gsc, rtol=1e-5)
-        np.testing.assert_allclose(metrics["ce"], base_metrics["ce"], rtol=1e-6)
+        np.testing.assert_allclose(parts["base_loss"], base_parts["base_loss"], rtol=1e-6)
         difference = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), grads, base_grads)
         self.assertGreater(max(jax.tree.leaves(difference)), 1e-6)
 
@@ -89,29 +120,37 @@ class SyntheticSceneTest(absltest.TestCase):
     def _tempdir(self):
         return self.enterContext(tempfile.TemporaryDirectory())
 
+    @pytest.mark.slow
     def test_four_flat_regions_are_recovered(self):
-        # 100 iterations end with 12-16 labels; the four regions are still found: baseline and GSC
-        # gave mean IoU 0.73-0.81 and covering 0.68-0.78 on seeds 0 and 1.
-        image, truth = data.synthetic_scene(48, 48, seed=0)
-        segment_ids, num_segments = train.superpixels(image, _SMALL)
-        result = train.segment(image, segment_ids, num_segments, _SMALL, gamma=0.3, top_c=7)
-        self.assertGreater(evaluate.hungarian_mean_iou(result.labels, truth), 0.6)
-        self.assertGreater(evaluate.segmentation_covering(result.labels, truth), 0.6)
+        # 100 iterations at most, stopping at <= 4 labels; the four regions are found.
+        directory = self._tempdir()
+        config, _ = _scene_config(directory, 48, 48, **{"loss.gsc.gamma": 0.3})
+        result = loop.train_and_evaluate(config, os.path.join(directory, "run"))
+        self.assertEqual(result.status, loop.COMPLETED)
+        self.assertGreater(result.summary["image/mean_iou"], 0.6)
+        self.assertGreater(result.summary["image/covering"], 0.6)
 
-    def test_compare_writes_figures_and_scores(self):
-        image, truth = data.synthetic_scene(20, 24)
-        workdir = self._tempdir()
-        # min_labels=100 > labels at the first iteration: both runs stop after it (stopping rule).
-        config = dataclasses.replace(_SMALL, min_labels=100, slic_n_segments=30)
-        record = compare.compare("scene", image, truth, config, gamma=0.3, top_c=7, max_side=0,
-                                 workdir=workdir)
-        for name in ("comparison.png", "labels_per_iteration.png", "results.json"):
-            self.assertTrue(os.path.isfile(os.path.join(workdir, "scene", name)), name)
-        with open(os.path.join(workdir, "scene", "results.json")) as f:
-            self.assertEqual(json.load(f), json.loads(json.dumps(record)))
-        for summary in record["runs"].values():
-            self.assertBetween(summary["mean_iou"], 0.0, 1.0)
-            self.assertLen(summary["n_labels_per_iteration"], 1)
+    @pytest.mark.slow
+    def test_the_grid_writes_figures_and_scores(self):
+        directory = self._tempdir()
+        # min_labels=100 >= labels at the first iteration: both runs stop after it (stopping rule).
+        config, g = _scene_config(directory, 20, 24, **{"data.min_labels": 100,
+                                                        "data.slic_n_segments": 30})
+        workdir = os.path.join(directory, "runs")
+        grid.run(g, config, workdir)
+        for name in ("comparison.png", "labels_per_iteration.png", "segmentation.md",
+                     "segmentation.json"):
+            self.assertTrue(os.path.isfile(os.path.join(workdir, name)), name)
+        saved = grid.results_json(workdir, "segmentation")
+        self.assertEqual([r["row"] for r in saved["rows"]], ["baseline", "gsc"])
+        for row in ("baseline", "gsc"):
+            with open(os.path.join(workdir, "segmentation", row, "summary.json")) as f:
+                summary = json.load(f)
+            self.assertBetween(summary["image/mean_iou"], 0.0, 1.0)
+            self.assertLen(summary["image/n_labels_per_iteration"], 1)
+            self.assertEqual(summary["image/iterations"], 1)
+            self.assertTrue(os.path.isfile(os.path.join(workdir, "segmentation", row,
+                                                        "image_labels.png")))
 
 
 class InputTest(parameterized.TestCase):
