@@ -55,7 +55,6 @@ import jax
 import jax.numpy as jnp
 
 from gsc_jax import _examples
-from gsc_jax import _losses
 from gsc_jax import _softmax
 from gsc_jax import _validation
 
@@ -85,6 +84,7 @@ def adaptive_focal_loss(
     eta_above: float = 3.0,
     axis: int = -1,
     where: Optional[ArrayLike] = None,
+    example_mask: Optional[ArrayLike] = None,
 ) -> Array:
     r"""Computes the sample-dependent focal loss FLSD-53 (Mukhoti et al. 2020) per example.
 
@@ -111,6 +111,8 @@ def adaptive_focal_loss(
       eta_above: focusing parameter where :math:`S_y \ge` ``threshold``, ``>= 0``; default 3.
       axis: the class axis.
       where: optional boolean class mask of the logits' shape.
+      example_mask: optional ``[...]`` boolean mask; False examples (padding) give 0 and a zero
+        gradient row, whatever their logits and label.
 
     Returns:
       ``[...]`` per-example loss.
@@ -122,19 +124,21 @@ def adaptive_focal_loss(
     _validation.check_in_unit_interval("threshold", threshold)
     _validation.check_non_negative("eta_below", eta_below)
     _validation.check_non_negative("eta_above", eta_above)
-    logits, where, targets, _, _ = _losses._prepare(logits, labels, axis, where)
+    logits, where, targets, _, _, example_mask = _validation.prepare_classification(
+        logits, labels, axis, where, example_mask
+    )
     log_probs, probs = _softmax.masked_log_softmax(logits, where)
     one_minus_probs = jnp.maximum(-jnp.expm1(log_probs), 0.0)
     below = jax.lax.stop_gradient(probs) < threshold
     factor = jnp.where(
         below,
-        _losses._safe_power(one_minus_probs, eta_below),
-        _losses._safe_power(one_minus_probs, eta_above),
+        _softmax.safe_power(one_minus_probs, eta_below),
+        _softmax.safe_power(one_minus_probs, eta_above),
     )
     weighted = targets * factor * log_probs
     if where is not None:
         weighted = jnp.where(where, weighted, 0.0)
-    return -jnp.sum(weighted, axis=-1)
+    return _examples.zero_rows(-jnp.sum(weighted, axis=-1), example_mask)
 
 
 def margin_label_smoothing_loss(
@@ -145,6 +149,7 @@ def margin_label_smoothing_loss(
     alpha: float = 0.1,
     axis: int = -1,
     where: Optional[ArrayLike] = None,
+    example_mask: Optional[ArrayLike] = None,
 ) -> Array:
     r"""Computes margin-based label smoothing, MbLS (Liu et al. 2022), per example.
 
@@ -168,6 +173,8 @@ def margin_label_smoothing_loss(
       axis: the class axis.
       where: optional boolean class mask; masked classes take no part in the max or the mean.
         (A ``-inf`` logit left unmasked is infinitely far from the max: the penalty is ``inf``.)
+      example_mask: optional ``[...]`` boolean mask; False examples (padding) give 0 and a zero
+        gradient row, whatever their logits and label.
 
     Returns:
       ``[...]`` per-example loss (0 for a row without classes taking part).
@@ -178,8 +185,10 @@ def margin_label_smoothing_loss(
     """
     _validation.check_non_negative("margin", margin)
     _validation.check_non_negative("alpha", alpha)
-    logits, where, targets, labels, kind = _losses._prepare(logits, labels, axis, where)
-    cross_entropy = _losses._cross_entropy_last_axis(
+    logits, where, targets, labels, kind, example_mask = _validation.prepare_classification(
+        logits, labels, axis, where, example_mask
+    )
+    cross_entropy = _softmax.cross_entropy_last_axis(
         logits, labels if kind == "int" else targets, kind, where
     )
     if where is None:
@@ -191,7 +200,7 @@ def margin_label_smoothing_loss(
         hinge = jnp.where(where, jax.nn.relu(row_max - jnp.where(where, logits, 0.0) - margin), 0.0)
     count = _softmax.num_active_classes(logits, where)
     penalty = jnp.sum(hinge, axis=-1) / jnp.maximum(count, 1.0)
-    return cross_entropy + alpha * penalty
+    return _examples.zero_rows(cross_entropy + alpha * penalty, example_mask)
 
 
 class _Batch:
@@ -208,20 +217,14 @@ class _Batch:
             )
         self.batch_shape = logits.shape[:-1]
         example_mask = _examples.check_example_mask(example_mask, self.batch_shape)
-        if example_mask is not None:
-            # Rows left out get harmless inputs, so their (discarded) terms and gradients are 0.
-            logits = jnp.where(example_mask[..., None], logits, 0.0)
-            if kind == "int":
-                labels = jnp.where(example_mask, labels, 0).astype(labels.dtype)
-            else:
-                labels = jnp.where(example_mask[..., None], labels, 0.0)
+        logits, labels = _examples.harmless_rows(example_mask, logits, labels, kind)
         if kind == "int":
             labels, valid = _validation.label_ids(labels, num_classes, where)
             logits = _validation.poison_invalid_rows(logits, valid)
         else:
             valid = jnp.ones(self.batch_shape, bool)
-        targets = _losses._targets(labels, kind, num_classes, logits.dtype)
-        self.cross_entropy = _losses._cross_entropy_last_axis(
+        targets = _validation.label_targets(labels, kind, num_classes, logits.dtype)
+        self.cross_entropy = _softmax.cross_entropy_last_axis(
             logits, labels if kind == "int" else targets, kind, where
         )
         taking_part = valid

@@ -82,3 +82,30 @@ def check_example_mask(
     if example_mask.dtype != jnp.bool_:
         raise TypeError(f"`example_mask` must be a boolean array, got dtype {example_mask.dtype}.")
     return example_mask
+
+
+def harmless_rows(
+    example_mask: Optional[Array], logits: Array, labels: Array, label_kind: str
+) -> tuple[Array, Array]:
+    """Class-axis-last ``logits [..., n]`` and labels with the rows left out made harmless.
+
+    Rows where ``example_mask`` is False (padding: any logits, any label) get logits 0 and label 0
+    (integer ids) or an all-zero target (probability vectors), so whatever a loss computes there is
+    finite and, once `zero_rows` discards it, adds exactly 0 to the value and the gradient.
+    """
+    if example_mask is None:
+        return logits, labels
+    keep = example_mask[..., None]
+    logits = jnp.where(keep, logits, jnp.zeros((), logits.dtype))
+    if label_kind == "int":
+        labels = jnp.where(example_mask, labels, jnp.zeros((), labels.dtype))
+    else:
+        labels = jnp.where(keep, labels, jnp.zeros((), labels.dtype))
+    return logits, labels
+
+
+def zero_rows(values: Array, example_mask: Optional[Array]) -> Array:
+    """``values [...]`` with 0 where ``example_mask`` is False (unchanged without a mask)."""
+    if example_mask is None:
+        return values
+    return jnp.where(example_mask, values, jnp.zeros((), values.dtype))

@@ -50,7 +50,8 @@ max pass over the row (chunks of ``w ~ sqrt(num_classes)``) plus selections over
 
 Integer labels follow `gsc_jax.cross_entropy`'s rule: ids in ``[-n, n)``, negative ones counting
 from the end; an id outside that range, or one naming a class masked out by ``where`` (in a row
-with some class taking part), makes that row's cross-entropy NaN and its whole gradient row NaN.
+with some class taking part), makes that row's cross-entropy NaN, with no derivative: only the
+entropy and top-c terms reach that row's gradient.
 A row whose logits are all ``-inf`` (no class with a finite logit among those taking part) has no
 softmax and gives NaN; a row with no class taking part (``where`` all False) gives 0.
 
@@ -269,7 +270,7 @@ def _forward(logits, where, labels, label_kind, top_c):
     # Everything below uses z - m, exact near the top, never z - lse, which cancels at large |z|.
     top_scores = jnp.exp((top_values - row_max) - log_total)
     if label_kind == "int":
-        # `softmax_statistics` sets an invalid label to num_classes: a NaN row.
+        # `softmax_statistics` sets an invalid label to num_classes: a NaN cross-entropy.
         valid = labels[..., None] < logits.shape[-1]
         label_logits = jnp.take_along_axis(
             logits, jnp.minimum(labels, logits.shape[-1] - 1)[..., None], axis=-1
@@ -322,7 +323,7 @@ def _logits_cotangent_xla(logits, exps, total, row_max, row_coefficient, ct_entr
     logits = _upcast(logits)
     probs = exps * (1.0 / total)
     # 0 where exps = 0, also at a -inf logit (0 * inf), as in the kernel; NaN there too in a
-    # NaN row (an invalid label), as exps * NaN in the kernel.
+    # row whose coefficient is NaN (no softmax), as exps * NaN in the kernel.
     cotangent = probs * (row_coefficient - ct_entropy * (logits - row_max))
     cotangent = jnp.where(exps == 0, jnp.where(jnp.isnan(row_coefficient), jnp.nan, 0.0), cotangent)
     cotangent = _update_at_indices(cotangent, top_indices, top_entries, "set")
@@ -383,10 +384,10 @@ def _backward(label_kind, top_c, residuals, cotangents):
             ct_cross_entropy = jnp.where(
                 jnp.any(where, axis=-1, keepdims=True), ct_cross_entropy, 0.0
             )
-        # An invalid label (set to num_classes by `softmax_statistics`): the whole row NaN.
-        row_coefficient = jnp.where(
-            labels[..., None] < logits.shape[-1], row_coefficient + ct_cross_entropy, jnp.nan
-        )
+        # An invalid label (set to num_classes by `softmax_statistics`): its NaN cross-entropy
+        # has no derivative (`_validation.poison_invalid_rows`); the label entry is dropped.
+        ct_cross_entropy = jnp.where(labels[..., None] < logits.shape[-1], ct_cross_entropy, 0.0)
+        row_coefficient = row_coefficient + ct_cross_entropy
     elif label_kind == "soft":
         active_labels = labels if where is None else jnp.where(where, labels, 0.0)
         row_coefficient = row_coefficient + ct_cross_entropy * jnp.sum(
@@ -438,7 +439,7 @@ def softmax_statistics(
         a row with no class taking part gives cross-entropy 0, entropy 0 and scores 0; a row
         whose classes taking part all have logit ``-inf`` gives NaN.
       labels: ``[...]`` integer ids (``label_kind='int'``; the rule of `gsc_jax.cross_entropy`:
-        an invalid id gives a NaN cross-entropy and a NaN gradient row), ``[..., num_classes]``
+        an invalid id gives a NaN cross-entropy without a derivative), ``[..., num_classes]``
         probability vectors in the logits' dtype (``'soft'``), or None with ``label_kind=None``
         (no cross-entropy; the first output is then 0).
       label_kind: ``'int'``, ``'soft'`` or None.
@@ -452,7 +453,7 @@ def softmax_statistics(
         labels = None
     if label_kind == "int":
         # The label rule (`_validation.label_ids`); an invalid label becomes num_classes, which
-        # both passes read as a NaN row.
+        # both passes read as an invalid row.
         ids, valid = _validation.label_ids(labels, logits.shape[-1], where)
         labels = jnp.where(valid, ids, logits.shape[-1])
     if not (logits.dtype == jnp.bfloat16 and _uses_kernel(logits)):

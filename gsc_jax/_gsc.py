@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gsc_jax import _examples
 from gsc_jax import _fused
 from gsc_jax import _losses
 from gsc_jax import _softmax
@@ -176,6 +177,7 @@ def gsc_term(
     stop_gradient_sigma: bool = False,
     axis: int = -1,
     where: Optional[ArrayLike] = None,
+    example_mask: Optional[ArrayLike] = None,
     implementation: Optional[str] = None,
 ) -> Array:
     r"""Computes the Gaussian Score Calibrating (GSC) term per example.
@@ -219,6 +221,8 @@ def gsc_term(
       axis: the class axis (a single int).
       where: optional boolean mask of the logits' shape; masked classes take no part (probability
         0, not counted in ``n``). Rows with fewer than 2 classes taking part give 0.
+      example_mask: optional boolean mask of the logits' shape without ``axis``; False examples
+        (padding) give 0 and a zero gradient row, whatever their logits.
       implementation: how the term and its derivatives are computed, as in
         `jax.nn.dot_product_attention`:
 
@@ -263,14 +267,19 @@ def gsc_term(
     )
     top_c = _validation.check_top_c(top_c, num_classes)
     mu = _check_mu(mu)
+    example_mask = _examples.check_example_mask(example_mask, logits_last.shape[:-1])
+    if example_mask is not None:
+        logits_last = jnp.where(example_mask[..., None], logits_last,
+                                jnp.zeros((), logits_last.dtype))
     options = dict(
         top_c=top_c, mu=mu, normalize_entropy=normalize_entropy,
         stop_gradient_sigma=stop_gradient_sigma,
     )
     if not fused:
-        return gsc_term_last_axis(logits_last, where_last, **options)
-    _, term = _fused_gsc_last_axis(logits_last, where_last, None, None, **options)
-    return term
+        term = gsc_term_last_axis(logits_last, where_last, **options)
+    else:
+        _, term = _fused_gsc_last_axis(logits_last, where_last, None, None, **options)
+    return _examples.zero_rows(term, example_mask)
 
 
 def gsc_loss(
@@ -284,6 +293,7 @@ def gsc_loss(
     stop_gradient_sigma: bool = False,
     axis: int = -1,
     where: Optional[ArrayLike] = None,
+    example_mask: Optional[ArrayLike] = None,
     implementation: Optional[str] = None,
 ) -> Array:
     r"""Computes cross-entropy plus ``gamma`` times the GSC term per example (paper Eq. 9).
@@ -310,12 +320,14 @@ def gsc_loss(
       logits: ``[..., num_classes]`` scores (16-bit floats are computed in float32).
       labels: ``[...]`` integer class ids, the rule of `gsc_jax.cross_entropy` (ids in
         ``[-n, n)``, negative ones from the end; an id outside it or naming a masked-out class
-        gives NaN for that example, value and gradient row), or ``[..., num_classes]``
-        probability vectors.
+        gives a NaN value for that example and no gradient through its cross-entropy), or
+        ``[..., num_classes]`` probability vectors.
       gamma: weight of the GSC term, ``>= 0``. The paper uses 0.05 (AlexNet, CIFAR-10), 0.02
         (ConvMixer, ImageNet ResNets) and suggests starting from 0.01. May be traced.
       top_c: number of top scores in the term, ``1 <= top_c <= num_classes``.
       mu, normalize_entropy, stop_gradient_sigma, axis, where: see `gsc_term`.
+      example_mask: optional ``[...]`` boolean mask; False examples (padding) give 0 and a zero
+        gradient row, whatever their logits and label (the rule of `gsc_jax.cross_entropy`).
       implementation: None (default) or ``'fused'``: the fused path, first-order reverse-mode
         derivatives only (`jax.grad`, `jax.vjp`, under `jax.jit`, `jax.vmap` and sharding;
         forward mode and second derivatives raise an error naming ``'reference'``);
@@ -335,8 +347,9 @@ def gsc_loss(
         stop_gradient_sigma=stop_gradient_sigma,
     )
     if implementation == "reference":
-        term = gsc_term(logits, axis=axis, where=where, implementation="reference", **options)
-        return _losses.cross_entropy(logits, labels, axis=axis, where=where) + gamma * term
+        masks = dict(axis=axis, where=where, example_mask=example_mask)
+        term = gsc_term(logits, implementation="reference", **masks, **options)
+        return _losses.cross_entropy(logits, labels, **masks) + gamma * term
     logits_shape = jnp.shape(logits)
     logits_last, where_last, axis, num_classes = _validation.prepare_logits(
         logits, axis, where, upcast=False
@@ -346,10 +359,14 @@ def gsc_loss(
     labels_last, label_kind = _validation.prepare_labels(labels, logits_shape, axis)
     if label_kind == "soft":
         labels_last = labels_last.astype(_validation.compute_dtype(logits_last.dtype))
+    example_mask = _examples.check_example_mask(example_mask, logits_last.shape[:-1])
+    logits_last, labels_last = _examples.harmless_rows(
+        example_mask, logits_last, labels_last, label_kind
+    )
     cross_entropy, term = _fused_gsc_last_axis(
         logits_last, where_last, labels_last, label_kind, **options
     )
-    return cross_entropy + gamma * term
+    return _examples.zero_rows(cross_entropy + gamma * term, example_mask)
 
 
 LossFn = Callable[..., Array]
@@ -371,10 +388,9 @@ def with_gsc(
         L(z, y) = \mathrm{base\_loss}(z, y) + \gamma\, f_{top_c}(K, \mu, \sigma) \quad \text{(Eq. 9)}
 
     The returned function has ``base_loss``'s signature,
-    ``(logits, labels, **base_kwargs) -> [batch...]``; ``axis`` and ``where`` in ``base_kwargs`` are
-    passed to the GSC term too, and a per-example ``example_mask`` (for base losses that take one,
-    e.g. `mdca_loss`) zeroes the GSC term of the masked examples, so that a masked example adds 0
-    to the loss and to the gradient. Composes with every loss in `gsc_jax` (cross-entropy, label
+    ``(logits, labels, **base_kwargs) -> [batch...]``; ``axis``, ``where`` and ``example_mask`` in
+    ``base_kwargs`` are passed to the GSC term too, so that a masked example (``example_mask``
+    False, which every loss of `gsc_jax` takes) adds 0 to the loss and to the gradient. Composes with every loss in `gsc_jax` (cross-entropy, label
     smoothing, focal, entropy-regularised, online label smoothing, margin logits fed to
     cross-entropy) and with a user's own.
 
@@ -414,23 +430,21 @@ def with_gsc(
     if base_loss is _losses.cross_entropy:
 
         @functools.wraps(base_loss)
-        def cross_entropy_with_gsc(logits, labels, *, axis=-1, where=None):
-            return gsc_loss(logits, labels, gamma=gamma, axis=axis, where=where, **gsc_kwargs)
+        def cross_entropy_with_gsc(logits, labels, *, axis=-1, where=None, example_mask=None):
+            return gsc_loss(logits, labels, gamma=gamma, axis=axis, where=where,
+                            example_mask=example_mask, **gsc_kwargs)
 
         return cross_entropy_with_gsc
 
     @functools.wraps(base_loss)
     def loss_with_gsc(logits, labels, **base_kwargs):
-        axis = base_kwargs.get("axis", -1)
-        example_mask = base_kwargs.get("example_mask")
-        term_logits = logits
-        if example_mask is not None:  # masked rows may hold anything (padding): keep them finite
-            keep = jnp.asarray(example_mask, bool)
-            term_logits = jnp.where(jnp.expand_dims(keep, axis), logits,
-                                    jnp.zeros((), jnp.asarray(logits).dtype))
-        term = gsc_term(term_logits, axis=axis, where=base_kwargs.get("where"), **gsc_kwargs)
-        if example_mask is not None:
-            term = jnp.where(keep, term, jnp.zeros((), term.dtype))
+        term = gsc_term(
+            logits,
+            axis=base_kwargs.get("axis", -1),
+            where=base_kwargs.get("where"),
+            example_mask=base_kwargs.get("example_mask"),
+            **gsc_kwargs,
+        )
         return base_loss(logits, labels, **base_kwargs) + gamma * term
 
     return loss_with_gsc

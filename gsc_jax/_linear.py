@@ -199,10 +199,10 @@ def _backward(top_c, chunk, residuals, cotangents):
     num_chunks = -(-vocab // chunk)
     compute = row_max.dtype
     accumulate = jnp.promote_types(compute, jnp.float32)
-    # As `gsc_jax._fused._backward`: r = ct_E (log Sigma - E) - <ct_K, K> + ct_ce; NaN rows for
-    # invalid labels.
+    # As `gsc_jax._fused._backward`: r = ct_E (log Sigma - E) - <ct_K, K> + ct_ce; the NaN
+    # cross-entropy of an invalid label has no derivative.
     row_coefficient = ct_entropy * (log_total - entropy) - jnp.sum(ct_top * top_scores, axis=-1)
-    row_coefficient = jnp.where(labels < vocab, row_coefficient + ct_cross_entropy, jnp.nan)
+    row_coefficient = row_coefficient + jnp.where(labels < vocab, ct_cross_entropy, 0.0)
     top_shifted = jnp.where(top_scores > 0, top_values - row_max[:, None], 0.0)
     top_entries = top_scores * (
         row_coefficient[:, None] + ct_top - ct_entropy[:, None] * top_shifted
@@ -313,8 +313,8 @@ def linear_gsc_loss(
         matrix products as they are, with float32 accumulation; all statistics are float32.
       weight: ``[D, V]`` output projection, ``V >= 2``.
       labels: ``[...]`` integer token ids, the rule of `gsc_jax.cross_entropy`: ids in
-        ``[-V, V)``, negative ones from the end; an id outside it gives NaN for that example
-        (value and gradient row).
+        ``[-V, V)``, negative ones from the end; an id outside it gives a NaN value for that
+        example, with no gradient through its cross-entropy.
       gamma: weight of the GSC term, ``>= 0``; may be traced.
       top_c: number of top scores in the term, ``1 <= top_c <= V``; may exceed ``chunk_size``.
       bias: optional ``[V]`` output bias.

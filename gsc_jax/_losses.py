@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gsc_jax import _examples
 from gsc_jax import _softmax
 from gsc_jax import _validation
 
@@ -21,39 +22,13 @@ Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 
 
-def _targets(labels: Array, kind: str, num_classes: int, dtype) -> Array:
-    """Probability-vector targets ``[..., num_classes]`` from ids or probability vectors."""
-    if kind == "int":
-        return jax.nn.one_hot(labels, num_classes, dtype=dtype)
-    return labels.astype(dtype)
-
-
-def _prepare(logits, labels, axis, where):
-    """Validates and moves everything class-axis-last; returns logits, mask, targets, labels, kind.
-
-    Integer labels follow the rule of `cross_entropy` (`_validation.label_ids`): the returned ids
-    are in ``[0, num_classes)`` and the logits of rows with an invalid label are NaN.
-    """
-    logits_shape = jnp.shape(logits)
-    logits_last, where_last, axis, num_classes = _validation.prepare_logits(logits, axis, where)
-    labels_last, kind = _validation.prepare_labels(labels, logits_shape, axis)
-    if kind == "int":
-        labels_last, valid = _validation.label_ids(labels_last, num_classes, where_last)
-        logits_last = _validation.poison_invalid_rows(logits_last, valid)
-    targets = _targets(labels_last, kind, num_classes, logits_last.dtype)
-    return logits_last, where_last, targets, labels_last, kind
-
-
-def _cross_entropy_last_axis(logits, labels, kind, where) -> Array:
-    """optax's softmax cross-entropy on the last axis (integer ids or probability vectors)."""
-    if kind == "int":
-        return optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels, where=where)
-    log_probs, _ = _softmax.masked_log_softmax(logits, where)
-    return -jnp.sum(labels * log_probs, axis=-1)
-
-
 def cross_entropy(
-    logits: ArrayLike, labels: ArrayLike, *, axis: int = -1, where: Optional[ArrayLike] = None
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis: int = -1,
+    where: Optional[ArrayLike] = None,
+    example_mask: Optional[ArrayLike] = None,
 ) -> Array:
     r"""Computes softmax cross-entropy per example, for integer or probability-vector labels.
 
@@ -71,14 +46,19 @@ def cross_entropy(
     - ids in ``[-n, n)`` are valid (``n`` = number of classes); negative ids count from the end,
       so ``-1`` is class ``n - 1``;
     - an id outside ``[-n, n)``, or one naming a class that ``where`` masks out, gives a NaN loss
-      for that example and NaN in its whole gradient row; the other examples are unaffected;
+      for that example, so a mistake that reaches the loss shows in its value; no gradient flows
+      through that example's label (its gradient row is 0 here), so the other examples and a
+      masked sum are unaffected;
     - a row whose ``where`` is all False (no class takes part) gives 0, whatever its label;
     - a row whose logits are all ``-inf`` has no softmax and gives NaN.
 
-    (`optax.losses.softmax_cross_entropy_with_integer_labels` also reads negative ids from the end
-    and gives NaN for an out-of-range id, but with a finite gradient that lacks the label's term,
-    and it takes a masked-out label as the target.) To leave an example out of a batch, give it
-    any valid id and weight its loss by 0; an invalid id makes its gradient NaN.
+    Padding: mark the examples that take part with ``example_mask`` (False rows give 0 and a zero
+    gradient row, whatever their logits and label: PyTorch's ``-100``, ``-1``, garbage), or mask
+    the per-example values yourself with ``jnp.where(mask, loss, 0)`` or ``loss * mask``; both
+    give the gradients of optax's cross-entropy on the examples that take part. Average with
+    ``loss.sum() / mask.sum()``. (`optax.losses.softmax_cross_entropy_with_integer_labels` also
+    reads negative ids from the end and gives NaN for an out-of-range id, but with a finite
+    gradient that lacks the label's term, and it takes a masked-out label as the target.)
 
     Args:
       logits: ``[..., num_classes]`` scores (16-bit floats are computed in float32).
@@ -86,12 +66,17 @@ def cross_entropy(
         vectors.
       axis: the class axis.
       where: optional ``[..., num_classes]`` boolean class mask.
+      example_mask: optional ``[...]`` boolean mask, one entry per example; False examples
+        (padding) give 0 and a zero gradient row.
 
     Returns:
       ``[...]`` per-example loss.
     """
-    logits, where, targets, labels, kind = _prepare(logits, labels, axis, where)
-    return _cross_entropy_last_axis(logits, labels if kind == "int" else targets, kind, where)
+    logits, where, targets, labels, kind, example_mask = _validation.prepare_classification(
+        logits, labels, axis, where, example_mask
+    )
+    values = _softmax.cross_entropy_last_axis(logits, labels if kind == "int" else targets, kind, where)
+    return _examples.zero_rows(values, example_mask)
 
 
 def label_smoothing_cross_entropy(
@@ -101,6 +86,7 @@ def label_smoothing_cross_entropy(
     alpha: float,
     axis: int = -1,
     where: Optional[ArrayLike] = None,
+    example_mask: Optional[ArrayLike] = None,
 ) -> Array:
     r"""Computes cross-entropy against smoothed targets (Szegedy et al. 2016).
 
@@ -117,23 +103,21 @@ def label_smoothing_cross_entropy(
       alpha: smoothing weight in ``[0, 1]``.
       axis: the class axis.
       where: optional boolean class mask of the logits' shape.
+      example_mask: optional ``[...]`` boolean mask; False examples (padding) give 0 and a zero
+        gradient row (see `cross_entropy`).
 
     Returns:
       ``[...]`` per-example loss.
     """
     _validation.check_in_unit_interval("alpha", alpha)
-    logits, where, targets, _, _ = _prepare(logits, labels, axis, where)
+    logits, where, targets, _, _, example_mask = _validation.prepare_classification(
+        logits, labels, axis, where, example_mask
+    )
     smoothed = optax.smooth_labels(targets, alpha, where=where)
     if where is not None:
         smoothed = jnp.where(where, smoothed, 0.0)
-    return _cross_entropy_last_axis(logits, smoothed, "soft", where)
-
-
-def _safe_power(base: Array, exponent: float) -> Array:
-    """``base ** exponent`` for ``base >= 0`` with a finite (zero) gradient at ``base == 0``."""
-    positive = base > 0
-    safe_base = jnp.where(positive, base, 1.0)
-    return jnp.where(positive, safe_base**exponent, 1.0 if exponent == 0 else 0.0)
+    values = _softmax.cross_entropy_last_axis(logits, smoothed, "soft", where)
+    return _examples.zero_rows(values, example_mask)
 
 
 def focal_loss(
@@ -143,6 +127,7 @@ def focal_loss(
     eta: float = 2.0,
     axis: int = -1,
     where: Optional[ArrayLike] = None,
+    example_mask: Optional[ArrayLike] = None,
 ) -> Array:
     r"""Computes the multi-class focal loss (Lin et al. 2017; GSC paper Eq. 18 without the GSC term).
 
@@ -160,18 +145,22 @@ def focal_loss(
       eta: focusing parameter, ``>= 0``.
       axis: the class axis.
       where: optional boolean class mask of the logits' shape.
+      example_mask: optional ``[...]`` boolean mask; False examples (padding) give 0 and a zero
+        gradient row (see `cross_entropy`).
 
     Returns:
       ``[...]`` per-example loss.
     """
     _validation.check_non_negative("eta", eta)
-    logits, where, targets, _, _ = _prepare(logits, labels, axis, where)
+    logits, where, targets, _, _, example_mask = _validation.prepare_classification(
+        logits, labels, axis, where, example_mask
+    )
     log_probs, _ = _softmax.masked_log_softmax(logits, where)
     one_minus_probs = jnp.maximum(-jnp.expm1(log_probs), 0.0)
-    weighted = targets * _safe_power(one_minus_probs, eta) * log_probs
+    weighted = targets * _softmax.safe_power(one_minus_probs, eta) * log_probs
     if where is not None:
         weighted = jnp.where(where, weighted, 0.0)
-    return -jnp.sum(weighted, axis=-1)
+    return _examples.zero_rows(-jnp.sum(weighted, axis=-1), example_mask)
 
 
 def softmax_entropy(
@@ -180,6 +169,7 @@ def softmax_entropy(
     normalize: bool = True,
     axis: int = -1,
     where: Optional[ArrayLike] = None,
+    example_mask: Optional[ArrayLike] = None,
 ) -> Array:
     r"""Computes the entropy of the softmax scores per example.
 
@@ -191,16 +181,20 @@ def softmax_entropy(
       normalize: return :math:`H \in [0, 1]` if True, :math:`E` in nats if False.
       axis: the class axis.
       where: optional boolean class mask; ``n`` counts the classes taking part.
+      example_mask: optional ``[...]`` boolean mask; False examples give 0 and a zero gradient.
 
     Returns:
       ``[...]`` entropy per example (0 for rows with fewer than 2 classes when normalised).
     """
     logits, where, _, _ = _validation.prepare_logits(logits, axis, where)
+    example_mask = _examples.check_example_mask(example_mask, logits.shape[:-1])
+    if example_mask is not None:
+        logits = jnp.where(example_mask[..., None], logits, jnp.zeros((), logits.dtype))
     log_probs, probs = _softmax.masked_log_softmax(logits, where)
     entropy = _softmax.entropy_from_log_probs(log_probs, probs)
     if normalize:
         entropy = _softmax.normalized_entropy(entropy, _softmax.num_active_classes(logits, where))
-    return entropy
+    return _examples.zero_rows(entropy, example_mask)
 
 
 def entropy_regularized_cross_entropy(
@@ -211,6 +205,7 @@ def entropy_regularized_cross_entropy(
     normalize_entropy: bool = True,
     axis: int = -1,
     where: Optional[ArrayLike] = None,
+    example_mask: Optional[ArrayLike] = None,
 ) -> Array:
     r"""Computes cross-entropy plus an entropy penalty (the "Entropy" baseline of Table 1).
 
@@ -228,10 +223,13 @@ def entropy_regularized_cross_entropy(
       normalize_entropy: use :math:`H = E/\log n` (True) or :math:`E` in nats (False).
       axis: the class axis.
       where: optional boolean class mask of the logits' shape.
+      example_mask: optional ``[...]`` boolean mask; False examples (padding) give 0 and a zero
+        gradient row (see `cross_entropy`).
 
     Returns:
       ``[...]`` per-example loss.
     """
     _validation.check_non_negative("entropy_weight", entropy_weight)
-    entropy = softmax_entropy(logits, normalize=normalize_entropy, axis=axis, where=where)
-    return cross_entropy(logits, labels, axis=axis, where=where) + entropy_weight * entropy
+    options = dict(axis=axis, where=where, example_mask=example_mask)
+    entropy = softmax_entropy(logits, normalize=normalize_entropy, **options)
+    return cross_entropy(logits, labels, **options) + entropy_weight * entropy

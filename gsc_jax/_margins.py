@@ -5,8 +5,9 @@ or `gsc_jax.with_gsc(gsc_jax.cross_entropy, ...)` (GSC paper Table 5).
 Inputs are cosines between L2-normalised embeddings and L2-normalised class weights. Labels follow
 the rule of `gsc_jax.cross_entropy`, as the loss the logits are fed to reads them: ids in
 ``[-K, K)`` are valid and negative ids count from the end (``-1`` is class ``K - 1``, which gets
-the margin); a row with an id outside that range comes out NaN (and so does its gradient), as its
-cross-entropy would. insightface's partial-FC convention, where ``-1`` marks a target held on
+the margin); a row with an id outside that range comes out NaN, with no derivative (its gradient
+row is 0), as its cross-entropy would. To leave padded rows out, mask the loss computed from the
+logits (``example_mask`` or ``jnp.where``). insightface's partial-FC convention, where ``-1`` marks a target held on
 another device, has no counterpart here: the logits cover all ``K`` classes.
 """
 

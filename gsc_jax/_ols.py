@@ -134,6 +134,7 @@ def online_label_smoothing_loss(
     soft_weight: float = 0.5,
     axis: int = -1,
     where: Optional[ArrayLike] = None,
+    example_mask: Optional[ArrayLike] = None,
 ) -> Array:
     r"""Computes the online-label-smoothing loss per example.
 
@@ -150,6 +151,8 @@ def online_label_smoothing_loss(
       hard_weight, soft_weight: ``>= 0`` weights of the two terms.
       axis: the class axis.
       where: optional boolean class mask of the logits' shape.
+      example_mask: optional ``[...]`` boolean mask; False examples (padding) give 0 and a zero
+        gradient row, whatever their logits and label.
 
     Returns:
       ``[...]`` per-example loss.
@@ -168,6 +171,7 @@ def online_label_smoothing_loss(
             f"`soft_labels` must have shape ({num_classes}, {num_classes}), got {soft_labels.shape}."
         )
     soft_targets = jnp.moveaxis(jax.lax.stop_gradient(soft_labels)[labels], -1, axis)
-    hard = _losses.cross_entropy(logits, labels, axis=axis, where=where)
-    soft = _losses.cross_entropy(logits, soft_targets.astype(logits.dtype), axis=axis, where=where)
+    options = dict(axis=axis, where=where, example_mask=example_mask)
+    hard = _losses.cross_entropy(logits, labels, **options)
+    soft = _losses.cross_entropy(logits, soft_targets.astype(logits.dtype), **options)
     return hard_weight * hard + soft_weight * soft

@@ -7,6 +7,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 def masked_log_softmax(
@@ -67,3 +68,18 @@ def normalized_entropy(entropy: jax.Array, num_classes: jax.Array) -> jax.Array:
 
 
 LOG_TWO_PI = math.log(2.0 * math.pi)
+
+
+def cross_entropy_last_axis(logits, labels, kind, where) -> Array:
+    """optax's softmax cross-entropy on the last axis (integer ids or probability vectors)."""
+    if kind == "int":
+        return optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels, where=where)
+    log_probs, _ = masked_log_softmax(logits, where)
+    return -jnp.sum(labels * log_probs, axis=-1)
+
+
+def safe_power(base: Array, exponent: float) -> Array:
+    """``base ** exponent`` for ``base >= 0`` with a finite (zero) gradient at ``base == 0``."""
+    positive = base > 0
+    safe_base = jnp.where(positive, base, 1.0)
+    return jnp.where(positive, safe_base**exponent, 1.0 if exponent == 0 else 0.0)

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gsc_jax import _examples
+
 ArrayLike = jax.typing.ArrayLike
 
 
@@ -167,14 +169,29 @@ def label_ids(
     return ids, valid
 
 
+@jax.custom_jvp
 def poison_invalid_rows(logits: jax.Array, valid: jax.Array) -> jax.Array:
-    """``logits`` times 1, or times NaN in the rows where ``valid`` is False.
+    """``logits`` in the rows where ``valid`` is True, NaN in the others; no derivative there.
 
-    Every loss computed from the result is NaN in those rows, and so is its whole gradient row
-    (the cotangent is multiplied by NaN too, also where it is 0); other rows are unchanged, bit
-    for bit.
+    Every loss computed from the result is NaN in the invalid rows, so a mistake that reaches the
+    loss unmasked is visible in its value; the derivative with respect to those rows is 0 (their
+    tangent, and in reverse mode their cotangent, is set to 0). A row left out by
+    ``jnp.where(mask, loss, 0)`` or ``loss * mask`` therefore adds exactly 0 to the gradient,
+    although the loss's own backward pass holds NaN there. Valid rows are unchanged, bit for bit.
+
+    Args:
+      logits: ``[..., n]`` floats.
+      valid: ``[...]`` booleans.
     """
     return logits * jnp.where(valid, 1.0, jnp.nan).astype(logits.dtype)[..., None]
+
+
+@poison_invalid_rows.defjvp
+def _poison_invalid_rows_jvp(primals, tangents):
+    logits, valid = primals
+    logits_tangent, _ = tangents
+    zero = jnp.zeros((), logits_tangent.dtype)
+    return poison_invalid_rows(logits, valid), jnp.where(valid[..., None], logits_tangent, zero)
 
 
 def prepare_logits(
@@ -212,3 +229,31 @@ def prepare_labels(labels: ArrayLike, logits_shape: tuple[int, ...], axis: int) 
     if kind == "soft":
         labels = jnp.moveaxis(labels, axis, -1)
     return labels, kind
+
+
+def label_targets(labels: jax.Array, kind: str, num_classes: int, dtype) -> jax.Array:
+    """Probability-vector targets ``[..., num_classes]`` from ids or probability vectors."""
+    if kind == "int":
+        return jax.nn.one_hot(labels, num_classes, dtype=dtype)
+    return labels.astype(dtype)
+
+
+def prepare_classification(logits, labels, axis: int, where, example_mask=None) -> tuple:
+    """Validates and moves everything class-axis-last; returns logits, mask, targets, labels, kind
+    and the example mask.
+
+    Integer labels follow the rule of `cross_entropy` (`label_ids`): the returned ids
+    are in ``[0, num_classes)`` and the logits of rows with an invalid label are NaN, with no
+    derivative (`poison_invalid_rows`). Rows left out by ``example_mask`` get harmless
+    inputs (`_examples.harmless_rows`); the caller zeroes their values with `_examples.zero_rows`.
+    """
+    logits_shape = jnp.shape(logits)
+    logits_last, where_last, axis, num_classes = prepare_logits(logits, axis, where)
+    labels_last, kind = prepare_labels(labels, logits_shape, axis)
+    example_mask = _examples.check_example_mask(example_mask, logits_last.shape[:-1])
+    logits_last, labels_last = _examples.harmless_rows(example_mask, logits_last, labels_last, kind)
+    if kind == "int":
+        labels_last, valid = label_ids(labels_last, num_classes, where_last)
+        logits_last = poison_invalid_rows(logits_last, valid)
+    targets = label_targets(labels_last, kind, num_classes, logits_last.dtype)
+    return logits_last, where_last, targets, labels_last, kind, example_mask

@@ -233,7 +233,8 @@ class MarginLogitsTest(parameterized.TestCase):
         out = np.asarray(fn(self.cosines, labels))
         grad = np.asarray(jax.grad(lambda c: fn(c, labels).sum())(jnp.asarray(self.cosines)))
         valid = np.array([True, True, False, False, True, True])
-        assert np.isnan(out[~valid]).all() and np.isnan(grad[~valid]).all()
+        # NaN rows without a derivative: a masked loss of these logits has finite gradients.
+        assert np.isnan(out[~valid]).all() and np.all(grad[~valid] == 0.0)
         np.testing.assert_array_equal(out[valid], fn(self.cosines[valid], labels[valid] % 4))
         assert np.isfinite(grad[valid]).all()
 
@@ -289,7 +290,7 @@ class IntegerLabelRuleTest(parameterized.TestCase):
         invalid = np.array([False, True, True, True, True, False])
         value, grad = _value_and_grad(fn, self.logits, labels)
         assert np.isnan(value[invalid]).all(), value
-        assert np.isnan(grad[invalid]).all(), grad
+        assert np.isfinite(grad).all(), grad  # no derivative through an invalid label
         alone_value, alone_grad = _value_and_grad(fn, self.logits[~invalid], labels[~invalid])
         np.testing.assert_allclose(value[~invalid], alone_value, rtol=1e-6)
         np.testing.assert_allclose(grad[~invalid], alone_grad, rtol=1e-6, atol=1e-8)
@@ -302,7 +303,7 @@ class IntegerLabelRuleTest(parameterized.TestCase):
         where[2] = False  # no class takes part
         labels = np.array([2, 3, 1, -2, 0, 1])
         value, grad = _value_and_grad(fn, self.logits, labels, where=where)
-        assert np.isnan(value[0]) and np.isnan(grad[0]).all()  # was negative for cross-entropy
+        assert np.isnan(value[0]) and np.isfinite(grad[0]).all()  # was negative for CE
         assert np.isfinite(value[[1, 3, 4, 5]]).all() and np.isfinite(grad[[1, 3, 4, 5]]).all()
         assert value[2] == 0.0 and np.all(grad[2] == 0.0)
 
@@ -334,3 +335,72 @@ class IntegerLabelRuleTest(parameterized.TestCase):
             optax.softmax_cross_entropy_with_integer_labels(self.logits, labels),
             rtol=1e-6,
         )
+
+
+class PaddedLabelsTest(parameterized.TestCase):
+    """Padding with -100 (PyTorch's convention) and masking: finite gradients, as with optax.
+
+    Both patterns: the per-example values masked by the caller (``jnp.where(mask, loss, 0)``)
+    and ``example_mask``. Before, the first gave NaN gradients on every padded row (the loss
+    looked finite while one optimiser step made the parameters NaN) and the second did not exist.
+    """
+
+    logits = np.asarray(jax.random.normal(jax.random.key(5), (6, 4)) * 2.0)
+    labels = np.array([2, -100, 0, 3, -100, 1])
+    mask = labels != -100
+
+    def _masked_grads(self, fn):
+        z = jnp.asarray(self.logits)
+        by_where = jax.grad(lambda z: jnp.where(self.mask, fn(z, self.labels), 0.0).sum())(z)
+        by_example_mask = jax.grad(lambda z: fn(z, self.labels, example_mask=self.mask).sum())(z)
+        return np.asarray(by_where), np.asarray(by_example_mask)
+
+    @parameterized.named_parameters(*_all_losses())
+    def test_both_patterns_give_the_gradient_of_the_examples_taking_part(self, fn):
+        by_where, by_example_mask = self._masked_grads(fn)
+        alone = np.asarray(jax.grad(lambda z: fn(z, self.labels[self.mask]).sum())(
+            jnp.asarray(self.logits[self.mask])))
+        for grad in (by_where, by_example_mask):
+            assert np.isfinite(grad).all(), grad
+            np.testing.assert_allclose(grad[self.mask], alone, rtol=1e-5, atol=1e-7)
+            assert np.all(grad[~self.mask] == 0.0)
+        values = np.asarray(fn(self.logits, self.labels, example_mask=self.mask))
+        assert np.all(values[~self.mask] == 0.0)
+        np.testing.assert_allclose(values[self.mask], fn(self.logits[self.mask],
+                                                         self.labels[self.mask]), rtol=1e-6)
+
+    def test_cross_entropy_matches_optax_in_both_patterns(self):
+        optax_grad = jax.grad(lambda z: jnp.where(
+            self.mask, optax.softmax_cross_entropy_with_integer_labels(z, self.labels), 0.0
+        ).sum())(jnp.asarray(self.logits))
+        for fn in (gsc_jax.cross_entropy,
+                   lambda z, y, **kw: gsc_jax.gsc_loss(z, y, gamma=0.0, top_c=2, **kw),
+                   lambda z, y, **kw: gsc_jax.gsc_loss(z, y, gamma=0.0, top_c=2,
+                                                       implementation="reference", **kw)):
+            for grad in self._masked_grads(fn):
+                np.testing.assert_allclose(grad, optax_grad, rtol=1e-5, atol=1e-7)
+
+    def test_one_optimiser_step_keeps_the_parameters_finite(self):
+        # The user's report: a Dense layer, padded labels, a masked mean, one SGD step.
+        features = jax.random.normal(jax.random.key(0), (6, 3))
+        params = {"w": jnp.ones((3, 4)), "b": jnp.zeros(4)}
+        loss = gsc_jax.with_gsc(gsc_jax.cross_entropy, gamma=0.05, top_c=2)
+
+        def objective(params):
+            per_example = loss(features @ params["w"] + params["b"], self.labels)
+            return jnp.where(self.mask, per_example, 0.0).sum() / self.mask.sum()
+
+        grads = jax.grad(objective)(params)
+        tx = optax.sgd(0.1)
+        updates, _ = tx.update(grads, tx.init(params))
+        chex.assert_tree_all_finite(optax.apply_updates(params, updates))
+
+    def test_an_unmasked_invalid_label_still_shows_in_the_value(self):
+        assert np.isnan(gsc_jax.cross_entropy(self.logits, self.labels).mean())
+
+    def test_example_mask_is_checked(self):
+        with self.assertRaisesRegex(ValueError, "example_mask.*shape"):
+            gsc_jax.focal_loss(self.logits, self.labels, example_mask=self.mask[:3])
+        with self.assertRaisesRegex(TypeError, "example_mask.*boolean"):
+            gsc_jax.gsc_loss(self.logits, self.labels, gamma=0.1, top_c=2,
+                             example_mask=self.mask.astype(np.int32))

@@ -30,7 +30,7 @@ def get_config():
 def get_grid():
     rows = [grid.Row(f"ce_c{c}_nr{round(100 * n)}", {"loss.name": "ce", "loss.gsc.top_c": c,
                                                       "data.label_noise": n})
-            for n in NOISE_RATES for c in TOP_CS]
+            for c in TOP_CS for n in NOISE_RATES]  # top_c 2 first: every noise rate early
     rows += [grid.Row(f"{name}_c2_nr{round(100 * n)}", {"loss.name": name, "loss.gsc.top_c": 2,
                                                          "data.label_noise": n})
              for name in ("ls", "focal") for n in (0.0, 0.8)]
