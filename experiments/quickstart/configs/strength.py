@@ -28,12 +28,19 @@ def get_config():
 
 
 def get_grid():
-    rows = [grid.Row(f"ce_c{c}_nr{round(100 * n)}", {"loss.name": "ce", "loss.gsc.top_c": c,
-                                                      "data.label_noise": n})
-            for c in TOP_CS for n in NOISE_RATES]  # top_c 2 first: every noise rate early
+    def ce_rows(top_c):
+        return [grid.Row(f"ce_c{top_c}_nr{round(100 * n)}", {
+            "loss.name": "ce", "loss.gsc.top_c": top_c, "data.label_noise": n})
+            for n in NOISE_RATES]
+
+    # In order of what a reading needs first: top_c 2 at every noise rate, LS and focal, then
+    # the other top_c.
+    rows = ce_rows(2)
     rows += [grid.Row(f"{name}_c2_nr{round(100 * n)}", {"loss.name": name, "loss.gsc.top_c": 2,
                                                          "data.label_noise": n})
              for name in ("ls", "focal") for n in (0.0, 0.8)]
+    for top_c in TOP_CS[1:]:
+        rows += ce_rows(top_c)
     columns = (grid.Column("test/top1", "accuracy %"), grid.Column("test/ece", "ECE %"),
                grid.Column("test/nll", "NLL", "nats"))
     metrics = ("test/top1", "test/ece", "test/nll")
