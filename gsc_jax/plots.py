@@ -4,7 +4,7 @@ Needs matplotlib (``pip install "gsc-jax[plots]"``, or ``pip install matplotlib`
 when a function is called. Figures are built as ``matplotlib.figure.Figure`` objects, not through
 ``pyplot``: they need no display (any backend, Agg included), hold no global state and need no
 closing; a notebook shows a returned figure as usual. Every function draws on a given ``ax`` or
-on a new figure, and saves the figure when given a ``path``.
+on a new figure, and saves the figure when given a ``path``. For example::
 
     stats = gsc_jax.metrics.calibration_stats(probs, labels, num_bins=15)
     fig, ax, counts_ax = gsc_jax.plots.reliability_diagram(stats, path="reliability.png")

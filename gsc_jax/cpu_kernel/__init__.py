@@ -7,6 +7,7 @@ statistics (max, exps, both sums, top-c: one sweep per row while it is in cache)
 pass (one elementwise pass plus the few written entries per row), for float32 and bfloat16
 logits; XLA:CPU compiles the same work to several passes over memory, or for short rows to many
 small operations. Values and gradients are the same to float32 rounding (top-c indices exactly).
+To opt in::
 
     import gsc_jax.cpu_kernel
     gsc_jax.cpu_kernel.enable()   # compiles once per machine (about 10 s), then loads the cache
