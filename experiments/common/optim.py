@@ -10,7 +10,9 @@ Schedules, lr(step) with E epochs of S steps:
 - 'constant';
 - 'multistep': lr times `factor` at each milestone, a fraction f of the run placed at epoch
   round(f * E) (`round_to='epoch'`, e.g. AlexNet's epochs 81 and 122 of 164) or at step
-  round(f * E * S) (`round_to='step'`, ArcFace's iterations 20K and 28K of 32K);
+  round(f * E * S) (`round_to='step'`, ArcFace's iterations 20K and 28K of 32K); with
+  `schedule.step_every` = N > 0 (a field only the configs that use it declare) the milestones
+  are every N epochs instead, N, 2N, ... < E (a step decay: lr 0.01 / 10 every 20 epochs);
 - 'cosine_per_epoch': lr (1 + cos(pi e / E)) / 2 with e the current epoch (pycls);
 - 'onecycle_linear': piecewise linear in the fractional epoch t = (step + 1) / S through
   (0, 0), (2E // 5, lr), (4E // 5, lr / 20), (E, 0) (locuslab/convmixer-cifar10 train.py).
@@ -39,7 +41,10 @@ def make_schedule(config, steps_per_epoch: int) -> Callable:
     if s.name == "constant":
         return optax.constant_schedule(lr)
     if s.name == "multistep":
-        if s.round_to == "epoch":
+        if s.get("step_every", 0):
+            every = s.step_every
+            steps = [e * steps_per_epoch for e in range(every, epochs, every)]
+        elif s.round_to == "epoch":
             steps = [round(f * epochs) * steps_per_epoch for f in s.milestones]
         else:
             steps = [round(f * epochs * steps_per_epoch) for f in s.milestones]
