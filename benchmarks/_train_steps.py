@@ -22,7 +22,11 @@ import numpy as np
 
 from benchmarks import _timing
 from experiments.common import config as cfg
-from experiments.common import evaluators, loop, losses, optim, parallel
+from experiments.common import evaluators
+from experiments.common import loop
+from experiments.common import losses
+from experiments.common import optim
+from experiments.common import parallel
 from experiments.common.data import source as data_source
 from experiments.common.data import stream
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks import _timing, _train_steps
+from benchmarks import _timing
+from benchmarks import _train_steps
 from experiments.face import models
 
 CONFIG = "experiments/face/configs/arcface.py"

@@ -28,7 +28,8 @@ import tempfile
 import jax
 import numpy as np
 
-from benchmarks import _timing, _train_steps
+from benchmarks import _timing
+from benchmarks import _train_steps
 
 CONFIG = "experiments/fer2013/configs/vgg.py"
 FER2013_SIZES = {"train": 28_709, "val": 3_589, "test": 3_589}

@@ -25,7 +25,8 @@ import time
 
 import jax
 
-from benchmarks import _timing, _train_steps
+from benchmarks import _timing
+from benchmarks import _train_steps
 from experiments.common import config as cfg
 from experiments.imagenet import models
 

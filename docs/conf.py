@@ -13,7 +13,7 @@ DOCS = pathlib.Path(__file__).resolve().parent
 ROOT = DOCS.parent
 sys.path.insert(0, str(ROOT))
 
-import gsc_jax  # noqa: E402
+import gsc_jax
 
 project = "gsc-jax"
 author = "gsc-jax authors"

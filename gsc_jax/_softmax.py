@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+Array = jax.Array
+
 
 def masked_log_softmax(
     logits: jax.Array, where: Optional[jax.Array]

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_batching import custom_vmap
 from jax.experimental.custom_partitioning import custom_partitioning
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
 
 STATISTICS_TARGET = "gsc_jax_row_statistics"
 GRADIENT_TARGET = "gsc_jax_row_gradient"
