@@ -6,6 +6,8 @@ Guo et al., "On Calibration of Modern Neural Networks", ICML 2017.
 from __future__ import annotations
 
 import functools
+import math
+import warnings
 from typing import Optional
 
 import jax
@@ -62,6 +64,10 @@ def fit_temperature(
       min_temperature, max_temperature: the search bracket, ``0 < min < max``.
       num_iterations: bisection steps (60 resolves :math:`\log\beta` to about 1e-17 of the bracket).
 
+    Takes logits, not probabilities: concrete inputs whose every row is a distribution warn, and
+    so does a concrete fitted temperature at an end of the bracket (the minimum lies outside it,
+    which is what probabilities passed as logits give: ``T`` at ``min_temperature``).
+
     Returns:
       The scalar temperature :math:`T^\star`; calibrated probabilities are ``softmax(logits / T)``.
     """
@@ -73,6 +79,7 @@ def fit_temperature(
     if _validation.label_kind(labels, logits, 1) != "int":
         raise ValueError("`labels` must be integer class ids of shape [N].")
     example_mask = _examples.check_example_mask(example_mask, labels.shape)
+    _validation.warn_if_probabilities("logits", logits, "fit_temperature")
     if not 0 < min_temperature < max_temperature:
         raise ValueError(
             "`min_temperature` and `max_temperature` must satisfy 0 < min < max, got "
@@ -100,7 +107,25 @@ def fit_temperature(
     start = (jnp.log(1.0 / max_temperature), jnp.log(1.0 / min_temperature))
     start = tuple(jnp.asarray(x, logits.dtype) for x in start)
     low, high = jax.lax.fori_loop(0, num_iterations, bisect, start)
-    return jnp.where(fails, jnp.nan, 1.0 / jnp.exp(0.5 * (low + high)))
+    temperature = jnp.where(fails, jnp.nan, 1.0 / jnp.exp(0.5 * (low + high)))
+    _warn_at_bound(temperature, min_temperature, max_temperature)
+    return temperature
+
+
+def _warn_at_bound(temperature, min_temperature: float, max_temperature: float) -> None:
+    """Warns when a concrete fitted temperature lies at an end of its search bracket."""
+    if not _validation.is_concrete(temperature) or not bool(jnp.isfinite(temperature)):
+        return
+    value = float(temperature)
+    for bound, name in ((min_temperature, "min_temperature"), (max_temperature, "max_temperature")):
+        if abs(math.log(value / bound)) < 1e-3:
+            warnings.warn(
+                f"`fit_temperature` stopped at `{name}`={bound}: the NLL's minimum lies outside "
+                "the bracket. Probabilities passed as logits do this (pass logits), and so do "
+                "perfectly separated examples; otherwise widen the bracket.",
+                UserWarning,
+                stacklevel=3,
+            )
 
 
 def _check_held_out(logits, labels, example_mask):

@@ -8,6 +8,7 @@ passed as a traced array, label ids) cannot be checked there and are documented 
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Optional
 
 import jax
@@ -257,3 +258,54 @@ def prepare_classification(logits, labels, axis: int, where, example_mask=None) 
         logits_last = poison_invalid_rows(logits_last, valid)
     targets = label_targets(labels_last, kind, num_classes, logits_last.dtype)
     return logits_last, where_last, targets, labels_last, kind, example_mask
+
+
+def distribution_tolerance(dtype) -> float:
+    """How far from 1 a row of probabilities of this dtype may sum: ``max(0.01, 8 eps)``."""
+    return max(0.01, 8 * float(jnp.finfo(dtype).eps))
+
+
+def distribution_rows(probs: jax.Array) -> jax.Array:
+    """``[...]`` True where a row of ``probs [..., K]`` is a distribution: entries in ``[0, 1]``
+    summing to 1 within `distribution_tolerance` (False for a row with a NaN)."""
+    tolerance = distribution_tolerance(probs.dtype)
+    return jnp.all((probs >= 0) & (probs <= 1), axis=-1) & (
+        jnp.abs(jnp.sum(probs, axis=-1) - 1) <= tolerance
+    )
+
+
+def warn_if_probabilities(name: str, logits, function: str) -> None:
+    """Warns when concrete ``logits [..., K]`` look like probabilities: every row a distribution.
+
+    A function that takes logits reads probabilities silently as scores (the NLL of probabilities
+    is that of a much flatter softmax). Traced values cannot be checked; nothing happens then.
+    """
+    if not is_concrete(logits) or jnp.size(logits) == 0:
+        return
+    if bool(jnp.all(distribution_rows(jnp.asarray(logits, jnp.float32)))):
+        warnings.warn(
+            f"`{name}` of `{function}` look like probabilities (every row is a distribution); "
+            f"`{function}` takes logits (unnormalised scores): pass the logits, or log-probabilities "
+            "such as jnp.log(probs).",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def warn_if_not_probabilities(name: str, probs, function: str) -> None:
+    """Warns when concrete ``probs [..., K]`` hold rows that are not distributions (NaN results).
+
+    Logits passed where probabilities are expected show this way. Traced values cannot be checked;
+    the functions give NaN for such rows (or count them as invalid) in any case.
+    """
+    if not is_concrete(probs) or jnp.size(probs) == 0:
+        return
+    bad = int(jnp.sum(~distribution_rows(jnp.asarray(probs))))
+    if bad:
+        warnings.warn(
+            f"`{name}` of `{function}` holds {bad} row(s) that are not probability distributions "
+            "(entries in [0, 1] summing to 1); their results are NaN. If these are logits, pass "
+            "jax.nn.softmax(logits).",
+            UserWarning,
+            stacklevel=3,
+        )

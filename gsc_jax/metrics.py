@@ -3,9 +3,17 @@ r"""Accuracy, likelihood and calibration metrics.
 Per-example metrics (`top_k_accuracy`, `negative_log_likelihood`, `brier_score`) return one value
 per example; reduce them yourself. Calibration metrics are built on `CalibrationStats`, per-bin
 integer counts and sums that add up exactly: stats of several batches merged with
-`merge_calibration_stats` are bit-identical to the stats of all examples at once, stats summed with
-``+`` or across devices with ``jax.lax.psum`` hold the same sums, and every metric computed from
-them is bit-identical too.
+`merge_calibration_stats` are bit-identical to the stats of all examples at once, stats added field
+by field (``jax.tree.map(jnp.add, a, b)``; not ``a + b``, which concatenates the named tuples) or
+across devices with ``jax.lax.psum`` hold the same sums, and every metric computed from them is
+bit-identical too.
+
+Which input each function takes: `top_k_accuracy`, `negative_log_likelihood` and the temperature
+fits take **logits**; `brier_score`, `calibration_stats`, `classwise_calibration_stats` and every
+metric built on them (ECE and friends) take **probabilities** (``jax.nn.softmax(logits)``). Values
+are only known at run time, so misuse is caught where it can be: concrete probabilities passed as
+logits, and concrete logits passed as probabilities, raise a warning; under `jax.jit` a row that
+is not a distribution gives NaN where probabilities are expected.
 
 Labels and invalid predictions (every function here):
 
@@ -14,7 +22,7 @@ Labels and invalid predictions (every function here):
   accuracy is 0, its NLL and Brier score are NaN, and in the calibration stats it counts as wrong.
 * A row of logits with a NaN entry is never correct (top-k accuracy 0); its NLL is NaN.
 * A row of probabilities that is not a distribution (a NaN entry, an entry outside ``[0, 1]``, or a
-  sum off 1 by more than ``max(0.01, 8 eps)`` of its dtype) has a NaN Brier score if NaN, and is
+  sum off 1 by more than ``max(0.01, 8 eps)`` of its dtype) has a NaN Brier score, and is
   counted in ``CalibrationStats.invalid`` instead of a bin; every calibration metric computed from
   stats that saw such a row is NaN. Values are not known at trace time, so this is how a diverged
   model, or logits passed where probabilities are expected, shows.
@@ -25,7 +33,7 @@ in three int32 limbs of weights :math:`2^{20}, 2^{10}, 1` (whole confidences, th
 1/1048576ths), the lower two in ``[0, 1024)`` after a carry. Every field is then exact up to
 :math:`2^{31} - 1` examples per bin, and `calibration_stats` takes any batch below that size (it
 sums runs of :math:`2^{20}` examples separately). `calibration_stats` and `merge_calibration_stats`
-carry; adding stats with ``+`` or ``jax.lax.psum`` instead leaves the lower limbs un-carried but
+carry; adding stats field by field or with ``jax.lax.psum`` instead leaves the lower limbs un-carried but
 exact for at least :math:`2^{21}` such additions, and every ``*_from_stats`` function carries
 before it reads them. `merge_calibration_stats` marks a field that overflows with -1 (and keeps it
 so), and a negative field makes every metric NaN, so an overflow never goes unnoticed there.
@@ -87,15 +95,11 @@ def _check_num_bins(num_bins) -> int:
     return int(num_bins)
 
 
-def _sum_tolerance(dtype) -> float:
-    """How far from 1 a row of probabilities of this dtype may sum: ``max(0.01, 8 eps)``."""
-    return max(0.01, 8 * float(jnp.finfo(dtype).eps))
-
-
 def _check_stats_inputs(name: str, probs, labels, example_mask, num_bins):
     """The checks of the ``*_stats`` functions; ``probs [N, K]``, ``labels [N]``, a mask ``[N]``."""
     num_bins = _check_num_bins(num_bins)
     probs, labels, batch_shape = _check_probs_labels(probs, labels)
+    _validation.warn_if_not_probabilities("probs", probs, name)
     example_mask = _examples.check_example_mask(example_mask, batch_shape)
     if example_mask is not None:
         example_mask = example_mask.reshape(-1)
@@ -110,9 +114,8 @@ def _check_stats_inputs(name: str, probs, labels, example_mask, num_bins):
 def _binned_rows(probs, example_mask, tolerance: float):
     """Per row of ``probs [N, K]``: whether it is a distribution (entries in [0, 1] summing to 1
     within ``tolerance``), whether it takes part (the mask), and whether it is binned (both)."""
-    is_distribution = jnp.all((probs >= 0) & (probs <= 1), axis=-1) & (
-        jnp.abs(jnp.sum(probs, axis=-1) - 1) <= tolerance
-    )
+    del tolerance  # that of `_validation.distribution_rows`, for the probs' dtype
+    is_distribution = _validation.distribution_rows(probs)
     takes_part = jnp.ones(probs.shape[:1], bool) if example_mask is None else example_mask
     return is_distribution, takes_part, takes_part & is_distribution
 
@@ -142,7 +145,10 @@ def top_k_accuracy(logits: ArrayLike, labels: ArrayLike, *, k: int = 1) -> Array
 
 
 def negative_log_likelihood(logits: ArrayLike, labels: ArrayLike) -> Array:
-    r"""Per-example :math:`-\log \mathrm{softmax}(z)_y`, shape ``[...]``.
+    r"""Per-example :math:`-\log \mathrm{softmax}(z)_y` of **logits**, shape ``[...]``.
+
+    Takes logits (or log-probabilities), not probabilities: concrete inputs whose every row is a
+    distribution raise a warning (probabilities read as logits give the NLL of a flatter softmax).
 
     Args:
       logits: ``[..., K]`` scores (16-bit floats are computed in float32).
@@ -154,6 +160,7 @@ def negative_log_likelihood(logits: ArrayLike, labels: ArrayLike) -> Array:
     logits = _validation.check_float_array("logits", logits)
     num_classes = _validation.check_num_classes(logits, logits.ndim - 1)
     labels = _check_int_labels(labels, logits, "logits")
+    _validation.warn_if_probabilities("logits", logits, "negative_log_likelihood")
     ids, valid = _examples.class_ids(labels, num_classes)
     log_probs = jax.nn.log_softmax(logits.astype(_validation.compute_dtype(logits.dtype)), axis=-1)
     nll = -jnp.take_along_axis(log_probs, ids[..., None], axis=-1)[..., 0]
@@ -161,19 +168,25 @@ def negative_log_likelihood(logits: ArrayLike, labels: ArrayLike) -> Array:
 
 
 def brier_score(probs: ArrayLike, labels: ArrayLike) -> Array:
-    r"""Per-example multi-class Brier score :math:`\sum_i (p_i - [i = y])^2`, shape ``[...]``.
+    r"""Per-example multi-class Brier score :math:`\sum_i (p_i - [i = y])^2` of **probabilities**.
+
+    Takes probabilities (``jax.nn.softmax(logits)``), not logits: a row that is not a distribution
+    gives NaN, and concrete inputs holding such rows raise a warning.
 
     Args:
       probs: ``[..., K]`` probabilities (16-bit floats are computed in float32).
       labels: ``[...]`` integer class ids; negative ids count from the end.
 
     Returns:
-      ``[...]`` scores; NaN for a row with a NaN probability or a label outside ``[-K, K)``.
+      ``[...]`` scores; NaN for a row that is not a distribution (a NaN entry included) or a
+      label outside ``[-K, K)``.
     """
     probs = _validation.check_float_array("probs", probs)
     num_classes = _validation.check_num_classes(probs, probs.ndim - 1, name="probs")
     labels = _check_int_labels(labels, probs, "probs")
+    _validation.warn_if_not_probabilities("probs", probs, "brier_score")
     ids, valid = _examples.class_ids(labels, num_classes)
+    valid = valid & _validation.distribution_rows(probs)
     probs = probs.astype(_validation.compute_dtype(probs.dtype))
     one_hot = jax.nn.one_hot(ids, num_classes, dtype=probs.dtype)
     return jnp.where(valid, jnp.sum(jnp.square(probs - one_hot), axis=-1), jnp.nan)
@@ -229,7 +242,7 @@ def calibration_stats(
     probs, labels, example_mask, num_bins = _check_stats_inputs(
         "calibration_stats", probs, labels, example_mask, num_bins)
     return _calibration_stats(
-        probs, labels, example_mask, num_bins=num_bins, tolerance=_sum_tolerance(probs.dtype)
+        probs, labels, example_mask, num_bins=num_bins, tolerance=_validation.distribution_tolerance(probs.dtype)
     )
 
 
@@ -783,7 +796,7 @@ def classwise_calibration_stats(
     probs, labels, example_mask, num_bins = _check_stats_inputs(
         "classwise_calibration_stats", probs, labels, example_mask, num_bins)
     return _classwise_calibration_stats(
-        probs, labels, example_mask, num_bins=num_bins, tolerance=_sum_tolerance(probs.dtype)
+        probs, labels, example_mask, num_bins=num_bins, tolerance=_validation.distribution_tolerance(probs.dtype)
     )
 
 

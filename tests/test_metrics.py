@@ -6,10 +6,12 @@ import re
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl.testing import parameterized
 
 import gsc_jax
@@ -522,3 +524,52 @@ def test_eight_fake_devices_equal_one_device():
     assert eight["ece"] == one["ece"]
     np.testing.assert_allclose(eight["loss"], one["loss"], rtol=1e-6)
     np.testing.assert_allclose(eight["grads"], one["grads"], rtol=1e-5, atol=1e-9)
+
+
+# --- logits where probabilities are expected, and the reverse: caught where it can be ---------
+
+def _logits_and_probs():
+    logits = jax.random.normal(jax.random.key(7), (300, 10)) * 3.0
+    labels = jax.random.randint(jax.random.key(8), (300,), 0, 10)
+    return logits, jax.nn.softmax(logits), labels
+
+
+def test_probabilities_passed_as_logits_warn():
+    logits, probs, labels = _logits_and_probs()
+    for fn in (metrics.negative_log_likelihood, gsc_jax.fit_temperature):
+        with pytest.warns(UserWarning, match="look like probabilities"):
+            fn(probs, labels)
+    with pytest.warns(UserWarning, match="stopped at `m.._temperature`"):  # at a bracket end
+        temperature = float(gsc_jax.fit_temperature(probs, labels))
+    assert temperature == pytest.approx(0.01, rel=1e-3) or temperature == pytest.approx(100.0)
+
+
+def test_logits_passed_as_probabilities_give_nan_and_warn():
+    logits, probs, labels = _logits_and_probs()
+    with pytest.warns(UserWarning, match="not probability distributions"):
+        assert np.isnan(metrics.brier_score(logits, labels)).all()  # was 144-ish, silently
+    with pytest.warns(UserWarning, match="not probability distributions"):
+        assert np.isnan(metrics.expected_calibration_error(logits, labels))
+    # Under jit nothing can warn; the value is NaN all the same.
+    assert np.isnan(jax.jit(metrics.brier_score)(logits, labels)).all()
+
+
+def test_the_right_inputs_do_not_warn():
+    logits, probs, labels = _logits_and_probs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metrics.negative_log_likelihood(logits, labels)
+        metrics.brier_score(probs, labels)
+        metrics.expected_calibration_error(probs, labels)
+        gsc_jax.fit_temperature(logits, labels)
+
+
+def test_stats_add_field_by_field_not_with_plus():
+    _, probs, labels = _logits_and_probs()
+    a = metrics.calibration_stats(probs[:100], labels[:100])
+    b = metrics.calibration_stats(probs[100:], labels[100:])
+    added = jax.tree.map(jnp.add, a, b)
+    merged = metrics.merge_calibration_stats(a, b)
+    assert float(metrics.expected_calibration_error_from_stats(added)) == float(
+        metrics.expected_calibration_error_from_stats(merged))
+    assert len(a + b) == 2 * len(a)  # `+` concatenates the named tuples (what the docs warn of)
