@@ -17,12 +17,13 @@ DOCS = ROOT / "docs"
 
 
 def _public_names(module) -> set[str]:
-    """Names of a module's ``__all__``, or else the public functions and classes defined in it."""
+    """Names of a module's ``__all__``, or else its public functions and classes."""
     if hasattr(module, "__all__"):
         names = set(module.__all__)
-    else:
+    else:  # defined in gsc_jax (here or in a private module), not imported from jax or numpy
         names = {name for name, value in vars(module).items()
-                 if not name.startswith("_") and getattr(value, "__module__", None) == module.__name__}
+                 if not name.startswith("_") and (callable(value) or isinstance(value, type))
+                 and str(getattr(value, "__module__", "")).startswith("gsc_jax")}
     # Submodules have their own sections.
     return {name for name in names if not isinstance(getattr(module, name), type(gsc_jax))}
 
