@@ -2,9 +2,11 @@ r"""Generated NTU-named videos for tests and pipeline checks (not NTU data).
 
     python -m experiments.ntu.synthetic --out DIR [--actions 4 --performers 1,2,3,4 ...]
 
-Action a is a bright square moving in direction a (of eight) across a background; the camera
-sets the background tint and the performer the square's colour and start position, so both the
-Cross-Subject and the Cross-View protocol have train and test videos. Written with PyAV
+Action a is a bright square doing motion a of MOTIONS (down, up, still, growing, shrinking,
+blinking; motions a horizontal flip leaves alone, as the training clips are flipped) over a
+noisy background; the camera sets the background tint and the performer the square's colour
+and start position, so both the Cross-Subject and the Cross-View protocol have train and test
+videos. Written with PyAV
 (MPEG-4 part 2 in AVI, as NTU's files are AVI).
 """
 
@@ -13,7 +15,7 @@ import os
 
 import numpy as np
 
-DIRECTIONS = ((1, 0), (0, 1), (-1, 0), (0, -1), (1, 1), (-1, 1), (1, -1), (-1, -1))
+MOTIONS = ("down", "up", "still", "grow", "shrink", "blink")
 
 
 def frames(action: int, camera: int, performer: int, replication: int, *, num_frames: int,
@@ -22,18 +24,23 @@ def frames(action: int, camera: int, performer: int, replication: int, *, num_fr
     rng = np.random.RandomState(action * 1009 + camera * 101 + performer * 13 + replication)
     background = np.array([40 + 50 * (camera - 1), 60, 90], np.int16)
     colour = np.array([200, 120 + 20 * (performer % 5), 255 - 30 * (performer % 4)], np.int16)
-    dy, dx = DIRECTIONS[(action - 1) % len(DIRECTIONS)]
-    side = max(4, min(height, width) // 4)
-    y0 = height // 2 + rng.randint(-2, 3) - side // 2
-    x0 = width // 2 + rng.randint(-2, 3) - side // 2
+    motion = MOTIONS[(action - 1) % len(MOTIONS)]
+    dy = {"down": 1, "up": -1}.get(motion, 0)
+    base = max(4, min(height, width) // 4)
+    y0 = height // 2 + rng.randint(-2, 3)
+    x0 = width // 2 + rng.randint(-2, 3)
     out = np.empty((num_frames, height, width, 3), np.uint8)
     speed = max(1.0, min(height, width) / (2.5 * num_frames))
     for t in range(num_frames):
+        f = t / max(num_frames - 1, 1)
+        side = {"grow": round(base * (0.5 + f)), "shrink": round(base * (1.5 - f))}.get(
+            motion, base)
         image = np.broadcast_to(background, (height, width, 3)).copy()
         image += rng.randint(-10, 11, image.shape).astype(np.int16)
-        y = int(np.clip(y0 + dy * speed * (t - num_frames / 2), 0, height - side))
-        x = int(np.clip(x0 + dx * speed * (t - num_frames / 2), 0, width - side))
-        image[y:y + side, x:x + side] = colour
+        y = int(np.clip(y0 - side // 2 + dy * speed * (t - num_frames / 2), 0, height - side))
+        x = int(np.clip(x0 - side // 2, 0, width - side))
+        if motion != "blink" or t % 4 < 2:
+            image[y:y + side, x:x + side] = colour
         out[t] = np.clip(image, 0, 255).astype(np.uint8)
     return out
 
