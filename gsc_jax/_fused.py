@@ -201,6 +201,18 @@ def _refuse_derivatives_jvp(primals, tangents):
     raise NotImplementedError(SECOND_ORDER_ERROR)
 
 
+def reverse_mode_only(custom_vjp_fn, *args):
+    """``custom_vjp_fn(*args)``, with JAX's generic refusal of forward mode (a TypeError raised
+    while jvp-tracing a `jax.custom_vjp` function) replaced by `SECOND_ORDER_ERROR`, which names
+    ``implementation="reference"``."""
+    try:
+        return custom_vjp_fn(*args)
+    except TypeError as error:
+        if "forward-mode" in str(error):
+            raise NotImplementedError(SECOND_ORDER_ERROR) from None
+        raise
+
+
 def _guard_float(x):
     """`_refuse_derivatives` on floating-point arrays; integer and boolean arrays pass through."""
     return _refuse_derivatives(x) if jnp.issubdtype(x.dtype, jnp.inexact) else x
@@ -458,4 +470,4 @@ def softmax_statistics(
         labels = jnp.where(valid, ids, logits.shape[-1])
     if not (logits.dtype == jnp.bfloat16 and _uses_kernel(logits)):
         logits = _upcast(logits)
-    return _statistics(logits, where, labels, label_kind, top_c)
+    return reverse_mode_only(_statistics, logits, where, labels, label_kind, top_c)

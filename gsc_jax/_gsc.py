@@ -330,7 +330,9 @@ def gsc_loss(
         gradient row, whatever their logits and label (the rule of `gsc_jax.cross_entropy`).
       implementation: None (default) or ``'fused'``: the fused path, first-order reverse-mode
         derivatives only (`jax.grad`, `jax.vjp`, under `jax.jit`, `jax.vmap` and sharding;
-        forward mode and second derivatives raise an error naming ``'reference'``);
+        second derivatives, and forward mode outside `jax.jit`, raise an error naming
+        ``'reference'``; forward mode traced inside `jax.jit` raises JAX's TypeError about
+        `jax.custom_vjp`);
         ``'reference'``: plain autodiff, every transformation. See `gsc_term`.
 
     Returns:

@@ -396,8 +396,8 @@ def linear_gsc_loss(
         valid = valid | ~mask
         ids = jnp.where(mask, ids, 0)
     ids = jnp.where(valid, ids, vocab)
-    cross_entropy, entropy, top_scores = _statistics(
-        hidden2d, weight, bias, ids, top_c, min(chunk_size, vocab)
+    cross_entropy, entropy, top_scores = _fused.reverse_mode_only(
+        _statistics, hidden2d, weight, bias, ids, top_c, min(chunk_size, vocab)
     )
     term = _gsc.gsc_from_statistics(
         entropy,

@@ -498,6 +498,12 @@ def test_second_derivatives_are_refused_with_a_clear_error(num_classes):
             jax.jit(jax.hessian(loss))(logits)
         with pytest.raises(NotImplementedError, match="first-order reverse-mode"):
             jax.jit(jax.grad(lambda z: jax.grad(loss)(z).sum()))(logits)
+        # Forward mode names the alternative too (it was JAX's generic custom_vjp TypeError);
+        # traced inside jax.jit the error comes from JAX's transformation of the staged program.
+        with pytest.raises(NotImplementedError, match='implementation="reference"'):
+            jax.jvp(loss, (logits,), (logits,))
+        with pytest.raises(NotImplementedError, match='implementation="reference"'):
+            jax.jacfwd(loss)(logits)
         with pytest.raises(TypeError, match="forward-mode"):
             jax.jit(lambda z: jax.jvp(loss, (z,), (z,)))(logits)
     small = logits[:, :10]

@@ -380,3 +380,11 @@ def test_sharded_over_eight_cpu_devices():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "sharded ok" in result.stdout
+
+
+def test_forward_mode_is_refused_naming_the_alternative():
+    hidden, weight = jnp.ones((2, 4)), jnp.ones((4, 6))
+    labels = jnp.array([0, 1])
+    with pytest.raises(NotImplementedError, match="first-order reverse-mode"):
+        jax.jvp(lambda h: gsc_jax.linear_gsc_loss(h, weight, labels, gamma=0.1, top_c=2).sum(),
+                (hidden,), (hidden,))
