@@ -5,10 +5,10 @@ As kenshohara/3D-ResNets-PyTorch models/resnet.py: a 7x7x7 stem convolution with
 3x3x3 max pool of stride 2 (padding 1); four stages of basic blocks (two 3x3x3 convolutions,
 the first with the stride) of widths 64, 128, 256, 512 and stage strides 1, 2, 2, 2 (in time
 too); global average pool; a linear classifier. Shortcuts where the shape changes: 'A' the
-input subsampled by the stride and zero-padded in channels, no parameters (the resnet-34 of the
-CVPR 2018 release, `--resnet_shortcut A`, whose 63.5M parameters for Kinetics-400 are the count
-in Hara et al.'s Table 2: the default here); 'B' a 1x1x1 convolution with the stride + BN (the
-reference code's default option).
+input subsampled by the stride and zero-padded in channels, no parameters (`--resnet_shortcut
+A` of the reference; with 400 classes it gives the 63.5M parameters usually quoted for Hara's
+ResNet-34: the default here); 'B' a 1x1x1 convolution with the stride + BN (the reference's
+opts.py default).
 
 Parameters (`num_params`, tested against `reference_num_params`): ResNet3D-34, 400 classes:
 63,544,912 (A) / 63,718,736 (B); 60 classes: 63,370,492 (A) / 63,544,316 (B); ResNet3D-18,
