@@ -107,7 +107,7 @@ def _chunk_width(num_classes: int, top_c: int) -> Optional[int]:
     return min(divisors, key=lambda w: (abs(math.log(w / target)), w))
 
 
-def _select(values: Array, ids: Array, count: int, sentinel: int) -> tuple[Array, Array]:
+def select_rounds(values: Array, ids: Array, count: int, sentinel: int) -> tuple[Array, Array]:
     """The ``count`` largest of ``values`` by repeated max, ties to the smallest id.
 
     Args:
@@ -151,13 +151,13 @@ def top_logits(logits: Array, top_c: int) -> tuple[Array, Array]:
     class_ids = lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
     width = _chunk_width(num_classes, top_c)
     if width is None:
-        return _select(logits, class_ids, top_c, num_classes)
+        return select_rounds(logits, class_ids, top_c, num_classes)
     batch_shape = logits.shape[:-1]
     num_chunks = num_classes // width
     chunks = logits.reshape(batch_shape + (num_chunks, width))
     chunk_ids = lax.broadcasted_iota(jnp.int32, batch_shape + (num_chunks,), len(batch_shape))
     # The top-c entries lie in the c chunks with the largest maxima (ties to the lower chunk).
-    chunk_max, top_chunks = _select(jnp.max(chunks, axis=-1), chunk_ids, top_c, num_chunks)
+    chunk_max, top_chunks = select_rounds(jnp.max(chunks, axis=-1), chunk_ids, top_c, num_chunks)
     gathered = jnp.take_along_axis(
         chunks, jnp.minimum(top_chunks, num_chunks - 1)[..., None], axis=-2
     )
@@ -165,7 +165,7 @@ def top_logits(logits: Array, top_c: int) -> tuple[Array, Array]:
     offsets = lax.broadcasted_iota(jnp.int32, candidates.shape, candidates.ndim - 1)
     candidate_ids = top_chunks[..., None] * width + offsets
     flat_shape = batch_shape + (top_c * width,)
-    return _select(
+    return select_rounds(
         candidates.reshape(flat_shape), candidate_ids.reshape(flat_shape), top_c, num_classes
     )
 

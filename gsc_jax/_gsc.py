@@ -134,7 +134,7 @@ def _check_implementation(implementation: Optional[str]) -> str:
     )
 
 
-def _check_mu(mu) -> float:
+def check_mu(mu) -> float:
     if _validation.is_concrete(mu):
         if np.ndim(mu) != 0 or not np.isfinite(mu):
             raise ValueError(f"`mu` must be a finite scalar, got {mu!r}.")
@@ -266,7 +266,7 @@ def gsc_term(
         logits, axis, where, upcast=not fused
     )
     top_c = _validation.check_top_c(top_c, num_classes)
-    mu = _check_mu(mu)
+    mu = check_mu(mu)
     example_mask = _examples.check_example_mask(example_mask, logits_last.shape[:-1])
     if example_mask is not None:
         logits_last = jnp.where(example_mask[..., None], logits_last,
@@ -357,7 +357,7 @@ def gsc_loss(
         logits, axis, where, upcast=False
     )
     options["top_c"] = _validation.check_top_c(top_c, num_classes)
-    options["mu"] = _check_mu(mu)
+    options["mu"] = check_mu(mu)
     labels_last, label_kind = _validation.prepare_labels(labels, logits_shape, axis)
     if label_kind == "soft":
         labels_last = labels_last.astype(_validation.compute_dtype(logits_last.dtype))
@@ -420,7 +420,7 @@ def with_gsc(
     _validation.check_non_negative("gamma", gamma)
     if isinstance(top_c, bool) or not isinstance(top_c, numbers.Integral) or top_c < 1:
         raise ValueError(f"`top_c` must be an int >= 1, got {top_c!r}.")
-    _check_mu(mu)
+    check_mu(mu)
     gsc_kwargs = dict(
         top_c=top_c,
         mu=mu,

@@ -105,7 +105,7 @@ def _merge_top_select(logits, start, top_values, top_ids, chunk_top, vocab):
     XLA:CPU's TopK is a sort, and the SPMD partitioner gathers its rows onto every device)."""
     chunk_values, chunk_positions = _fused.top_logits(logits, chunk_top)
     chunk_ids = jnp.where(chunk_positions >= logits.shape[-1], vocab, start + chunk_positions)
-    return _fused._select(
+    return _fused.select_rounds(
         jnp.concatenate([top_values, chunk_values], axis=-1),
         jnp.concatenate([top_ids, chunk_ids], axis=-1),
         top_values.shape[-1],
@@ -373,7 +373,7 @@ def linear_gsc_loss(
             raise ValueError(f"`bias` must have shape [V] = ({vocab},), got shape {bias.shape}.")
     top_c = _validation.check_top_c(top_c, vocab)
     _validation.check_non_negative("gamma", gamma)
-    mu = _gsc._check_mu(mu)
+    mu = _gsc.check_mu(mu)
     batch_shape = hidden.shape[:-1]
     labels = jnp.asarray(labels)
     if labels.shape != batch_shape:
