@@ -105,6 +105,7 @@ def test_prepare_decodes_resizes_and_resumes(videos, tmp_path):
     mtime = os.stat(kept).st_mtime_ns
     again = prepare.prepare(videos, path, SHORT, workers=1, progress=False)
     assert (again["done"], again["skipped"]) == (2, 34)
+    assert os.listdir(os.path.join(path, ".tmp")) == []
     assert os.stat(kept).st_mtime_ns == mtime  # not decoded again
     np.testing.assert_array_equal(np.load(os.path.join(path, stem + ".npy")), frames)
     assert json.load(open(os.path.join(path, prepare.SETTINGS))) == {

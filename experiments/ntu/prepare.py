@@ -10,7 +10,8 @@ touches only its own frames). A 1920x1080 NTU video of ~100 frames at short side
 100 * 128 * 228 * 3 = 8.8 MB.
 
 - Atomic per video: written to STORE/.tmp/<stem>.<pid>.npy, then renamed; a killed prepare
-  leaves no half-written array, and running it again only decodes what is missing (resumable).
+  leaves no half-written array, and running it again (one prepare per store at a time) clears
+  STORE/.tmp and decodes only what is missing (resumable).
 - STORE/settings.json holds the settings (short side, format); a prepare or training run with
   other settings refuses, naming both.
 - STORE/failed.json lists the videos that could not be decoded (each also named on the console);
@@ -134,7 +135,10 @@ def prepare(videos: str, store: str, short_side: int = DEFAULT_SHORT_SIDE,
     if not os.path.isdir(videos):
         raise FileNotFoundError(f"--videos {videos!r} is not a directory.")
     check_settings(store, short_side, write=True)
-    os.makedirs(os.path.join(store, ".tmp"), exist_ok=True)
+    tmp_dir = os.path.join(store, ".tmp")
+    os.makedirs(tmp_dir, exist_ok=True)
+    for f in os.listdir(tmp_dir):  # left by a killed prepare (one prepare per store at a time)
+        os.remove(os.path.join(tmp_dir, f))
     found, other = list_videos(videos)
     for path in other:
         log(f"skipped {path}: not an NTU RGB+D name (SsssCcccPpppRrrrAaaa_rgb.avi)")
