@@ -418,6 +418,7 @@ def _records(workdir) -> list:
     return [json.loads(x) for x in open(os.path.join(str(workdir), "metrics.jsonl"))]
 
 
+@pytest.mark.slow
 def test_loop_reduces_on_plateau_and_keeps_the_best_validation_state(tmp_path, linear_task):
     # A learning rate so small that no parameter moves (float32): the validation accuracy is
     # the same every epoch, so no epoch after the first improves.
@@ -445,6 +446,7 @@ def test_loop_reduces_on_plateau_and_keeps_the_best_validation_state(tmp_path, l
         assert key in records[0]
 
 
+@pytest.mark.slow
 def test_best_validation_checkpoint_is_the_best_epoch_and_resume_is_exact(tmp_path, linear_task):
     config = _loop_config(tmp_path, optimizer__learning_rate=0.05, plateau__factor=0.5,
                           plateau__patience=1)

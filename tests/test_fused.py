@@ -661,6 +661,7 @@ SHARDED_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ("xla", "cpu_kernel"))
 def test_sharded_over_eight_cpu_devices(path):
     if path == "cpu_kernel" and not HAS_COMPILER:
