@@ -1,5 +1,5 @@
 """Benchmarks of gsc_jax: loss overhead over cross-entropy and a training-step figure.
 
-    python -m benchmarks.loss_overhead
-    python -m benchmarks.train_step
+python -m benchmarks.loss_overhead
+python -m benchmarks.train_step
 """

@@ -39,7 +39,9 @@ class SyntheticSource(data_source.Source):
 
     splits = ()
 
-    def __init__(self, num_classes: int, input_shape: tuple, steps_per_epoch: int = STEPS_PER_EPOCH):
+    def __init__(
+        self, num_classes: int, input_shape: tuple, steps_per_epoch: int = STEPS_PER_EPOCH
+    ):
         self.class_names = tuple(str(k) for k in range(num_classes))
         self.input_shape = tuple(input_shape)
         self._steps_per_epoch = steps_per_epoch
@@ -53,10 +55,13 @@ class SyntheticSource(data_source.Source):
         key = (batch_size, id(mesh))
         if key not in self._batches:
             rng = np.random.RandomState(0)
-            self._batches[key] = stream.to_global({
-                "image": rng.randint(0, 256, (batch_size, *self.input_shape)).astype(np.uint8),
-                "label": rng.randint(0, self.num_classes, batch_size).astype(np.int32)},
-                parallel.batch_sharded(mesh))
+            self._batches[key] = stream.to_global(
+                {
+                    "image": rng.randint(0, 256, (batch_size, *self.input_shape)).astype(np.uint8),
+                    "label": rng.randint(0, self.num_classes, batch_size).astype(np.int32),
+                },
+                parallel.batch_sharded(mesh),
+            )
         return self._batches[key]
 
     def train_batches(self, *, batch_size, start_step, num_steps, mesh, seed):
@@ -106,8 +111,11 @@ def make_run(config, source) -> loop.Run:
     cfg.validate(config, source.num_classes, evaluator_types=tuple(evaluators.TYPES))
     if hasattr(task, "validate"):
         checked = config
-        if isinstance(source, SyntheticSource) and "data_dir" in config.data \
-                and not config.data.data_dir:
+        if (
+            isinstance(source, SyntheticSource)
+            and "data_dir" in config.data
+            and not config.data.data_dir
+        ):
             checked = cfg.apply_overrides(config, {"data.data_dir": "<synthetic>"})
         task.validate(checked)
     mesh = parallel.make_mesh()
@@ -133,8 +141,9 @@ class StepRunner:
         return metrics["loss"]
 
 
-def time_losses(runs: dict, batch: dict, *, repeats: int,
-                extra_calls=None) -> tuple[dict, dict, dict]:
+def time_losses(
+    runs: dict, batch: dict, *, repeats: int, extra_calls=None
+) -> tuple[dict, dict, dict]:
     """Compiles the train step of every {name: Run} on `batch` (the first call compiles, as in
     the loop), then times the steps round-robin, with the calls `extra_calls(runners)` returns
     ({name: callable}; `runners` is {name: StepRunner}).
@@ -152,8 +161,11 @@ def time_losses(runs: dict, batch: dict, *, repeats: int,
         jax.block_until_ready(runner.step(batch))
         compile_s[name] = time.perf_counter() - start
         runners[name] = runner
-        print(f"  compiled {name} ({run.spec.label}) and ran one step in {compile_s[name]:.1f}s",
-              file=sys.stderr, flush=True)
+        print(
+            f"  compiled {name} ({run.spec.label}) and ran one step in {compile_s[name]:.1f}s",
+            file=sys.stderr,
+            flush=True,
+        )
     machine = _timing.machine_info()
     calls = {name: (lambda r=r: r.step(batch)) for name, r in runners.items()}
     if extra_calls is not None:
@@ -165,8 +177,7 @@ def time_losses(runs: dict, batch: dict, *, repeats: int,
             t["compile_s"] = compile_s[name]
             t["images_per_s"] = images / t["median_s"]
     for name, runner in runners.items():  # whether every timed step's loss was finite
-        timings[name]["losses_finite"] = not int(
-            jax.device_get(runner.state.first_nonfinite_step))
+        timings[name]["losses_finite"] = not int(jax.device_get(runner.state.first_nonfinite_step))
         timings[name]["label"] = runner.run.spec.label
     machine["load_average_end"] = _timing.machine_info()["load_average"]
     return timings, machine, runners

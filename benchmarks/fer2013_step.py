@@ -34,9 +34,19 @@ from benchmarks import _train_steps
 CONFIG = "experiments/fer2013/configs/vgg.py"
 FER2013_SIZES = {"train": 28_709, "val": 3_589, "test": 3_589}
 EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
-DEFAULTS = {"width": 64, "hidden": 4096, "train_crops": 10, "crop": 40, "batch_size": 64,
-            "eval_batch_size": 64, "epochs": 300, "gsc_gamma": 0.01, "gsc_top_c": 2,
-            "repeats": 3, "bf16": False}
+DEFAULTS = {
+    "width": 64,
+    "hidden": 4096,
+    "train_crops": 10,
+    "crop": 40,
+    "batch_size": 64,
+    "eval_batch_size": 64,
+    "epochs": 300,
+    "gsc_gamma": 0.01,
+    "gsc_top_c": 2,
+    "repeats": 3,
+    "bf16": False,
+}
 TRAIN_BATCHES = 64  # synthetic training faces = this many batches: the epoch order rarely turns
 
 
@@ -46,18 +56,37 @@ def synthetic_npz(path: str, plan: dict) -> None:
     n, m = plan["batch_size"] * TRAIN_BATCHES, plan["eval_batch_size"]
     faces = lambda k: rng.randint(0, 256, (k, 48, 48, 1)).astype(np.uint8)  # noqa: E731
     labels = lambda k: np.arange(k, dtype=np.int32) % len(EMOTIONS)  # noqa: E731
-    np.savez(path, train_images=faces(n), train_labels=labels(n), val_images=faces(m),
-             val_labels=labels(m), test_images=faces(m), test_labels=labels(m),
-             class_names=np.asarray(EMOTIONS))
+    np.savez(
+        path,
+        train_images=faces(n),
+        train_labels=labels(n),
+        val_images=faces(m),
+        val_labels=labels(m),
+        test_images=faces(m),
+        test_labels=labels(m),
+        class_names=np.asarray(EMOTIONS),
+    )
 
 
 def config_of(plan: dict, npz: str, gamma: float):
-    return _train_steps.load_config(_train_steps.repo_path(CONFIG), {
-        "data.npz": npz, "model.width": plan["width"], "model.hidden": plan["hidden"],
-        "data.train_crops": plan["train_crops"], "data.crop": plan["crop"],
-        "batch_size": plan["batch_size"], "eval_batch_size": plan["eval_batch_size"],
-        "epochs": plan["epochs"], "bf16": plan["bf16"], "loss.name": "ce",
-        "loss.gsc.gamma": gamma, "loss.gsc.top_c": plan["gsc_top_c"], "run.progress": False})
+    return _train_steps.load_config(
+        _train_steps.repo_path(CONFIG),
+        {
+            "data.npz": npz,
+            "model.width": plan["width"],
+            "model.hidden": plan["hidden"],
+            "data.train_crops": plan["train_crops"],
+            "data.crop": plan["crop"],
+            "batch_size": plan["batch_size"],
+            "eval_batch_size": plan["eval_batch_size"],
+            "epochs": plan["epochs"],
+            "bf16": plan["bf16"],
+            "loss.name": "ce",
+            "loss.gsc.gamma": gamma,
+            "loss.gsc.top_c": plan["gsc_top_c"],
+            "run.progress": False,
+        },
+    )
 
 
 def run(plan: dict) -> list[dict]:
@@ -69,33 +98,57 @@ def run(plan: dict) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         npz = os.path.join(tmp, "faces.npz")
         synthetic_npz(npz, plan)
-        runs = {"ce": loop.setup(config_of(plan, npz, 0.0), tmp),
-                "ce_gsc": loop.setup(config_of(plan, npz, plan["gsc_gamma"]), tmp)}
+        runs = {
+            "ce": loop.setup(config_of(plan, npz, 0.0), tmp),
+            "ce_gsc": loop.setup(config_of(plan, npz, plan["gsc_gamma"]), tmp),
+        }
         ce = runs["ce"]
-        batches = ce.source.train_batches(batch_size=plan["batch_size"], start_step=0,
-                                          num_steps=10**9, mesh=ce.mesh, seed=ce.config.seed)
+        batches = ce.source.train_batches(
+            batch_size=plan["batch_size"],
+            start_step=0,
+            num_steps=10**9,
+            mesh=ce.mesh,
+            seed=ce.config.seed,
+        )
         batch = next(batches)
         evaluator = ce.evaluators["val"]
 
         def extra(runners):
-            return {"batch": lambda: next(batches),
-                    "eval_batch": lambda: evaluator.run(runners["ce"].state)[0]["top1"]}
+            return {
+                "batch": lambda: next(batches),
+                "eval_batch": lambda: evaluator.run(runners["ce"].state)[0]["top1"],
+            }
 
-        timings, machine, _ = _train_steps.time_losses(runs, batch, repeats=plan["repeats"],
-                                                       extra_calls=extra)
-    timing = {"step_s": timings["ce"]["median_s"], "gsc_step_s": timings["ce_gsc"]["median_s"],
-              "batch_s": timings["batch"]["median_s"],
-              "eval_batch_s": timings["eval_batch"]["median_s"]}
-    return [{
-        "model": f"VGG {plan['width']}/{plan['hidden']}, {plan['train_crops']} crop(s) of "
-                 f"{plan['crop']}px x {plan['batch_size']} faces, "
-                 f"{'bf16' if plan['bf16'] else 'f32'}",
-        "plan": plan, "machine": machine, "timings": timings,
-        "macs_per_crop": models.multiply_adds(crop=plan["crop"], width=plan["width"],
-                                              hidden=plan["hidden"]),
-        "ratio_ce_gsc_to_ce": timing["gsc_step_s"] / timing["step_s"], **timing,
-        **project(timing, batch_size=plan["batch_size"],
-                  eval_batch_size=plan["eval_batch_size"], epochs=plan["epochs"])}]
+        timings, machine, _ = _train_steps.time_losses(
+            runs, batch, repeats=plan["repeats"], extra_calls=extra
+        )
+    timing = {
+        "step_s": timings["ce"]["median_s"],
+        "gsc_step_s": timings["ce_gsc"]["median_s"],
+        "batch_s": timings["batch"]["median_s"],
+        "eval_batch_s": timings["eval_batch"]["median_s"],
+    }
+    return [
+        {
+            "model": f"VGG {plan['width']}/{plan['hidden']}, {plan['train_crops']} crop(s) of "
+            f"{plan['crop']}px x {plan['batch_size']} faces, "
+            f"{'bf16' if plan['bf16'] else 'f32'}",
+            "plan": plan,
+            "machine": machine,
+            "timings": timings,
+            "macs_per_crop": models.multiply_adds(
+                crop=plan["crop"], width=plan["width"], hidden=plan["hidden"]
+            ),
+            "ratio_ce_gsc_to_ce": timing["gsc_step_s"] / timing["step_s"],
+            **timing,
+            **project(
+                timing,
+                batch_size=plan["batch_size"],
+                eval_batch_size=plan["eval_batch_size"],
+                epochs=plan["epochs"],
+            ),
+        }
+    ]
 
 
 def project(timing: dict, *, batch_size: int, eval_batch_size: int, epochs: int) -> dict:
@@ -105,21 +158,29 @@ def project(timing: dict, *, batch_size: int, eval_batch_size: int, epochs: int)
     eval_batches = sum(-(-FER2013_SIZES[s] // eval_batch_size) for s in ("val", "test"))
     train_s = steps_per_epoch * (timing["step_s"] + timing.get("batch_s", 0.0))
     epoch_s = train_s + eval_batches * timing["eval_batch_s"]
-    return {"steps_per_epoch": steps_per_epoch, "eval_batches_per_epoch": eval_batches,
-            "train_s_per_epoch": train_s,
-            "eval_s_per_epoch": eval_batches * timing["eval_batch_s"], "epoch_s": epoch_s,
-            "epochs": epochs, "run_h": epochs * epoch_s / 3600.0}
+    return {
+        "steps_per_epoch": steps_per_epoch,
+        "eval_batches_per_epoch": eval_batches,
+        "train_s_per_epoch": train_s,
+        "eval_s_per_epoch": eval_batches * timing["eval_batch_s"],
+        "epoch_s": epoch_s,
+        "epochs": epochs,
+        "run_h": epochs * epoch_s / 3600.0,
+    }
 
 
 def markdown(records: list[dict]) -> str:
-    lines = ["| configuration | CE step ms | CE+GSC step ms | step / CE | batch (augment) ms | "
-             "eval batch ms | projected epoch s | projected run h |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| configuration | CE step ms | CE+GSC step ms | step / CE | batch (augment) ms | "
+        "eval batch ms | projected epoch s | projected run h |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for rec in records:
         lines.append(
             f"| {rec['model']} | {rec['step_s'] * 1e3:.1f} | {rec['gsc_step_s'] * 1e3:.1f} | "
             f"{rec['ratio_ce_gsc_to_ce']:.3f} | {rec['batch_s'] * 1e3:.1f} | "
-            f"{rec['eval_batch_s'] * 1e3:.1f} | {rec['epoch_s']:.0f} | {rec['run_h']:.3g} |")
+            f"{rec['eval_batch_s'] * 1e3:.1f} | {rec['epoch_s']:.0f} | {rec['run_h']:.3g} |"
+        )
     return "\n".join(lines)
 
 
@@ -137,8 +198,12 @@ def _flags():
     flags.DEFINE_float("gsc_gamma", d["gsc_gamma"], "GSC gamma of the ce_gsc step (> 0).")
     flags.DEFINE_integer("gsc_top_c", d["gsc_top_c"], "GSC top_c of the ce_gsc step.")
     flags.DEFINE_integer("steps", d["repeats"], "Timed samples of every call (steps, batches).")
-    flags.DEFINE_integer("eval_batches", d["repeats"], "Timed evaluation batches: the round-robin "
-                         "takes max(--steps, --eval_batches) samples of every call.")
+    flags.DEFINE_integer(
+        "eval_batches",
+        d["repeats"],
+        "Timed evaluation batches: the round-robin "
+        "takes max(--steps, --eval_batches) samples of every call.",
+    )
     flags.DEFINE_bool("bf16", d["bf16"], "bfloat16 compute.")
     flags.DEFINE_string("out", "benchmarks/results/fer2013_step.json", "JSON written here.")
     return flags.FLAGS
@@ -151,10 +216,19 @@ def main(argv):
     f = FLAGS
     if not f.gsc_gamma > 0:
         raise app.UsageError(f"--gsc_gamma must be > 0 (the ce_gsc step), got {f.gsc_gamma}.")
-    plan = {"width": f.width, "hidden": f.hidden, "train_crops": int(f.train_crops),
-            "crop": f.crop, "batch_size": f.batch_size, "eval_batch_size": f.eval_batch_size,
-            "epochs": f.epochs, "gsc_gamma": f.gsc_gamma, "gsc_top_c": f.gsc_top_c,
-            "repeats": max(f.steps, f.eval_batches), "bf16": f.bf16}
+    plan = {
+        "width": f.width,
+        "hidden": f.hidden,
+        "train_crops": int(f.train_crops),
+        "crop": f.crop,
+        "batch_size": f.batch_size,
+        "eval_batch_size": f.eval_batch_size,
+        "epochs": f.epochs,
+        "gsc_gamma": f.gsc_gamma,
+        "gsc_top_c": f.gsc_top_c,
+        "repeats": max(f.steps, f.eval_batches),
+        "bf16": f.bf16,
+    }
     try:
         records = run(plan)
     except ValueError as error:  # a bad setting, named by the config's validation

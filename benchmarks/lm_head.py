@@ -57,10 +57,12 @@ def run_config(shape, top_c, dtype, chunk_size, candidates, repeats):
     losses = _losses(labels, top_c, chunk_size)
     executables = {}
     for name in candidates:
-        step = jax.jit(jax.value_and_grad(
-            lambda h, w, loss=losses[name]: jnp.mean(loss(h, w).astype(jnp.float32)),
-            argnums=(0, 1),
-        ))
+        step = jax.jit(
+            jax.value_and_grad(
+                lambda h, w, loss=losses[name]: jnp.mean(loss(h, w).astype(jnp.float32)),
+                argnums=(0, 1),
+            )
+        )
         executables[name] = step.lower(hidden, weight).compile()
     temp_bytes = {
         name: int(fn.memory_analysis().temp_size_in_bytes) for name, fn in executables.items()
@@ -94,11 +96,17 @@ def run(plan: dict) -> list[dict]:
     candidates = ["ce"] + [name for name in names if name != "ce"]
     records = []
     for shape in plan.get("shapes", SHAPES):
-        records.append(run_config(tuple(shape), plan.get("top_c", 5), plan.get("dtype", "float32"),
-                                  plan.get("chunk_size", 4096), candidates,
-                                  plan.get("repeats", 5)))
-        print(f"  done {tuple(shape)} {plan.get('dtype', 'float32')}", file=sys.stderr,
-              flush=True)
+        records.append(
+            run_config(
+                tuple(shape),
+                plan.get("top_c", 5),
+                plan.get("dtype", "float32"),
+                plan.get("chunk_size", 4096),
+                candidates,
+                plan.get("repeats", 5),
+            )
+        )
+        print(f"  done {tuple(shape)} {plan.get('dtype', 'float32')}", file=sys.stderr, flush=True)
     return records
 
 
@@ -108,8 +116,9 @@ def markdown(records: list[dict]) -> str:
 
 
 def markdown_table(records, candidates) -> str:
-    header = ("| B x D x V | dtype | chunk | candidate | median ms | time / ce | temp MiB | "
-              "temp / ce |")
+    header = (
+        "| B x D x V | dtype | chunk | candidate | median ms | time / ce | temp MiB | temp / ce |"
+    )
     lines = [header, "|" + "---|" * 8]
     for rec in records:
         for name in candidates:
@@ -128,15 +137,22 @@ def _parse_shapes(text):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shapes", type=_parse_shapes, default=SHAPES,
-                        help="B x D x V, e.g. 2048x1024x32768,2048x1024x131072")
+    parser.add_argument(
+        "--shapes",
+        type=_parse_shapes,
+        default=SHAPES,
+        help="B x D x V, e.g. 2048x1024x32768,2048x1024x131072",
+    )
     parser.add_argument("--chunk-size", type=int, default=4096)
     parser.add_argument("--top-c", type=int, default=5)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--repeats", type=int, default=5, help="timed samples per candidate")
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=CANDIDATES)
-    parser.add_argument("--quick", action="store_true",
-                        help="one small shape (256x128x8192), 3 repeats: a smoke run")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="one small shape (256x128x8192), 3 repeats: a smoke run",
+    )
     parser.add_argument("--out", default="benchmarks/results/lm_head.json")
     args = parser.parse_args(argv)
     if args.quick:
@@ -144,9 +160,16 @@ def main(argv=None):
     candidates = ["ce"] + [name for name in args.candidates if name != "ce"]
     machine = _timing.machine_info()
     print(f"machine: {machine}", file=sys.stderr)
-    records = run({"shapes": args.shapes, "top_c": args.top_c, "dtype": args.dtype,
-                   "chunk_size": args.chunk_size, "candidates": candidates,
-                   "repeats": args.repeats})
+    records = run(
+        {
+            "shapes": args.shapes,
+            "top_c": args.top_c,
+            "dtype": args.dtype,
+            "chunk_size": args.chunk_size,
+            "candidates": candidates,
+            "repeats": args.repeats,
+        }
+    )
     machine["load_average_end"] = _timing.machine_info()["load_average"]
     print(markdown_table(records, candidates))
     _timing.write_json(

@@ -39,8 +39,14 @@ SHAPES = ((256, 10), (1024, 1000), (64, 32000), (8, 128000))
 TOP_CS = (2, 5)
 DTYPES = ("float32", "bfloat16")
 GAMMA = 0.05
-CANDIDATES = ("ce", "gsc_loss", "gsc_loss_cpu_kernel", "gsc_loss_reference", "gsc_term",
-              "gsc_term_reference")
+CANDIDATES = (
+    "ce",
+    "gsc_loss",
+    "gsc_loss_cpu_kernel",
+    "gsc_loss_reference",
+    "gsc_term",
+    "gsc_term_reference",
+)
 DEFAULT_CANDIDATES = ("ce", "gsc_loss", "gsc_loss_cpu_kernel", "gsc_loss_reference")
 KERNEL_CANDIDATES = ("gsc_loss_cpu_kernel",)
 
@@ -66,8 +72,9 @@ def _compile(loss, logits):
 
 def compile_candidates(losses, names, logits):
     """Ahead-of-time executables of every candidate: the kernel ones with the kernel enabled."""
-    compiled = {name: _compile(losses[name], logits) for name in names
-                if name not in KERNEL_CANDIDATES}
+    compiled = {
+        name: _compile(losses[name], logits) for name in names if name not in KERNEL_CANDIDATES
+    }
     kernel_names = [name for name in names if name in KERNEL_CANDIDATES]
     if kernel_names:
         gsc_jax.cpu_kernel.enable()
@@ -113,8 +120,12 @@ def markdown_tables(records, candidates) -> str:
     others = [name for name in candidates if name != "ce"]
     header = "| shape | top_c | dtype | ce ms | " + " | ".join(f"{n} / ce" for n in others) + " |"
     rule = "|" + "---|" * (4 + len(others))
-    lines = ["Median forward+backward time: optax CE in ms, the others as ratios to it:", "",
-             header, rule]
+    lines = [
+        "Median forward+backward time: optax CE in ms, the others as ratios to it:",
+        "",
+        header,
+        rule,
+    ]
     for rec in records:
         cells = rec["candidates"]
         row = [
@@ -123,8 +134,7 @@ def markdown_tables(records, candidates) -> str:
             rec["dtype"],
             f"{cells['ce']['median_s'] * 1e3:.3f}",
         ]
-        row += [f"{cells[name]['ratio_to_ce']:.2f}" if name in cells else "n/a"
-                for name in others]
+        row += [f"{cells[name]['ratio_to_ce']:.2f}" if name in cells else "n/a" for name in others]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "Compiled temporary memory, KiB (logits size for scale):", ""]
     lines.append("| shape | top_c | dtype | logits | " + " | ".join(candidates) + " |")
@@ -136,8 +146,12 @@ def markdown_tables(records, candidates) -> str:
             rec["dtype"],
             f"{rec['logits_bytes'] / 1024:.0f}",
         ]
-        row += [f"{rec['candidates'][name]['temp_bytes'] / 1024:.0f}"
-                if name in rec["candidates"] else "n/a" for name in candidates]
+        row += [
+            f"{rec['candidates'][name]['temp_bytes'] / 1024:.0f}"
+            if name in rec["candidates"]
+            else "n/a"
+            for name in candidates
+        ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -196,8 +210,9 @@ def main(argv=None):
     )
     parser.add_argument("--top-c", type=int, nargs="+", default=list(TOP_CS))
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
-    parser.add_argument("--candidates", nargs="+", default=list(DEFAULT_CANDIDATES),
-                        choices=CANDIDATES)
+    parser.add_argument(
+        "--candidates", nargs="+", default=list(DEFAULT_CANDIDATES), choices=CANDIDATES
+    )
     parser.add_argument(
         "--quick", action="store_true", help="5 repeats, float32 only, top_c=5 only (a smoke run)"
     )
@@ -207,8 +222,15 @@ def main(argv=None):
         args.repeats, args.dtypes, args.top_c = 5, ["float32"], [5]
     machine = _timing.machine_info()
     print(f"machine: {machine}", file=sys.stderr)
-    records = run({"shapes": args.shapes, "top_c": args.top_c, "dtypes": args.dtypes,
-                   "candidates": args.candidates, "repeats": args.repeats})
+    records = run(
+        {
+            "shapes": args.shapes,
+            "top_c": args.top_c,
+            "dtypes": args.dtypes,
+            "candidates": args.candidates,
+            "repeats": args.repeats,
+        }
+    )
     skipped = records[0]["skipped_candidates"] if records else {}
     candidates = list(records[0]["candidates"]) if records else ["ce"]
     machine["load_average_end"] = _timing.machine_info()["load_average"]

@@ -37,6 +37,7 @@ def _executables(select, logits, labels, top_c):
     original = _fused.select_top
     _fused.select_top = select
     try:
+
         def loss(z):
             return gsc_jax.gsc_loss(z, labels, gamma=0.05, top_c=top_c).mean()
 
@@ -78,8 +79,11 @@ def run(plan: dict) -> list[dict]:
 
 def markdown_table(records) -> str:
     names = list(SELECTIONS)
-    header = "| shape | top_c | " + " | ".join(
-        f"{measure}: {' / '.join(names)} ms" for measure in MEASURES) + " |"
+    header = (
+        "| shape | top_c | "
+        + " | ".join(f"{measure}: {' / '.join(names)} ms" for measure in MEASURES)
+        + " |"
+    )
     lines = [header, "|" + "---|" * (2 + len(MEASURES))]
     for rec in records:
         cells = [f"{rec['shape'][0]}x{rec['shape'][1]}", str(rec["top_c"])]
@@ -105,14 +109,20 @@ def main(argv=None):
     records = run({"shapes": args.shapes, "top_c": args.top_c, "repeats": args.repeats})
     machine["load_average_end"] = _timing.machine_info()["load_average"]
     print(markdown_table(records))
-    _timing.write_json(args.out, {
-        "benchmark": "top_c_selection",
-        "measure": "median seconds per call of compiled programs, in ms",
-        "machine": machine,
-        "args": {"repeats": args.repeats, "top_c": args.top_c,
-                 "shapes": [list(s) for s in args.shapes]},
-        "records": records,
-    })
+    _timing.write_json(
+        args.out,
+        {
+            "benchmark": "top_c_selection",
+            "measure": "median seconds per call of compiled programs, in ms",
+            "machine": machine,
+            "args": {
+                "repeats": args.repeats,
+                "top_c": args.top_c,
+                "shapes": [list(s) for s in args.shapes],
+            },
+            "records": records,
+        },
+    )
     print(f"\nwrote {args.out}", file=sys.stderr)
 
 

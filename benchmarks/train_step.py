@@ -80,8 +80,10 @@ def run(plan: dict) -> list[dict]:
         "gsc_loss_reference": functools.partial(gsc_loss, implementation="reference"),
     }
     step_args = (params, opt_state, images, labels)
-    steps = {name: make_step(model, tx, loss).lower(*step_args).compile()
-             for name, loss in losses.items()}
+    steps = {
+        name: make_step(model, tx, loss).lower(*step_args).compile()
+        for name, loss in losses.items()
+    }
     skipped = {}
     if jax.default_backend() != "cpu":
         skipped["gsc_loss_cpu_kernel"] = "the CPU kernel applies to the CPU backend only"
@@ -93,8 +95,9 @@ def run(plan: dict) -> list[dict]:
             print(f"skipping gsc_loss_cpu_kernel: {error}", file=sys.stderr)
         else:
             try:
-                steps["gsc_loss_cpu_kernel"] = make_step(model, tx, gsc_loss).lower(
-                    *step_args).compile()
+                steps["gsc_loss_cpu_kernel"] = (
+                    make_step(model, tx, gsc_loss).lower(*step_args).compile()
+                )
             finally:
                 gsc_jax.cpu_kernel.disable()
     timings = _timing.interleaved_medians(
@@ -103,40 +106,65 @@ def run(plan: dict) -> list[dict]:
     )
     for t in timings.values():
         t["ratio_to_ce"] = t["median_s"] / timings["ce"]["median_s"]
-    return [{"batch": batch, "dtype": dtype, "top_c": top_c, "gamma": gamma,
-             "timings": timings, "skipped_candidates": skipped}]
+    return [
+        {
+            "batch": batch,
+            "dtype": dtype,
+            "top_c": top_c,
+            "gamma": gamma,
+            "timings": timings,
+            "skipped_candidates": skipped,
+        }
+    ]
 
 
 def markdown(records: list[dict]) -> str:
     """One row per (record, loss): median and min step ms, the ratio to ce."""
-    lines = ["| batch | dtype | loss | median step ms | min step ms | ratio to ce (median) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| batch | dtype | loss | median step ms | min step ms | ratio to ce (median) |",
+        "|---|---|---|---|---|---|",
+    ]
     for rec in records:
         for name, t in rec["timings"].items():
-            lines.append(f"| {rec['batch']} | {rec['dtype']} | {name} | "
-                         f"{t['median_s'] * 1e3:.2f} | {t['min_s'] * 1e3:.2f} | "
-                         f"{t['ratio_to_ce']:.3f} |")
+            lines.append(
+                f"| {rec['batch']} | {rec['dtype']} | {name} | "
+                f"{t['median_s'] * 1e3:.2f} | {t['min_s'] * 1e3:.2f} | "
+                f"{t['ratio_to_ce']:.3f} |"
+            )
     return "\n".join(lines)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--repeats", type=int, default=100,
+        "--repeats",
+        type=int,
+        default=100,
         help="samples per loss; steps vary by +-25%% on a shared 2-core VM, so the median needs many",
     )
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--top-c", type=int, default=2)
     parser.add_argument("--gamma", type=float, default=0.05)
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                        help="compute dtype of the convnet (float32 parameters and logits)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="compute dtype of the convnet (float32 parameters and logits)",
+    )
     parser.add_argument("--out", default="benchmarks/results/train_step.json")
     args = parser.parse_args(argv)
 
     machine = _timing.machine_info()
     print(f"machine: {machine}", file=sys.stderr)
-    records = run({"batch": args.batch, "top_c": args.top_c, "gamma": args.gamma,
-                   "repeats": args.repeats, "dtype": args.dtype})
+    records = run(
+        {
+            "batch": args.batch,
+            "top_c": args.top_c,
+            "gamma": args.gamma,
+            "repeats": args.repeats,
+            "dtype": args.dtype,
+        }
+    )
     timings = records[0]["timings"]
     print(markdown(records))
     machine["load_average_end"] = _timing.machine_info()["load_average"]

@@ -1,7 +1,7 @@
 """gsc_jax: the GSC loss (Zhao et al. 2022) for JAX, with the baselines it combines with.
 
-    from gsc_jax import gsc_loss
-    loss = gsc_loss(logits, labels, gamma=0.05, top_c=2).mean()
+from gsc_jax import gsc_loss
+loss = gsc_loss(logits, labels, gamma=0.05, top_c=2).mean()
 """
 
 from gsc_jax import cpu_kernel

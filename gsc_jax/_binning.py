@@ -74,7 +74,6 @@ def binned_rows(probs, example_mask, tolerance: float):
     return is_distribution, takes_part, takes_part & is_distribution
 
 
-
 def normalize_confidence(confidence: Array) -> Array:
     """Carries the lower limbs into ``[0, 1024)``; a negative (overflowed) bin becomes all -1."""
     whole, mid, low = confidence[..., 0], confidence[..., 1], confidence[..., 2]
@@ -126,14 +125,17 @@ def binned_sums(values: Array, hits: Array, binned: Array, num_bins: int) -> tup
     chunk = (jnp.arange(num_examples, dtype=jnp.int32) // CHUNK)[:, None]
     segments = jnp.arange(num_cells, dtype=jnp.int32)[None, :] * num_bins + bins + cells * chunk
     sums = jax.ops.segment_sum(
-        columns.reshape(-1, columns.shape[-1]), segments.reshape(-1),
+        columns.reshape(-1, columns.shape[-1]),
+        segments.reshape(-1),
         num_segments=cells * num_chunks,
     )
     sums = sums.reshape(num_chunks, num_cells, num_bins, columns.shape[-1])
     confidence = jnp.sum(normalize_confidence(sums[..., 2:]), axis=0, dtype=jnp.int32)
-    return (jnp.sum(sums[..., 0], axis=0, dtype=jnp.int32),
-            jnp.sum(sums[..., 1], axis=0, dtype=jnp.int32),
-            normalize_confidence(confidence))
+    return (
+        jnp.sum(sums[..., 0], axis=0, dtype=jnp.int32),
+        jnp.sum(sums[..., 1], axis=0, dtype=jnp.int32),
+        normalize_confidence(confidence),
+    )
 
 
 def confidence_terms(correct: Array, confidence: Array) -> tuple[Array, Array]:
@@ -143,10 +145,9 @@ def confidence_terms(correct: Array, confidence: Array) -> tuple[Array, Array]:
     once however large the counts.
     """
     whole = confidence[..., 0]
-    fraction = (
-        (confidence[..., 1] * (1 << LIMB_BITS) + confidence[..., 2]).astype(jnp.float32)
-        / float(1 << FRACTION_BITS)
-    )
+    fraction = (confidence[..., 1] * (1 << LIMB_BITS) + confidence[..., 2]).astype(
+        jnp.float32
+    ) / float(1 << FRACTION_BITS)
     gap = (correct - whole).astype(jnp.float32) - fraction
     return gap, whole.astype(jnp.float32) + fraction
 

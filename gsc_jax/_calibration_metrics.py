@@ -17,6 +17,7 @@ from gsc_jax import _validation
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 
+
 class CalibrationStats(NamedTuple):
     """Per-bin integer sums over equal-width confidence bins (merge: `merge_calibration_stats`)."""
 
@@ -55,9 +56,14 @@ def calibration_stats(
       ``[M, 3]``, ``invalid`` ``[]``.
     """
     probs, labels, example_mask, num_bins = _binning.check_stats_inputs(
-        "calibration_stats", probs, labels, example_mask, num_bins)
+        "calibration_stats", probs, labels, example_mask, num_bins
+    )
     return _calibration_stats(
-        probs, labels, example_mask, num_bins=num_bins, tolerance=_validation.distribution_tolerance(probs.dtype)
+        probs,
+        labels,
+        example_mask,
+        num_bins=num_bins,
+        tolerance=_validation.distribution_tolerance(probs.dtype),
     )
 
 
@@ -72,7 +78,8 @@ def _calibration_stats(probs, labels, example_mask, *, num_bins: int, tolerance:
     ids, label_valid = _examples.class_ids(labels, num_classes)
     correct = (jnp.argmax(probs, axis=-1) == ids) & label_valid
     count, hits, confidence_sums = _binning.binned_sums(
-        confidence[:, None], correct[:, None], binned, num_bins)
+        confidence[:, None], correct[:, None], binned, num_bins
+    )
     return CalibrationStats(
         count=count[0],
         correct=hits[0],
@@ -242,9 +249,7 @@ def adaptive_calibration_error(
     To accumulate it over batches, accumulate ``calibration_stats(..., num_bins=4096)`` and call
     `adaptive_calibration_error_from_stats`.
     """
-    stats = calibration_stats(
-        probs, labels, num_bins=ADAPTIVE_FINE_BINS, example_mask=example_mask
-    )
+    stats = calibration_stats(probs, labels, num_bins=ADAPTIVE_FINE_BINS, example_mask=example_mask)
     return adaptive_calibration_error_from_stats(stats, num_bins=num_bins)
 
 
@@ -437,8 +442,11 @@ def _smooth_residual_grid(stats: CalibrationStats):
 def _smooth_ece_at(circle_fft: Array, sigma: Array, num_bins: int) -> Array:
     """smECE at bandwidth ``sigma``: the L1 norm over [0, 1] of the kernel-smoothed residual."""
     period = 2 * num_bins
-    offsets = jnp.arange(period, dtype=jnp.float32)[None, :] + period * jnp.arange(
-        -_SMOOTH_ECE_IMAGES, _SMOOTH_ECE_IMAGES + 1, dtype=jnp.float32)[:, None]
+    offsets = (
+        jnp.arange(period, dtype=jnp.float32)[None, :]
+        + period
+        * jnp.arange(-_SMOOTH_ECE_IMAGES, _SMOOTH_ECE_IMAGES + 1, dtype=jnp.float32)[:, None]
+    )
     scaled = offsets / (num_bins * jnp.maximum(sigma, 1e-12))
     kernel = jnp.sum(jnp.exp(-0.5 * jnp.square(scaled)), axis=0)
     kernel = kernel / (jnp.sum(kernel) / num_bins)  # integrates to 1 over the period
@@ -503,13 +511,14 @@ def smooth_calibration_error_from_stats(stats: CalibrationStats) -> dict[str, Ar
         above = _smooth_ece_at(circle_fft, middle, num_bins) > middle
         return jnp.where(above, middle, low), jnp.where(above, high, middle)
 
-    _, sigma = jax.lax.fori_loop(
-        0, _SMOOTH_ECE_STEPS, bisect, (jnp.float32(0.0), jnp.float32(1.0))
-    )
+    _, sigma = jax.lax.fori_loop(0, _SMOOTH_ECE_STEPS, bisect, (jnp.float32(0.0), jnp.float32(1.0)))
     empty = total == 0
     sigma = jnp.where(empty, 0.0, sigma)
     smooth_ece = jnp.where(empty, 0.0, _smooth_ece_at(circle_fft, sigma, num_bins))
-    return {"smooth_ece": _binning.nan_if(unusable, smooth_ece), "sigma": _binning.nan_if(unusable, sigma)}
+    return {
+        "smooth_ece": _binning.nan_if(unusable, smooth_ece),
+        "sigma": _binning.nan_if(unusable, sigma),
+    }
 
 
 def smooth_calibration_error(

@@ -16,6 +16,7 @@ from gsc_jax import _validation
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 
+
 class ClasswiseCalibrationStats(NamedTuple):
     """Per-class, per-bin integer sums of :math:`p_k` against :math:`[y = k]`.
 
@@ -55,9 +56,14 @@ def classwise_calibration_stats(
       ``confidence`` ``[K, M, 3]``, ``invalid`` ``[]``.
     """
     probs, labels, example_mask, num_bins = _binning.check_stats_inputs(
-        "classwise_calibration_stats", probs, labels, example_mask, num_bins)
+        "classwise_calibration_stats", probs, labels, example_mask, num_bins
+    )
     return _classwise_calibration_stats(
-        probs, labels, example_mask, num_bins=num_bins, tolerance=_validation.distribution_tolerance(probs.dtype)
+        probs,
+        labels,
+        example_mask,
+        num_bins=num_bins,
+        tolerance=_validation.distribution_tolerance(probs.dtype),
     )
 
 
@@ -139,9 +145,7 @@ def classwise_calibration_error(
     example_mask: Optional[ArrayLike] = None,
 ) -> Array:
     """Classwise ECE (SCE) of ``probs [..., K]``; see `classwise_calibration_error_from_stats`."""
-    stats = classwise_calibration_stats(
-        probs, labels, num_bins=num_bins, example_mask=example_mask
-    )
+    stats = classwise_calibration_stats(probs, labels, num_bins=num_bins, example_mask=example_mask)
     return classwise_calibration_error_from_stats(stats)
 
 
@@ -194,7 +198,5 @@ def brier_decomposition(
     example_mask: Optional[ArrayLike] = None,
 ) -> dict[str, Array]:
     """Brier reliability/resolution/uncertainty; see `brier_decomposition_from_stats`."""
-    stats = classwise_calibration_stats(
-        probs, labels, num_bins=num_bins, example_mask=example_mask
-    )
+    stats = classwise_calibration_stats(probs, labels, num_bins=num_bins, example_mask=example_mask)
     return brier_decomposition_from_stats(stats)

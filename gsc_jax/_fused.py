@@ -234,8 +234,11 @@ def _row_statistics_xla(masked, logits, where, top_c):
 def _uses_kernel(logits):
     """Whether rows of ``logits`` go through the CPU kernel: float32 or bfloat16 on the CPU
     backend once `gsc_jax.cpu_kernel.enable` has succeeded."""
-    return (cpu_kernel.is_enabled() and logits.dtype in (jnp.float32, jnp.bfloat16)
-            and jax.default_backend() == "cpu")
+    return (
+        cpu_kernel.is_enabled()
+        and logits.dtype in (jnp.float32, jnp.bfloat16)
+        and jax.default_backend() == "cpu"
+    )
 
 
 def _upcast(x):
@@ -253,6 +256,7 @@ def _kernel_or_xla(kernel, xla, *args):
 
 def _row_statistics(masked, logits, where, top_c):
     """`_row_statistics_xla`, or with the CPU kernel enabled its one-sweep forward kernel."""
+
     def xla(masked, logits):
         return _row_statistics_xla(_upcast(masked), _upcast(logits), where, top_c)
 
@@ -272,8 +276,10 @@ def _forward(logits, where, labels, label_kind, top_c):
         masked, logits, where, top_c
     )
     # No exp > 0: no class taking part (where all False; everything 0) or no softmax (NaN).
-    undefined = jnp.nan if where is None else jnp.where(
-        jnp.any(where, axis=-1, keepdims=True), jnp.nan, 1.0
+    undefined = (
+        jnp.nan
+        if where is None
+        else jnp.where(jnp.any(where, axis=-1, keepdims=True), jnp.nan, 1.0)
     )
     total = jnp.where(total == 0, undefined, total)
     log_total = jnp.log(total)
@@ -298,8 +304,18 @@ def _forward(logits, where, labels, label_kind, top_c):
     else:
         cross_entropy = jnp.zeros_like(entropy)
     statistics = (cross_entropy[..., 0], entropy[..., 0], top_scores)
-    residuals = (logits, where, labels, exps, total, row_max, entropy, top_scores, top_indices,
-                 top_values)
+    residuals = (
+        logits,
+        where,
+        labels,
+        exps,
+        total,
+        row_max,
+        entropy,
+        top_scores,
+        top_indices,
+        top_values,
+    )
     return statistics, residuals
 
 
@@ -329,8 +345,18 @@ def _update_at_indices(x, indices, values, how):
     return update_row(x, indices, values.astype(x.dtype))
 
 
-def _logits_cotangent_xla(logits, exps, total, row_max, row_coefficient, ct_entropy,
-                          top_indices, top_entries, label_indices, label_entries):
+def _logits_cotangent_xla(
+    logits,
+    exps,
+    total,
+    row_max,
+    row_coefficient,
+    ct_entropy,
+    top_indices,
+    top_entries,
+    label_indices,
+    label_entries,
+):
     """`_logits_cotangent` by XLA operations: one elementwise pass, then the written entries."""
     logits = _upcast(logits)
     probs = exps * (1.0 / total)
@@ -344,8 +370,18 @@ def _logits_cotangent_xla(logits, exps, total, row_max, row_coefficient, ct_entr
     return _update_at_indices(cotangent, label_indices, label_entries, "add")
 
 
-def _logits_cotangent_kernel(logits, exps, total, row_max, row_coefficient, ct_entropy,
-                             top_indices, top_entries, label_indices, label_entries):
+def _logits_cotangent_kernel(
+    logits,
+    exps,
+    total,
+    row_max,
+    row_coefficient,
+    ct_entropy,
+    top_indices,
+    top_entries,
+    label_indices,
+    label_entries,
+):
     """`_logits_cotangent` in one pass of the CPU kernel's backward pass (float32, CPU)."""
     from gsc_jax.cpu_kernel import _ffi
 
@@ -354,22 +390,48 @@ def _logits_cotangent_kernel(logits, exps, total, row_max, row_coefficient, ct_e
         label_entries = jnp.zeros_like(row_max)
     inverse_total = 1.0 / total
     return _ffi.row_gradient(
-        logits, exps, row_coefficient * inverse_total, ct_entropy * inverse_total, row_max,
-        top_indices, top_entries, label_indices, label_entries,
+        logits,
+        exps,
+        row_coefficient * inverse_total,
+        ct_entropy * inverse_total,
+        row_max,
+        top_indices,
+        top_entries,
+        label_indices,
+        label_entries,
     )
 
 
-def _logits_cotangent(logits, exps, total, row_max, row_coefficient, ct_entropy, top_indices,
-                      top_entries, label_indices, label_entries):
+def _logits_cotangent(
+    logits,
+    exps,
+    total,
+    row_max,
+    row_coefficient,
+    ct_entropy,
+    top_indices,
+    top_entries,
+    label_indices,
+    label_entries,
+):
     """S * (row_coefficient - ct_entropy (z - m)) with S = exps / total, then per row the
     entries at ``top_indices`` set to ``top_entries`` and, unless ``label_indices`` is None,
     ``label_entries`` added at ``label_indices`` (indices outside the row are dropped)."""
+
     def bound(fn):
         return functools.partial(fn, label_indices=label_indices, label_entries=label_entries)
 
     return _kernel_or_xla(
-        bound(_logits_cotangent_kernel), bound(_logits_cotangent_xla),
-        logits, exps, total, row_max, row_coefficient, ct_entropy, top_indices, top_entries,
+        bound(_logits_cotangent_kernel),
+        bound(_logits_cotangent_xla),
+        logits,
+        exps,
+        total,
+        row_max,
+        row_coefficient,
+        ct_entropy,
+        top_indices,
+        top_entries,
     )
 
 
@@ -377,8 +439,9 @@ def _backward(label_kind, top_c, residuals, cotangents):
     """Closed-form VJP of `softmax_statistics`: one elementwise pass, then top_c + 1 entries a row."""
     del top_c
     residuals, cotangents = jax.tree.map(_guard_float, (residuals, cotangents))
-    (logits, where, labels, exps, total, row_max, entropy, top_scores, top_indices,
-     top_values) = residuals
+    (logits, where, labels, exps, total, row_max, entropy, top_scores, top_indices, top_values) = (
+        residuals
+    )
     ct_cross_entropy, ct_entropy, ct_top = cotangents
     ct_cross_entropy = ct_cross_entropy[..., None]
     ct_entropy = ct_entropy[..., None]
@@ -415,11 +478,20 @@ def _backward(label_kind, top_c, residuals, cotangents):
     # missing entry's sentinel index num_classes is dropped.
     top_shifted = jnp.where(top_scores > 0, top_values - row_max, 0.0)  # -inf: a missing entry
     top_entries = top_scores * (row_coefficient + ct_top - ct_entropy * top_shifted)
-    label_indices, label_entries = (labels[..., None], -ct_cross_entropy) if label_kind == "int" \
-        else (None, None)
+    label_indices, label_entries = (
+        (labels[..., None], -ct_cross_entropy) if label_kind == "int" else (None, None)
+    )
     logits_cotangent = _logits_cotangent(
-        logits, exps, total, row_max, row_coefficient, ct_entropy, top_indices, top_entries,
-        label_indices, label_entries,
+        logits,
+        exps,
+        total,
+        row_max,
+        row_coefficient,
+        ct_entropy,
+        top_indices,
+        top_entries,
+        label_indices,
+        label_entries,
     )
     if label_kind == "soft":
         logits_cotangent = logits_cotangent - targets

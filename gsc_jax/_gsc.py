@@ -269,10 +269,13 @@ def gsc_term(
     mu = check_mu(mu)
     example_mask = _examples.check_example_mask(example_mask, logits_last.shape[:-1])
     if example_mask is not None:
-        logits_last = jnp.where(example_mask[..., None], logits_last,
-                                jnp.zeros((), logits_last.dtype))
+        logits_last = jnp.where(
+            example_mask[..., None], logits_last, jnp.zeros((), logits_last.dtype)
+        )
     options = dict(
-        top_c=top_c, mu=mu, normalize_entropy=normalize_entropy,
+        top_c=top_c,
+        mu=mu,
+        normalize_entropy=normalize_entropy,
         stop_gradient_sigma=stop_gradient_sigma,
     )
     if not fused:
@@ -345,7 +348,9 @@ def gsc_loss(
     implementation = _check_implementation(implementation)
     _validation.check_non_negative("gamma", gamma)
     options = dict(
-        top_c=top_c, mu=mu, normalize_entropy=normalize_entropy,
+        top_c=top_c,
+        mu=mu,
+        normalize_entropy=normalize_entropy,
         stop_gradient_sigma=stop_gradient_sigma,
     )
     if implementation == "reference":
@@ -433,8 +438,15 @@ def with_gsc(
 
         @functools.wraps(base_loss)
         def cross_entropy_with_gsc(logits, labels, *, axis=-1, where=None, example_mask=None):
-            return gsc_loss(logits, labels, gamma=gamma, axis=axis, where=where,
-                            example_mask=example_mask, **gsc_kwargs)
+            return gsc_loss(
+                logits,
+                labels,
+                gamma=gamma,
+                axis=axis,
+                where=where,
+                example_mask=example_mask,
+                **gsc_kwargs,
+            )
 
         return cross_entropy_with_gsc
 

@@ -128,7 +128,10 @@ def _merge_top(logits, start, top_values, top_ids, chunk_top, vocab):
     """
     options = dict(chunk_top=chunk_top, vocab=vocab)
     return lax.platform_dependent(
-        logits, start, top_values, top_ids,
+        logits,
+        start,
+        top_values,
+        top_ids,
         cpu=functools.partial(_merge_top_select, **options),
         default=functools.partial(_merge_top_k, **options),
     )
@@ -185,15 +188,26 @@ def _forward(hidden, weight, bias, labels, top_c, chunk):
     valid = labels < vocab  # an invalid label is `vocab` here
     cross_entropy = jnp.where(valid, log_total - (label_logit - row_max), jnp.nan)
     statistics = (cross_entropy, entropy, top_scores)
-    residuals = (hidden, weight, bias, labels, row_max, log_total, entropy, top_scores, top_ids,
-                 top_values)
+    residuals = (
+        hidden,
+        weight,
+        bias,
+        labels,
+        row_max,
+        log_total,
+        entropy,
+        top_scores,
+        top_ids,
+        top_values,
+    )
     return statistics, residuals
 
 
 def _backward(top_c, chunk, residuals, cotangents):
     """Closed-form VJP of `_statistics`, chunk by chunk (see the module docstring)."""
-    (hidden, weight, bias, labels, row_max, log_total, entropy, top_scores, top_ids,
-     top_values) = residuals
+    (hidden, weight, bias, labels, row_max, log_total, entropy, top_scores, top_ids, top_values) = (
+        residuals
+    )
     ct_cross_entropy, ct_entropy, ct_top = cotangents
     vocab = weight.shape[1]
     num_chunks = -(-vocab // chunk)
@@ -254,9 +268,7 @@ def _backward(top_c, chunk, residuals, cotangents):
         jnp.zeros(weight.shape, accumulate),
         None if bias is None else jnp.zeros(bias.shape, accumulate),
     )
-    (d_hidden, d_weight, d_bias), _ = lax.scan(
-        step, init, jnp.arange(num_chunks, dtype=jnp.int32)
-    )
+    (d_hidden, d_weight, d_bias), _ = lax.scan(step, init, jnp.arange(num_chunks, dtype=jnp.int32))
     return (
         d_hidden.astype(hidden.dtype),
         d_weight.astype(weight.dtype),
@@ -274,7 +286,11 @@ _statistics.defvjp(_forward, _backward)
 
 
 def _check_chunk_size(chunk_size) -> int:
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, numbers.Integral)
+        or chunk_size < 1
+    ):
         raise ValueError(f"`chunk_size` must be an int >= 1, got {chunk_size!r}.")
     return int(chunk_size)
 
@@ -366,7 +382,9 @@ def linear_gsc_loss(
         )
     vocab = weight.shape[1]
     if vocab < 2:
-        raise ValueError(f"`weight` must have at least 2 columns (classes), got shape {weight.shape}.")
+        raise ValueError(
+            f"`weight` must have at least 2 columns (classes), got shape {weight.shape}."
+        )
     if bias is not None:
         bias = _validation.check_float_array("bias", bias)
         if bias.shape != (vocab,):

@@ -75,7 +75,9 @@ def cross_entropy(
     logits, where, targets, labels, kind, example_mask = _validation.prepare_classification(
         logits, labels, axis, where, example_mask
     )
-    values = _softmax.cross_entropy_last_axis(logits, labels if kind == "int" else targets, kind, where)
+    values = _softmax.cross_entropy_last_axis(
+        logits, labels if kind == "int" else targets, kind, where
+    )
     return _examples.zero_rows(values, example_mask)
 
 

@@ -85,9 +85,7 @@ def ols_batch_statistics(
     ids, label_valid = _examples.class_ids(labels, num_classes)
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     keep = (
-        (jnp.argmax(logits, axis=-1) == ids)
-        & label_valid
-        & jnp.all(jnp.isfinite(probs), axis=-1)
+        (jnp.argmax(logits, axis=-1) == ids) & label_valid & jnp.all(jnp.isfinite(probs), axis=-1)
     )
     if example_mask is not None:
         keep = keep & example_mask

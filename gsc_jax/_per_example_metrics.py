@@ -12,6 +12,7 @@ from gsc_jax import _validation
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 
+
 def top_k_accuracy(logits: ArrayLike, labels: ArrayLike, *, k: int = 1) -> Array:
     """1.0 where the label is among the ``k`` highest logits, else 0.0; shape ``[...]``.
 

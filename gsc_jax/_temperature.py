@@ -149,12 +149,16 @@ def _check_held_out(logits, labels, example_mask):
 
 
 def _check_fit_options(l2_penalty, num_iterations):
-    if isinstance(l2_penalty, bool) or not isinstance(l2_penalty, (int, float)) or not (
-        0 < l2_penalty < float("inf")
+    if (
+        isinstance(l2_penalty, bool)
+        or not isinstance(l2_penalty, (int, float))
+        or not (0 < l2_penalty < float("inf"))
     ):
         raise ValueError(f"`l2_penalty` must be a finite float > 0, got {l2_penalty!r}.")
-    if isinstance(num_iterations, bool) or not isinstance(num_iterations, int) or (
-        num_iterations < 1
+    if (
+        isinstance(num_iterations, bool)
+        or not isinstance(num_iterations, int)
+        or (num_iterations < 1)
     ):
         raise ValueError(f"`num_iterations` must be an int >= 1, got {num_iterations!r}.")
 

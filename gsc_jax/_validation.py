@@ -67,9 +67,7 @@ def check_top_c(top_c, num_classes: int) -> int:
     if isinstance(top_c, bool) or not isinstance(top_c, numbers.Integral):
         raise ValueError(f"`top_c` must be an int in [1, {num_classes}], got {top_c!r}.")
     if not 1 <= top_c <= num_classes:
-        raise ValueError(
-            f"`top_c` must be in [1, number of classes = {num_classes}], got {top_c}."
-        )
+        raise ValueError(f"`top_c` must be in [1, number of classes = {num_classes}], got {top_c}.")
     return int(top_c)
 
 
@@ -218,7 +216,9 @@ def prepare_logits(
     return logits_last, where_last, axis, num_classes
 
 
-def prepare_labels(labels: ArrayLike, logits_shape: tuple[int, ...], axis: int) -> tuple[jax.Array, str]:
+def prepare_labels(
+    labels: ArrayLike, logits_shape: tuple[int, ...], axis: int
+) -> tuple[jax.Array, str]:
     """Validates labels against the original logits' shape; returns them class-axis-last and their kind.
 
     Returns:

@@ -19,7 +19,7 @@ import numpy as np
 from gsc_jax import metrics
 
 _INSTALL_HINT = (
-    "gsc_jax.plots needs matplotlib: pip install \"gsc-jax[plots]\" (or pip install matplotlib)."
+    'gsc_jax.plots needs matplotlib: pip install "gsc-jax[plots]" (or pip install matplotlib).'
 )
 # Up to this many bins, each bar of a reliability diagram is labelled with its count.
 _MAX_ANNOTATED_BINS = 20
@@ -37,8 +37,9 @@ def _matplotlib():
 
 def _as_float(values) -> np.ndarray:
     """A float64 NumPy array; None (a non-finite number written to JSON as null) becomes NaN."""
-    return np.asarray([np.nan if v is None else v for v in np.asarray(values, object).ravel()],
-                      np.float64).reshape(np.shape(values))
+    return np.asarray(
+        [np.nan if v is None else v for v in np.asarray(values, object).ravel()], np.float64
+    ).reshape(np.shape(values))
 
 
 def _reliability_arrays(data) -> dict[str, np.ndarray]:
@@ -119,40 +120,76 @@ def reliability_diagram(
     shown = (count > 0) & np.isfinite(accuracy) & np.isfinite(confidence)
     weight = count / count.max() if count.max() > 0 else count
     opacity = 0.15 + 0.85 * weight[shown]
-    ax.bar(lower[shown], accuracy[shown], width=width[shown], align="edge",
-           color=[colors.to_rgba("tab:blue", a) for a in opacity], edgecolor="black",
-           linewidth=0.6, label="accuracy")
-    ax.bar(lower[shown], confidence[shown] - accuracy[shown], bottom=accuracy[shown],
-           width=width[shown], align="edge",
-           color=[colors.to_rgba("tab:red", 0.5 * a) for a in opacity],
-           edgecolor=colors.to_rgba("tab:red", 0.8), hatch="//", linewidth=0.6,
-           label="gap to confidence")
+    ax.bar(
+        lower[shown],
+        accuracy[shown],
+        width=width[shown],
+        align="edge",
+        color=[colors.to_rgba("tab:blue", a) for a in opacity],
+        edgecolor="black",
+        linewidth=0.6,
+        label="accuracy",
+    )
+    ax.bar(
+        lower[shown],
+        confidence[shown] - accuracy[shown],
+        bottom=accuracy[shown],
+        width=width[shown],
+        align="edge",
+        color=[colors.to_rgba("tab:red", 0.5 * a) for a in opacity],
+        edgecolor=colors.to_rgba("tab:red", 0.8),
+        hatch="//",
+        linewidth=0.6,
+        label="gap to confidence",
+    )
     annotate = len(count) <= _MAX_ANNOTATED_BINS
     if annotate and counts_ax is None:
-        for x, w, top, n in zip(lower[shown], width[shown],
-                                np.maximum(accuracy, confidence)[shown], count[shown]):
-            ax.text(x + w / 2, min(top, 0.93) + 0.01, f"{int(n)}", ha="center", va="bottom",
-                    fontsize=6, rotation=90 if len(count) > 10 else 0)
+        for x, w, top, n in zip(
+            lower[shown], width[shown], np.maximum(accuracy, confidence)[shown], count[shown]
+        ):
+            ax.text(
+                x + w / 2,
+                min(top, 0.93) + 0.01,
+                f"{int(n)}",
+                ha="center",
+                va="bottom",
+                fontsize=6,
+                rotation=90 if len(count) > 10 else 0,
+            )
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
     if not usable:
-        ax.text(0.5, 0.5, "no usable statistics\n(invalid examples or overflow)",
-                ha="center", va="center", fontsize=9)
+        ax.text(
+            0.5,
+            0.5,
+            "no usable statistics\n(invalid examples or overflow)",
+            ha="center",
+            va="center",
+            fontsize=9,
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
     ax.set_title(title + (f"  ECE={100 * ece:.2f}%" if ece is not None else ""), fontsize=9)
     ax.legend(loc="upper left", fontsize=7)
     if counts_ax is not None:
-        counts_ax.bar(lower, count, width=width, align="edge", color="gray", edgecolor="black",
-                      linewidth=0.4)
+        counts_ax.bar(
+            lower, count, width=width, align="edge", color="gray", edgecolor="black", linewidth=0.4
+        )
         positive = count[count > 0]
         log_scale = positive.size and positive.max() > 100 * positive.min()
         if log_scale:
             counts_ax.set_yscale("log")
         if annotate and positive.size:
             for x, w, n in zip(lower[count > 0], width[count > 0], positive):
-                counts_ax.text(x + w / 2, n, f"{int(n)}", ha="center", va="bottom", fontsize=6,
-                               rotation=90 if len(count) > 10 else 0)
+                counts_ax.text(
+                    x + w / 2,
+                    n,
+                    f"{int(n)}",
+                    ha="center",
+                    va="bottom",
+                    fontsize=6,
+                    rotation=90 if len(count) > 10 else 0,
+                )
             top = positive.max()
             counts_ax.set_ylim(top=top * 30 if log_scale else top * 1.5)
         counts_ax.set_xlim(0, 1)
@@ -233,8 +270,13 @@ def risk_coverage_curve(
         fig = ax.figure
     order = np.argsort(coverage)
     name = f"AURC={aurc:.4f}" if label is None else f"{label} (AURC={aurc:.4f})"
-    ax.plot(coverage[order], risk[order], marker="o" if coverage.size <= 30 else None,
-            markersize=3, label=name)
+    ax.plot(
+        coverage[order],
+        risk[order],
+        marker="o" if coverage.size <= 30 else None,
+        markersize=3,
+        label=name,
+    )
     ax.set_xlim(0, 1)
     ax.set_ylim(bottom=0)
     ax.set_xlabel("coverage")

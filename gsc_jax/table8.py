@@ -31,7 +31,9 @@ PAPER_COLUMNS = {  # Table 8 as printed: H, H', f, f'
 def binary_gsc(p: jax.Array, *, stop_gradient_sigma: bool = False) -> jax.Array:
     """GSC value of the binary score vector (p, 1-p) in Table 8's convention."""
     logits = jnp.stack([jnp.log(p), jnp.log1p(-p)])
-    return gsc_term(logits, top_c=2, normalize_entropy=False, stop_gradient_sigma=stop_gradient_sigma)
+    return gsc_term(
+        logits, top_c=2, normalize_entropy=False, stop_gradient_sigma=stop_gradient_sigma
+    )
 
 
 def table8_rows() -> list[dict[str, float]]:

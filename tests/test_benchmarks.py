@@ -10,14 +10,26 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-BENCHMARKS = ("loss_overhead", "top_c_selection", "train_step", "resnet_step", "lm_head",
-              "face_step", "fer2013_step")
+BENCHMARKS = (
+    "loss_overhead",
+    "top_c_selection",
+    "train_step",
+    "resnet_step",
+    "lm_head",
+    "face_step",
+    "fer2013_step",
+)
 HANG_TIMEOUT_S = 1800  # only against a hang: no assertion on wall time
 
 
 def _suite(*args):
-    return subprocess.run([sys.executable, "-m", "benchmarks.suite", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.suite", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=HANG_TIMEOUT_S,
+    )
 
 
 def _timed_numbers(tree, path=""):
@@ -26,8 +38,7 @@ def _timed_numbers(tree, path=""):
     if isinstance(tree, dict):
         for key, value in tree.items():
             sub = f"{path}.{key}"
-            timed = (key.endswith(("_s", "_ms")) or key.startswith("ratio")
-                     or key.endswith("_per_s"))
+            timed = key.endswith(("_s", "_ms")) or key.startswith("ratio") or key.endswith("_per_s")
             if timed and isinstance(value, (int, float)) and not isinstance(value, bool):
                 yield sub, value
             elif key == "median_ms" and isinstance(value, dict):
@@ -76,13 +87,15 @@ def test_render_rewrites_only_the_blocks_of_a_copy_of_the_docs(smoke, tmp_path):
     rendered = doc.read_text()
     block = re.compile(r"(<!-- suite:([\w/]+) -->\n).*?(\n<!-- /suite:\2 -->)", re.S)
     for name in BENCHMARKS:
-        match = re.search(rf"<!-- suite:cpu/{name} -->\n(.*?)\n<!-- /suite:cpu/{name} -->",
-                          rendered, re.S)
+        match = re.search(
+            rf"<!-- suite:cpu/{name} -->\n(.*?)\n<!-- /suite:cpu/{name} -->", rendered, re.S
+        )
         assert match, name
         assert "smoke run" in match.group(1) and "|---|" in match.group(1), name
     # outside the cpu blocks nothing changed (gpu blocks included)
     strip = lambda text: block.sub(  # noqa: E731
-        lambda m: m.group(1) + m.group(3) if m.group(2).startswith("cpu/") else m.group(0), text)
+        lambda m: m.group(1) + m.group(3) if m.group(2).startswith("cpu/") else m.group(0), text
+    )
     assert strip(rendered) == strip(original)
     assert "suite:gpu/lm_head" in rendered
 

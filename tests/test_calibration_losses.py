@@ -16,6 +16,7 @@ pytestmark = pytest.mark.usefixtures("fast_compile")
 # NumPy ports of the reference implementations (float64), each returning the scalar training
 # objective the reference returns for a batch.
 
+
 def np_log_softmax(z):
     z = np.asarray(z, np.float64)
     z = z - z.max(-1, keepdims=True)
@@ -89,12 +90,15 @@ def np_mmce_weighted(z, y, beta):
         k, k_p = 2, len(y) - 2
     correct_prob = np.sort(r * correct)[::-1][:k]
     incorrect_prob = np.sort(r * (1 - correct))[::-1][:k_p]
-    cc = np.mean(_np_kernel(correct_prob, correct_prob)
-                 * np.outer(1 - correct_prob, 1 - correct_prob))
-    ii = np.mean(_np_kernel(incorrect_prob, incorrect_prob)
-                 * np.outer(incorrect_prob, incorrect_prob))
-    ci = np.mean(_np_kernel(correct_prob, incorrect_prob)
-                 * np.outer(1 - correct_prob, incorrect_prob))
+    cc = np.mean(
+        _np_kernel(correct_prob, correct_prob) * np.outer(1 - correct_prob, 1 - correct_prob)
+    )
+    ii = np.mean(
+        _np_kernel(incorrect_prob, incorrect_prob) * np.outer(incorrect_prob, incorrect_prob)
+    )
+    ci = np.mean(
+        _np_kernel(correct_prob, incorrect_prob) * np.outer(1 - correct_prob, incorrect_prob)
+    )
     m, n = correct.sum(), (1 - correct).sum()
     mmd = cc / (m * m + 1e-5) + ii / (n * n + 1e-5) - 2 * ci / (m * n + 1e-5)
     return np_ce(z, y).mean() + beta * max(cond * np.sqrt(mmd + 1e-10), 0.0)
@@ -104,16 +108,31 @@ def _losses():
     """``(name, jax loss with its hyper-parameters, NumPy reference objective)``."""
     return (
         ("flsd53", gsc_jax.adaptive_focal_loss, np_flsd53),
-        ("mbls", lambda z, y, **kw: gsc_jax.margin_label_smoothing_loss(z, y, margin=2.0, **kw),
-         lambda z, y: np_mbls(z, y, margin=2.0)),
-        ("mdca", lambda z, y, **kw: gsc_jax.mdca_loss(z, y, beta=3.0, **kw),
-         lambda z, y: np_mdca(z, y, beta=3.0)),
-        ("dca", lambda z, y, **kw: gsc_jax.dca_loss(z, y, beta=2.0, **kw),
-         lambda z, y: np_dca(z, y, beta=2.0)),
-        ("mmce", lambda z, y, **kw: gsc_jax.mmce_loss(z, y, beta=2.0, weighted=False, **kw),
-         lambda z, y: np_mmce(z, y, beta=2.0)),
-        ("mmce_weighted", lambda z, y, **kw: gsc_jax.mmce_loss(z, y, beta=4.0, **kw),
-         lambda z, y: np_mmce_weighted(z, y, beta=4.0)),
+        (
+            "mbls",
+            lambda z, y, **kw: gsc_jax.margin_label_smoothing_loss(z, y, margin=2.0, **kw),
+            lambda z, y: np_mbls(z, y, margin=2.0),
+        ),
+        (
+            "mdca",
+            lambda z, y, **kw: gsc_jax.mdca_loss(z, y, beta=3.0, **kw),
+            lambda z, y: np_mdca(z, y, beta=3.0),
+        ),
+        (
+            "dca",
+            lambda z, y, **kw: gsc_jax.dca_loss(z, y, beta=2.0, **kw),
+            lambda z, y: np_dca(z, y, beta=2.0),
+        ),
+        (
+            "mmce",
+            lambda z, y, **kw: gsc_jax.mmce_loss(z, y, beta=2.0, weighted=False, **kw),
+            lambda z, y: np_mmce(z, y, beta=2.0),
+        ),
+        (
+            "mmce_weighted",
+            lambda z, y, **kw: gsc_jax.mmce_loss(z, y, beta=4.0, **kw),
+            lambda z, y: np_mmce_weighted(z, y, beta=4.0),
+        ),
     )
 
 
@@ -145,7 +164,8 @@ class AgainstReferenceTest(parameterized.TestCase):
             logits, labels = _batch(seed)
             value = jax.jit(fn)(logits.astype(np.float32), labels)
             np.testing.assert_allclose(
-                np.mean(value), reference(logits.astype(np.float32).astype(np.float64), labels),
+                np.mean(value),
+                reference(logits.astype(np.float32).astype(np.float64), labels),
                 rtol=2e-5,
             )
 
@@ -154,7 +174,8 @@ class AgainstReferenceTest(parameterized.TestCase):
         logits, labels = _batch(1, (8, 4))
         with jax.enable_x64(True):
             grad = np.asarray(
-                jax.grad(lambda z: jnp.mean(fn(z, labels)))(jnp.asarray(logits, jnp.float64)))
+                jax.grad(lambda z: jnp.mean(fn(z, labels)))(jnp.asarray(logits, jnp.float64))
+            )
         step = 1e-6
         expected = np.zeros_like(logits)
         for index in np.ndindex(logits.shape):
@@ -176,8 +197,15 @@ class AgainstReferenceTest(parameterized.TestCase):
     @parameterized.named_parameters(*_losses())
     def test_large_finite_logits_give_finite_values_and_gradients(self, fn, reference):
         del reference
-        logits = np.array([[1e4, -1e4, 0.0, 3.0], [-1e4, 1e4, 1e4, -1e4], [0.0, 0.0, 0.0, 0.0],
-                           [1e4, 1e4, -1e4, 0.0]], np.float32)
+        logits = np.array(
+            [
+                [1e4, -1e4, 0.0, 3.0],
+                [-1e4, 1e4, 1e4, -1e4],
+                [0.0, 0.0, 0.0, 0.0],
+                [1e4, 1e4, -1e4, 0.0],
+            ],
+            np.float32,
+        )
         value, grad = _value_and_grad(fn, logits, np.array([0, 0, 3, 1]))
         chex.assert_tree_all_finite((value, grad))
 
@@ -199,12 +227,16 @@ class FormulaDetailsTest(parameterized.TestCase):
         focal5 = gsc_jax.focal_loss(logits, labels, eta=5.0)
         focal3 = gsc_jax.focal_loss(logits, labels, eta=3.0)
         np.testing.assert_allclose(
-            gsc_jax.adaptive_focal_loss(logits, labels), np.where(p_y < 0.2, focal5, focal3),
-            rtol=1e-6)
+            gsc_jax.adaptive_focal_loss(logits, labels),
+            np.where(p_y < 0.2, focal5, focal3),
+            rtol=1e-6,
+        )
         # probability vectors: eta chosen per class from S_i; one-hot gives the same values
         np.testing.assert_allclose(
             gsc_jax.adaptive_focal_loss(logits, np.eye(5)[labels].astype(np.float32)),
-            gsc_jax.adaptive_focal_loss(logits, labels), rtol=1e-6)
+            gsc_jax.adaptive_focal_loss(logits, labels),
+            rtol=1e-6,
+        )
 
     def test_mbls_penalty_is_a_mean_over_the_classes_taking_part(self):
         logits, labels = _batch(5, (6, 5), scale=6.0)
@@ -216,10 +248,12 @@ class FormulaDetailsTest(parameterized.TestCase):
         where[:, 4] = False
         labels4 = labels % 4
         np.testing.assert_allclose(
-            gsc_jax.margin_label_smoothing_loss(logits, labels4, margin=3.0, alpha=0.5,
-                                                where=where),
+            gsc_jax.margin_label_smoothing_loss(
+                logits, labels4, margin=3.0, alpha=0.5, where=where
+            ),
             gsc_jax.margin_label_smoothing_loss(logits[:, :4], labels4, margin=3.0, alpha=0.5),
-            rtol=1e-6)
+            rtol=1e-6,
+        )
 
     def test_batch_penalty_is_the_same_for_every_example(self):
         logits, labels = _batch(6)
@@ -242,11 +276,14 @@ class FormulaDetailsTest(parameterized.TestCase):
         ce_right = gsc_jax.cross_entropy(logits, argmax)
         np.testing.assert_allclose(gsc_jax.mmce_loss(logits, argmax), ce_right, rtol=1e-6)
         np.testing.assert_allclose(
-            np.mean(gsc_jax.mmce_loss(logits, argmax)), np_mmce_weighted(logits, argmax, 4.0),
-            rtol=1e-5)
+            np.mean(gsc_jax.mmce_loss(logits, argmax)),
+            np_mmce_weighted(logits, argmax, 4.0),
+            rtol=1e-5,
+        )
         wrong = (argmax + 1) % 4
         np.testing.assert_allclose(
-            gsc_jax.mmce_loss(logits, wrong), gsc_jax.cross_entropy(logits, wrong), rtol=1e-6)
+            gsc_jax.mmce_loss(logits, wrong), gsc_jax.cross_entropy(logits, wrong), rtol=1e-6
+        )
 
 
 class ExampleMaskTest(parameterized.TestCase):
@@ -304,9 +341,11 @@ class IntegerLabelRuleTest(parameterized.TestCase):
             lambda z: jnp.sum(jnp.where(invalid, 0.0, fn(z, labels))) / (~invalid).sum()
         )(jnp.asarray(self.logits))
         alone_mean_grad = jax.grad(lambda z: fn(z, labels[~invalid]).mean())(
-            jnp.asarray(self.logits[~invalid]))
-        np.testing.assert_allclose(np.asarray(mean_grad)[~invalid], alone_mean_grad, rtol=1e-5,
-                                   atol=1e-8)
+            jnp.asarray(self.logits[~invalid])
+        )
+        np.testing.assert_allclose(
+            np.asarray(mean_grad)[~invalid], alone_mean_grad, rtol=1e-5, atol=1e-8
+        )
 
     @parameterized.named_parameters(*_losses())
     def test_a_masked_out_label_gives_nan_and_a_row_without_classes_zero(self, fn, reference):
@@ -354,14 +393,17 @@ class WithGscTest(parameterized.TestCase):
             combined(logits, labels, where=where, example_mask=mask),
             gsc_jax.mdca_loss(logits, labels, where=where, example_mask=mask)
             + 0.1 * gsc_jax.gsc_term(logits, top_c=2, where=where) * mask,
-            rtol=1e-5)
+            rtol=1e-5,
+        )
         # A masked row (padding holding NaN) adds 0 to the value and to the gradient.
         padded = np.array(logits)
         padded[9] = np.nan
-        value, grad = jax.value_and_grad(lambda z: combined(
-            z, labels, where=where, example_mask=mask).sum())(padded)
-        np.testing.assert_allclose(value, combined(logits, labels, where=where,
-                                                   example_mask=mask).sum(), rtol=1e-5)
+        value, grad = jax.value_and_grad(
+            lambda z: combined(z, labels, where=where, example_mask=mask).sum()
+        )(padded)
+        np.testing.assert_allclose(
+            value, combined(logits, labels, where=where, example_mask=mask).sum(), rtol=1e-5
+        )
         assert np.all(np.asarray(grad)[8:] == 0) and np.all(np.isfinite(np.asarray(grad)))
 
     def test_poly1_from_optax_composes(self):
@@ -369,7 +411,8 @@ class WithGscTest(parameterized.TestCase):
 
         def poly1(z, y, **kw):
             return optax.losses.poly_loss_cross_entropy(
-                z, jax.nn.one_hot(y, z.shape[-1]), epsilon=2.0, **kw)
+                z, jax.nn.one_hot(y, z.shape[-1]), epsilon=2.0, **kw
+            )
 
         combined = gsc_jax.with_gsc(poly1, gamma=0.05, top_c=2)
         p = np.exp(np_log_softmax(logits))
@@ -378,9 +421,12 @@ class WithGscTest(parameterized.TestCase):
         np.testing.assert_allclose(poly1(logits, labels), expected, rtol=1e-5)
         np.testing.assert_allclose(
             jax.jit(combined)(logits, labels),
-            expected + 0.05 * np.asarray(gsc_jax.gsc_term(logits, top_c=2)), rtol=1e-5)
+            expected + 0.05 * np.asarray(gsc_jax.gsc_term(logits, top_c=2)),
+            rtol=1e-5,
+        )
         chex.assert_tree_all_finite(
-            jax.jit(jax.grad(lambda z: combined(z, labels).mean()))(jnp.asarray(logits)))
+            jax.jit(jax.grad(lambda z: combined(z, labels).mean()))(jnp.asarray(logits))
+        )
 
 
 class HyperParameterTest(parameterized.TestCase):
@@ -408,13 +454,17 @@ class HyperParameterTest(parameterized.TestCase):
 
     def test_hyper_parameters_are_keyword_only(self):
         logits, labels = _batch(16)
-        for fn in (gsc_jax.adaptive_focal_loss, gsc_jax.margin_label_smoothing_loss,
-                   gsc_jax.mdca_loss, gsc_jax.dca_loss, gsc_jax.mmce_loss):
+        for fn in (
+            gsc_jax.adaptive_focal_loss,
+            gsc_jax.margin_label_smoothing_loss,
+            gsc_jax.mdca_loss,
+            gsc_jax.dca_loss,
+            gsc_jax.mmce_loss,
+        ):
             with self.assertRaises(TypeError):
                 fn(logits, labels, 1.0)
 
     def test_traced_weights_work_under_jit(self):
         logits, labels = _batch(17)
         fn = jax.jit(lambda b: gsc_jax.mdca_loss(logits, labels, beta=b))
-        np.testing.assert_allclose(fn(2.0), gsc_jax.mdca_loss(logits, labels, beta=2.0),
-                                   rtol=1e-6)
+        np.testing.assert_allclose(fn(2.0), gsc_jax.mdca_loss(logits, labels, beta=2.0), rtol=1e-6)

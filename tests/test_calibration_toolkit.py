@@ -199,11 +199,14 @@ def test_classwise_invalid_rows_and_overflow_give_nan():
     good = metrics.classwise_calibration_stats(probs, labels)
     overflowed = good._replace(count=good.count.at[0, 0].set(-1))
     assert np.isnan(float(metrics.classwise_calibration_error_from_stats(overflowed)))
-    assert float(
-        metrics.classwise_calibration_error_from_stats(
-            metrics.classwise_calibration_stats(probs, labels, example_mask=np.zeros(20, bool))
+    assert (
+        float(
+            metrics.classwise_calibration_error_from_stats(
+                metrics.classwise_calibration_stats(probs, labels, example_mask=np.zeros(20, bool))
+            )
         )
-    ) == 0.0
+        == 0.0
+    )
 
 
 def test_classwise_bad_arguments_raise():
@@ -319,8 +322,7 @@ def test_vector_scaling_is_the_nll_minimiser():
 
     eps = 1e-5
     grad = [
-        (objective(params + eps * e) - objective(params - eps * e)) / (2 * eps)
-        for e in np.eye(6)
+        (objective(params + eps * e) - objective(params - eps * e)) / (2 * eps) for e in np.eye(6)
     ]
     np.testing.assert_allclose(grad, 0.0, atol=1e-4)
 
@@ -407,8 +409,9 @@ def test_l2_calibration_error_matches_brute_force(num_bins, debias):
     expected = brute_force_l2(confidence, correct, num_bins, debias)
     got = metrics.l2_calibration_error(probs, labels, num_bins=num_bins, debias=debias)
     np.testing.assert_allclose(float(got["squared_l2_ece"]), expected, rtol=1e-4, atol=1e-7)
-    np.testing.assert_allclose(float(got["l2_ece"]), np.sqrt(max(expected, 0.0)), rtol=1e-4,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        float(got["l2_ece"]), np.sqrt(max(expected, 0.0)), rtol=1e-4, atol=1e-6
+    )
 
 
 def test_debiased_l2_removes_the_sampling_bias():
@@ -421,8 +424,9 @@ def test_debiased_l2_removes_the_sampling_bias():
         probs = np.stack([confidence, 1 - confidence], -1).astype(np.float32)
         labels = (rng.random(200) >= confidence).astype(int)
         stats = metrics.calibration_stats(probs, labels, num_bins=10)
-        plug_in.append(float(metrics.l2_calibration_error_from_stats(stats, debias=False)
-                             ["squared_l2_ece"]))
+        plug_in.append(
+            float(metrics.l2_calibration_error_from_stats(stats, debias=False)["squared_l2_ece"])
+        )
         debiased.append(float(metrics.l2_calibration_error_from_stats(stats)["squared_l2_ece"]))
     assert np.mean(plug_in) > 3 * abs(np.mean(debiased))
     assert min(debiased) < 0.0 < min(plug_in)
@@ -501,24 +505,33 @@ def test_l2_and_smooth_ece_batched_equal_one_shot_bit_for_bit():
         one_shot = metrics.calibration_stats(probs, labels, num_bins=num_bins, example_mask=mask)
         merged = None
         for start in range(0, 300, 70):
-            part = metrics.calibration_stats(probs[start:start + 70], labels[start:start + 70],
-                                             num_bins=num_bins, example_mask=mask[start:start + 70])
+            part = metrics.calibration_stats(
+                probs[start : start + 70],
+                labels[start : start + 70],
+                num_bins=num_bins,
+                example_mask=mask[start : start + 70],
+            )
             merged = part if merged is None else metrics.merge_calibration_stats(merged, part)
         summed = jax.tree_util.tree_map(
             lambda a, b: a + b,
-            metrics.calibration_stats(probs[:150], labels[:150], num_bins=num_bins,
-                                      example_mask=mask[:150]),
-            metrics.calibration_stats(probs[150:], labels[150:], num_bins=num_bins,
-                                      example_mask=mask[150:]),
+            metrics.calibration_stats(
+                probs[:150], labels[:150], num_bins=num_bins, example_mask=mask[:150]
+            ),
+            metrics.calibration_stats(
+                probs[150:], labels[150:], num_bins=num_bins, example_mask=mask[150:]
+            ),
         )
-        for fn in (metrics.l2_calibration_error_from_stats,
-                   functools.partial(metrics.l2_calibration_error_from_stats, debias=False),
-                   metrics.smooth_calibration_error_from_stats):
+        for fn in (
+            metrics.l2_calibration_error_from_stats,
+            functools.partial(metrics.l2_calibration_error_from_stats, debias=False),
+            metrics.smooth_calibration_error_from_stats,
+        ):
             for key, value in fn(one_shot).items():
                 for other in (merged, summed):
                     assert np.asarray(value).tobytes() == np.asarray(fn(other)[key]).tobytes()
-        masked = metrics.smooth_calibration_error(probs, labels, num_bins=num_bins,
-                                                  example_mask=mask)
+        masked = metrics.smooth_calibration_error(
+            probs, labels, num_bins=num_bins, example_mask=mask
+        )
         dropped = metrics.smooth_calibration_error(probs[mask], labels[mask], num_bins=num_bins)
         assert float(masked["smooth_ece"]) == float(dropped["smooth_ece"])
 
@@ -540,18 +553,19 @@ def test_reliability_diagram_plot_shows_accuracy_gap_and_counts(tmp_path):
         assert len(fig.axes) == 2 and "ECE=10.00%" in ax.get_title()
         shown = diagram["count"] > 0
         accuracy_bars = ax.containers[0]
-        np.testing.assert_allclose([b.get_height() for b in accuracy_bars],
-                                   diagram["accuracy"][shown], rtol=1e-6)
+        np.testing.assert_allclose(
+            [b.get_height() for b in accuracy_bars], diagram["accuracy"][shown], rtol=1e-6
+        )
         gap_bars = ax.containers[1]
-        np.testing.assert_allclose([b.get_y() + b.get_height() for b in gap_bars],
-                                   diagram["confidence"][shown], rtol=1e-6)
+        np.testing.assert_allclose(
+            [b.get_y() + b.get_height() for b in gap_bars], diagram["confidence"][shown], rtol=1e-6
+        )
         # Opacity grows with the count: the fullest bin is opaque, a sparse one is faint.
         alphas = np.array([b.get_facecolor()[3] for b in accuracy_bars])
         counts = diagram["count"][shown]
         assert alphas[np.argmax(counts)] == 1.0
         assert np.all(np.diff(alphas[np.argsort(counts)]) >= 0)
-        np.testing.assert_array_equal([b.get_height() for b in counts_ax.patches],
-                                      diagram["count"])
+        np.testing.assert_array_equal([b.get_height() for b in counts_ax.patches], diagram["count"])
         assert {t.get_text() for t in counts_ax.texts} == {str(int(c)) for c in counts}
 
 
@@ -574,8 +588,9 @@ def test_reliability_diagram_on_given_axes_and_unusable_stats():
     with pytest.raises(TypeError, match="stats_or_diagram"):
         plots.reliability_diagram([0.1, 0.2])
     with pytest.raises(ValueError, match="confidence"):
-        plots.reliability_diagram({"bin_lower": [0.0], "bin_upper": [1.0], "count": [1],
-                                   "accuracy": [1.0]})
+        plots.reliability_diagram(
+            {"bin_lower": [0.0], "bin_upper": [1.0], "count": [1], "accuracy": [1.0]}
+        )
 
 
 def test_risk_coverage_plot_reports_the_aurc(tmp_path):
@@ -588,13 +603,19 @@ def test_risk_coverage_plot_reports_the_aurc(tmp_path):
     curve = metrics.risk_coverage_curve_from_stats(stats)
     fig, ax = plots.risk_coverage_curve(stats, label="a")
     # From the curve alone the AURC is rebuilt from the coverage steps; the two labels agree.
-    plots.risk_coverage_curve({k: np.asarray(v).tolist() for k, v in curve.items()}, ax,
-                              label="b", path=str(tmp_path / "rc.png"))
+    plots.risk_coverage_curve(
+        {k: np.asarray(v).tolist() for k, v in curve.items()},
+        ax,
+        label="b",
+        path=str(tmp_path / "rc.png"),
+    )
     labels_shown = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels_shown == [f"a (AURC={aurc:.4f})", f"b (AURC={aurc:.4f})"]
     held = np.asarray(stats.count) > 0
     line = ax.get_lines()[0]
-    np.testing.assert_allclose(sorted(line.get_xdata()), sorted(np.asarray(curve["coverage"])[held]))
+    np.testing.assert_allclose(
+        sorted(line.get_xdata()), sorted(np.asarray(curve["coverage"])[held])
+    )
     assert (tmp_path / "rc.png").exists() and len(fig.axes) == 1
     with pytest.raises(TypeError, match="stats_or_curve"):
         plots.risk_coverage_curve(np.zeros(3))
@@ -620,9 +641,14 @@ def test_temperature_of_degenerate_held_out_sets_is_a_bracket_end(case):
     logits = rng.normal(size=(60, 4)).astype(np.float32)
     if case == "huge_logits":
         logits = logits * 1e4
-    labels = {"all_correct": logits.argmax(-1), "huge_logits": logits.argmax(-1),
-              "all_wrong": (logits.argmax(-1) + 1) % 4, "one_class": np.full(60, 2)}[case]
-    temperature = float(gsc_jax.fit_temperature(logits, labels, min_temperature=0.05,
-                                                max_temperature=20.0))
+    labels = {
+        "all_correct": logits.argmax(-1),
+        "huge_logits": logits.argmax(-1),
+        "all_wrong": (logits.argmax(-1) + 1) % 4,
+        "one_class": np.full(60, 2),
+    }[case]
+    temperature = float(
+        gsc_jax.fit_temperature(logits, labels, min_temperature=0.05, max_temperature=20.0)
+    )
     expected = 0.05 if case in ("all_correct", "huge_logits") else 20.0
     np.testing.assert_allclose(temperature, expected, rtol=1e-5)

@@ -11,12 +11,10 @@ the cache key follows what ``-march=native`` resolves to, the library has mode 0
 may be a command with arguments.
 """
 
-import ctypes
 import os
 import shlex
 import shutil
 import stat
-import subprocess
 import sys
 import textwrap
 
@@ -26,10 +24,12 @@ import numpy as np
 import pytest
 
 import gsc_jax
-from gsc_jax import _fused, cpu_kernel
-from gsc_jax.cpu_kernel import _build, _ffi
+from gsc_jax import _fused
+from gsc_jax import cpu_kernel
+from gsc_jax.cpu_kernel import _build
+from gsc_jax.cpu_kernel import _ffi
 
-COMPILER = (shlex.split(os.environ.get("CXX", "")) or ["c++"])
+COMPILER = shlex.split(os.environ.get("CXX", "")) or ["c++"]
 requires_compiler = pytest.mark.skipif(
     shutil.which(COMPILER[0]) is None,
     reason=f"no C++ compiler {COMPILER[0]!r} on PATH: the opt-in CPU kernel cannot be built",
@@ -89,13 +89,23 @@ def test_equals_xla_statistics(num_classes, top_c, enabled):
     "num_rows, num_classes, top_c",
     # Rows of up to 64 values go eight at a time (13 rows: one group of 8, then 5 one by one);
     # top_c above 8 and rows above 64 take the one-row path; 100 and 200: blocks of 8 values.
-    ((13, 2, 1), (13, 10, 5), (16, 10, 10), (13, 64, 8), (9, 64, 20), (13, 65, 3), (13, 100, 8),
-     (5, 200, 5)),
+    (
+        (13, 2, 1),
+        (13, 10, 5),
+        (16, 10, 10),
+        (13, 64, 8),
+        (9, 64, 20),
+        (13, 65, 3),
+        (13, 100, 8),
+        (5, 200, 5),
+    ),
 )
 def test_equals_xla_statistics_on_short_rows(num_rows, num_classes, top_c, enabled):
     logits = 4.0 * jax.random.normal(jax.random.key(num_classes), (num_rows, num_classes))
     _assert_rows_equal(logits, top_c)
-    rounded = jnp.round(logits) + 0.0  # ties; + 0.0 turns -0.0, which lax.top_k ranks below 0.0, into 0.0
+    rounded = (
+        jnp.round(logits) + 0.0
+    )  # ties; + 0.0 turns -0.0, which lax.top_k ranks below 0.0, into 0.0
     indices = _assert_rows_equal(rounded, top_c)
     np.testing.assert_array_equal(indices, jax.lax.top_k(rounded, top_c)[1])
 
@@ -161,8 +171,17 @@ def test_gradient_kernel_equals_xla_operations(num_classes, top_c, enabled):
     labels = jax.random.randint(keys[5], shape[:-1] + (1,), 0, num_classes)
     labels = labels.at[0, 1].set(top_indices[0, 1, 0])  # added after the entry is set
     label_entries = -jnp.abs(slope)
-    args = (exps, total, row_max, coefficient, slope, top_indices, top_entries, labels,
-            label_entries)
+    args = (
+        exps,
+        total,
+        row_max,
+        coefficient,
+        slope,
+        top_indices,
+        top_entries,
+        labels,
+        label_entries,
+    )
     finite = jnp.where(jnp.isfinite(logits), logits, -1e30)  # the XLA pass would make 0 * inf
     kernel = jax.jit(_fused._logits_cotangent_kernel)
     xla = jax.jit(_fused._logits_cotangent_xla)
@@ -184,13 +203,15 @@ def test_bfloat16_logits_are_read_as_they_are(num_classes, kind, enabled):
     if kind == "soft":
         labels = jax.nn.softmax(jax.random.normal(jax.random.key(2), logits.shape))
     if kind == "masked":
-        kwargs["where"] = jax.random.bernoulli(jax.random.key(3), 0.7, logits.shape).at[:, 0].set(
-            True)
+        kwargs["where"] = (
+            jax.random.bernoulli(jax.random.key(3), 0.7, logits.shape).at[:, 0].set(True)
+        )
         labels = jnp.zeros(16, jnp.int32)
 
     def value_and_grad(z):
         return jax.value_and_grad(
-            lambda z: gsc_jax.gsc_loss(z, labels, gamma=0.5, top_c=3, **kwargs).sum())(z)
+            lambda z: gsc_jax.gsc_loss(z, labels, gamma=0.5, top_c=3, **kwargs).sum()
+        )(z)
 
     value, grad = jax.jit(value_and_grad)(logits)
     value_f32, grad_f32 = jax.jit(value_and_grad)(logits.astype(jnp.float32))
@@ -204,8 +225,9 @@ def test_bfloat16_logits_are_read_as_they_are(num_classes, kind, enabled):
 def test_bfloat16_logits_need_no_float32_copy(enabled):
     logits = jnp.zeros((256, 1000), jnp.bfloat16)
     labels = jnp.zeros(256, jnp.int32)
-    step = jax.jit(jax.value_and_grad(
-        lambda z: gsc_jax.gsc_loss(z, labels, gamma=0.5, top_c=3).mean()))
+    step = jax.jit(
+        jax.value_and_grad(lambda z: gsc_jax.gsc_loss(z, labels, gamma=0.5, top_c=3).mean())
+    )
     temp = step.lower(logits).compile().memory_analysis().temp_size_in_bytes
     # exp(z - m) in float32 (the backward pass's residual, then the float32 gradient) and
     # per-row vectors; an upcast copy of the logits would add another 1 MB.
@@ -233,8 +255,12 @@ def test_the_loss_uses_the_kernel_once_enabled_for_float32_and_bfloat16_rows_onl
     def grad(z):
         return jax.grad(lambda z: gsc_jax.gsc_loss(z, labels, gamma=0.1, top_c=2).sum())(z)
 
-    cases = ((300, jnp.float32, True), (10, jnp.float32, True), (10, jnp.bfloat16, True),
-             (10, jnp.float64, False))
+    cases = (
+        (300, jnp.float32, True),
+        (10, jnp.float32, True),
+        (10, jnp.bfloat16, True),
+        (10, jnp.float64, False),
+    )
     with jax.enable_x64(True):
         jitted = jax.jit(grad)
         before = jitted.lower(jnp.zeros((2, 300), jnp.float32)).as_text()
@@ -242,7 +268,9 @@ def test_the_loss_uses_the_kernel_once_enabled_for_float32_and_bfloat16_rows_onl
         cpu_kernel.enable()
         try:
             # The jit cache is cleared: the same jitted function now takes the kernel.
-            assert "gsc_jax_row_statistics" in jitted.lower(jnp.zeros((2, 300), jnp.float32)).as_text()
+            assert (
+                "gsc_jax_row_statistics" in jitted.lower(jnp.zeros((2, 300), jnp.float32)).as_text()
+            )
             for num_classes, dtype, expected in cases:
                 logits = jnp.zeros((2, num_classes), dtype)
                 assert _uses_kernel(grad, logits) == expected, (num_classes, dtype)
@@ -253,7 +281,9 @@ def test_the_loss_uses_the_kernel_once_enabled_for_float32_and_bfloat16_rows_onl
             )
         finally:
             cpu_kernel.disable()
-        assert "gsc_jax_row_statistics" not in jitted.lower(jnp.zeros((2, 300), jnp.float32)).as_text()
+        assert (
+            "gsc_jax_row_statistics" not in jitted.lower(jnp.zeros((2, 300), jnp.float32)).as_text()
+        )
 
 
 @requires_compiler
@@ -269,6 +299,7 @@ def test_the_kernel_keeps_the_integer_label_rule(num_classes, enabled):
         def total(z):
             value = gsc_jax.gsc_loss(z, labels, gamma=0.5, top_c=3, where=where)
             return value.sum(), value
+
         (_, value), grad = jax.value_and_grad(total, has_aux=True)(z)
         return value, grad
 
@@ -399,11 +430,14 @@ def test_an_interrupted_build_leaves_no_partial_file(tmp_path, monkeypatch):
 def test_the_cache_key_follows_the_resolved_target(tmp_path, monkeypatch):
     args = (b"source", ["c++", "-O3", "-march=native"])
     assert _build.cache_key(*args, "-march= znver3", "0.10.2") != _build.cache_key(
-        *args, "-march= skylake-avx512", "0.10.2")
+        *args, "-march= skylake-avx512", "0.10.2"
+    )
     assert _build.cache_key(*args, "-march= znver3", "0.10.2") == _build.cache_key(
-        *args, "-march= znver3", "0.10.2")
+        *args, "-march= znver3", "0.10.2"
+    )
     assert _build.cache_key(*args, "-march= znver3", "0.10.2") != _build.cache_key(
-        b"other source", args[1], "-march= znver3", "0.10.2")
+        b"other source", args[1], "-march= znver3", "0.10.2"
+    )
     source = tmp_path / "probe.cc"
     source.write_text(SMALL_SOURCE)
     paths = []
@@ -436,8 +470,9 @@ def test_cxx_may_be_a_command_with_arguments(small_source, tmp_path, monkeypatch
     monkeypatch.setenv("GSC_TEST_WRAPPER_LOG", str(log))
     monkeypatch.setenv("CXX", f"{shlex.quote(wrapper)} {shlex.join(COMPILER)}")
     assert _build.compiler_command() == [wrapper, *COMPILER]
-    handle = _build.load(source=small_source, cache_dir=str(tmp_path / "cache"),
-                         symbols=("gsc_probe",))
+    handle = _build.load(
+        source=small_source, cache_dir=str(tmp_path / "cache"), symbols=("gsc_probe",)
+    )
     assert handle.gsc_probe() == 7
     calls = log.read_text().splitlines()
     assert any("-march=native" in call and small_source in call for call in calls), calls

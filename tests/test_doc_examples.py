@@ -52,13 +52,15 @@ def python_blocks(path: pathlib.Path, text: str | None = None) -> list[dict]:
     text = path.read_text() if text is None else text
     blocks = []
     for match in BLOCK.finditer(text):
-        before = text[:match.start()].rstrip("\n").splitlines()
-        blocks.append({
-            "file": path.relative_to(ROOT).as_posix(),
-            "line": text[:match.start(1)].count("\n") + 1,
-            "code": match.group(1),
-            "skip": bool(before) and before[-1].strip() == SKIP_MARK,
-        })
+        before = text[: match.start()].rstrip("\n").splitlines()
+        blocks.append(
+            {
+                "file": path.relative_to(ROOT).as_posix(),
+                "line": text[: match.start(1)].count("\n") + 1,
+                "code": match.group(1),
+                "skip": bool(before) and before[-1].strip() == SKIP_MARK,
+            }
+        )
     return blocks
 
 
@@ -70,13 +72,16 @@ def test_blocks_are_found():
     assert python_blocks(ROOT / "README.md")
     sample = "a\n" + SKIP_MARK + "\n```python\nx = 1\n```\n\n```python\ny = x\n```\n"
     blocks = python_blocks(ROOT / "docs" / "sample.md", sample)
-    assert [(b["code"], b["line"], b["skip"]) for b in blocks] == [("x = 1\n", 4, True),
-                                                                   ("y = x\n", 8, False)]
+    assert [(b["code"], b["line"], b["skip"]) for b in blocks] == [
+        ("x = 1\n", 4, True),
+        ("y = x\n", 8, False),
+    ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", [p for p in DOCUMENTS if python_blocks(p)],
-                         ids=lambda p: p.relative_to(ROOT).as_posix())
+@pytest.mark.parametrize(
+    "path", [p for p in DOCUMENTS if python_blocks(p)], ids=lambda p: p.relative_to(ROOT).as_posix()
+)
 def test_python_blocks_run(path, tmp_path):
     blocks = [b for b in python_blocks(path) if not b["skip"]]
     if not blocks:
@@ -85,7 +90,11 @@ def test_python_blocks_run(path, tmp_path):
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     run = subprocess.run(
         [sys.executable, "-c", RUNNER],
-        input=json.dumps([{"code": PREAMBLE}, *blocks]), cwd=tmp_path, env=env,
-        capture_output=True, text=True, timeout=900,
+        input=json.dumps([{"code": PREAMBLE}, *blocks]),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]

@@ -21,9 +21,13 @@ def _public_names(module) -> set[str]:
     if hasattr(module, "__all__"):
         names = set(module.__all__)
     else:  # defined in gsc_jax (here or in a private module), not imported from jax or numpy
-        names = {name for name, value in vars(module).items()
-                 if not name.startswith("_") and (callable(value) or isinstance(value, type))
-                 and str(getattr(value, "__module__", "")).startswith("gsc_jax")}
+        names = {
+            name
+            for name, value in vars(module).items()
+            if not name.startswith("_")
+            and (callable(value) or isinstance(value, type))
+            and str(getattr(value, "__module__", "")).startswith("gsc_jax")
+        }
     # Submodules have their own sections.
     return {name for name in names if not isinstance(getattr(module, name), type(gsc_jax))}
 
@@ -50,11 +54,31 @@ def test_api_reference_lists_every_public_name(module):
 def test_sphinx_build_has_no_warnings(tmp_path):
     """`python -m sphinx -W`: a docstring's broken markup or a dead cross-reference fails here."""
     build = subprocess.run(
-        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
-         "-d", str(tmp_path / "doctrees"), str(DOCS), str(tmp_path / "html")],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "sphinx",
+            "-W",
+            "--keep-going",
+            "-q",
+            "-b",
+            "html",
+            "-d",
+            str(tmp_path / "doctrees"),
+            str(DOCS),
+            str(tmp_path / "html"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert build.returncode == 0, (build.stdout + build.stderr)[-5000:]
-    for page in ("index.html", "api.html", "calibration.html", "notebooks/gsc_quickstart.html",
-                 "_autosummary/gsc_jax.gsc_loss.html"):
+    for page in (
+        "index.html",
+        "api.html",
+        "calibration.html",
+        "notebooks/gsc_quickstart.html",
+        "_autosummary/gsc_jax.gsc_loss.html",
+    ):
         assert (tmp_path / "html" / page).is_file(), page

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from experiments.common import augment
-from experiments.common.data import DataError, memory
+from experiments.common.data import DataError
+from experiments.common.data import memory
 
 
 def _write_folder(root, sizes=(8, 8)):
@@ -60,8 +61,10 @@ def _load(root):
 def _by_label(ds):
     """{(split, label): sorted image checksums}: the split contents, whatever the order."""
     out = {}
-    for split, images, labels in (("train", ds.train_images, ds.train_labels),
-                                  ("test", ds.test_images, ds.test_labels)):
+    for split, images, labels in (
+        ("train", ds.train_images, ds.train_labels),
+        ("test", ds.test_images, ds.test_labels),
+    ):
         for image, label in zip(images, labels):
             out.setdefault((split, int(label)), []).append(int(image.astype(np.int64).sum()))
     return {k: sorted(v) for k, v in out.items()}
@@ -95,24 +98,33 @@ def test_cache_follows_an_image_moved_between_classes(tmp_path):
 
 def test_cache_not_written_when_asked(tmp_path):
     _write_folder(tmp_path / "imgs")
-    ds = memory.load_image_folder(str(tmp_path / "imgs"), str(tmp_path / "cache"),
-                                write_cache=False)
+    ds = memory.load_image_folder(
+        str(tmp_path / "imgs"), str(tmp_path / "cache"), write_cache=False
+    )
     assert len(ds.train_labels) == 5 and not (tmp_path / "cache").exists()
 
 
 def _truncate(path):
     content = path.read_bytes()
-    path.write_bytes(content[:len(content) // 2])
+    path.write_bytes(content[: len(content) // 2])
 
 
-@pytest.mark.parametrize("damage, message", [
-    (_truncate, r"cannot decode '.*train/cat/1\.png' \(.*truncated.*\); replace or delete"),
-    (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n not an image"),
-     r"cannot decode '.*train/cat/1\.png' \(.*\); replace or delete that file\.$"),
-    (lambda p: Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(p),
-     r"images in '.*train' have different sizes: 8x8 \(cat/0\.png\), 4x4 \(cat/1\.png\); "
-     r"resize them"),
-], ids=["truncated", "corrupt", "mixed_sizes"])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (_truncate, r"cannot decode '.*train/cat/1\.png' \(.*truncated.*\); replace or delete"),
+        (
+            lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n not an image"),
+            r"cannot decode '.*train/cat/1\.png' \(.*\); replace or delete that file\.$",
+        ),
+        (
+            lambda p: Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(p),
+            r"images in '.*train' have different sizes: 8x8 \(cat/0\.png\), 4x4 \(cat/1\.png\); "
+            r"resize them",
+        ),
+    ],
+    ids=["truncated", "corrupt", "mixed_sizes"],
+)
 def test_unreadable_images_name_the_file(tmp_path, damage, message):
     _write_folder(tmp_path / "imgs")
     damage(tmp_path / "imgs/train/cat/1.png")
@@ -130,7 +142,8 @@ def test_image_folder_splits_are_mixed_so_a_prefix_holds_every_class(tmp_path):
             (tmp_path / split / cls).mkdir(parents=True)
             for i in range(8):
                 Image.fromarray(rng.randint(0, 255, (4, 4, 3)).astype(np.uint8)).save(
-                    tmp_path / split / cls / f"{i}.png")
+                    tmp_path / split / cls / f"{i}.png"
+                )
     ds = memory.load_image_folder(str(tmp_path), str(tmp_path / "cache"))
     for labels in (ds.train_labels, ds.test_labels):
         assert sorted(labels.tolist()) == [0] * 8 + [1] * 8 + [2] * 8
@@ -157,8 +170,7 @@ def test_random_crop_flip():
     np.testing.assert_array_equal(out, augment.random_crop_flip(jax.random.key(0), images, pad=2))
     same = augment.random_crop_flip(jax.random.key(3), images, pad=0)  # flip only
     for i in range(2):
-        assert (np.array_equal(same[i], images[i])
-                or np.array_equal(same[i], images[i, :, ::-1]))
+        assert np.array_equal(same[i], images[i]) or np.array_equal(same[i], images[i, :, ::-1])
     # A crop is a shifted window of the zero-padded image: its values are 0 or from the image.
     values = set(np.unique(out).tolist())
     assert values <= set(np.unique(images).tolist()) | {0.0}
@@ -166,8 +178,10 @@ def test_random_crop_flip():
 
 def test_digits_split():
     ds = memory.load_digits()
-    assert ds.train_images.shape[1:] == (8, 8, 1) and len(ds.train_labels) + len(ds.test_labels) \
-        == 1797
+    assert (
+        ds.train_images.shape[1:] == (8, 8, 1)
+        and len(ds.train_labels) + len(ds.test_labels) == 1797
+    )
     assert ds.num_classes == 10 and ds.train_images.max() == 255
 
 
@@ -206,11 +220,14 @@ def test_load_tfds_reads_each_split_in_order_across_chunks(tmp_path):
         return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
 
     for chunk_size in (4, 7, 10_000):
-        with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
-                                    as_dataset_fn=as_dataset_fn):
+        with tfds.testing.mock_data(
+            policy=tfds.testing.MockPolicy.USE_CODE, as_dataset_fn=as_dataset_fn
+        ):
             ds = memory.load_tfds("cifar10", str(tmp_path / "tfds"), chunk_size=chunk_size)
-        for split, images, labels in (("train", ds.train_images, ds.train_labels),
-                                      ("test", ds.test_images, ds.test_labels)):
+        for split, images, labels in (
+            ("train", ds.train_images, ds.train_labels),
+            ("test", ds.test_images, ds.test_labels),
+        ):
             want_images, want_labels = fake_split(split)
             np.testing.assert_array_equal(images, want_images)
             np.testing.assert_array_equal(labels, want_labels.astype(np.int32))

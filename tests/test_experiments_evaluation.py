@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.common import evaluators, parallel
+from experiments.common import evaluators
+from experiments.common import parallel
 from experiments.common.data import memory
 from experiments.common.evaluators import classification as evaluation
 
@@ -22,11 +23,19 @@ def _numpy_summary(logits, labels, num_bins=15):
     rank = (z > z[np.arange(n), labels][:, None]).sum(-1)
     confidence, prediction = probs.max(-1), probs.argmax(-1)
     bins = np.clip(np.ceil(confidence * num_bins).astype(int) - 1, 0, num_bins - 1)
-    ece = sum(abs(np.mean(prediction[bins == m] == labels[bins == m])
-                  - np.mean(confidence[bins == m])) * np.sum(bins == m) / n
-              for m in range(num_bins) if np.any(bins == m))
-    return {"top1": np.mean(rank < 1), "top5": np.mean(rank < 5),
-            "nll": -np.mean(log_probs[np.arange(n), labels]), "ece": ece}
+    ece = sum(
+        abs(np.mean(prediction[bins == m] == labels[bins == m]) - np.mean(confidence[bins == m]))
+        * np.sum(bins == m)
+        / n
+        for m in range(num_bins)
+        if np.any(bins == m)
+    )
+    return {
+        "top1": np.mean(rank < 1),
+        "top5": np.mean(rank < 5),
+        "nll": -np.mean(log_probs[np.arange(n), labels]),
+        "ece": ece,
+    }
 
 
 def _classification(logits, labels, batch_size, population=0):
@@ -35,18 +44,33 @@ def _classification(logits, labels, batch_size, population=0):
     scales them by the state (a population's state holds one scale per member)."""
     n = len(labels)
     index = np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1)
-    source = memory.ArraySource(memory.Dataset(index, labels, index, labels,
-                                               tuple(f"c{k}" for k in range(logits.shape[1]))))
+    source = memory.ArraySource(
+        memory.Dataset(index, labels, index, labels, tuple(f"c{k}" for k in range(logits.shape[1])))
+    )
     table = jnp.asarray(logits)
-    lookup = lambda state, images: state * table[  # noqa: E731
-        images[:, 0, 0, 0].astype(jnp.int32)]
+
+    def lookup(state, images):
+        return state * table[images[:, 0, 0, 0].astype(jnp.int32)]
+
     if population:
         lookup = jax.vmap(lookup, in_axes=(0, None))
     mesh = parallel.make_mesh()
-    context = evaluators.Context(None, source, None, lookup, mesh, parallel.replicated(mesh),
-                                 logits.shape[1], 15, batch_size, population, "")
-    return evaluators.TYPES["classification"]("test", {"type": "classification", "split": "test"},
-                                              context)
+    context = evaluators.Context(
+        None,
+        source,
+        None,
+        lookup,
+        mesh,
+        parallel.replicated(mesh),
+        logits.shape[1],
+        15,
+        batch_size,
+        population,
+        "",
+    )
+    return evaluators.TYPES["classification"](
+        "test", {"type": "classification", "split": "test"}, context
+    )
 
 
 def test_padded_batches_equal_numpy_on_the_real_examples():
@@ -77,8 +101,7 @@ def test_a_population_reports_each_member_and_pools_the_details():
     for i, scale in enumerate(np.asarray(scales)):
         want = _numpy_summary(scale * logits, labels)
         for key in ("top1", "top5", "nll", "ece"):
-            np.testing.assert_allclose(got[key][i], want[key], rtol=1e-5, atol=1e-6,
-                                       err_msg=key)
+            np.testing.assert_allclose(got[key][i], want[key], rtol=1e-5, atol=1e-6, err_msg=key)
     assert got["count"] == [21, 21]
     assert details["pooled"]["count"] == 42 and sum(details["reliability"]["count"]) == 42
 

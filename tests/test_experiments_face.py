@@ -5,18 +5,28 @@ the command line (CPU)."""
 import json
 import os
 
-import gsc_jax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _experiments_util import FACE_IDS
+from _experiments_util import FACE_SIZE
+from _experiments_util import REPO
+from _experiments_util import jpeg_bytes
+from _experiments_util import load_config
+from _experiments_util import make_faces
+from _experiments_util import run_module
+from _experiments_util import run_python
 
-from _experiments_util import (FACE_IDS, FACE_SIZE, REPO, jpeg_bytes, load_config, make_faces,
-                               run_module, run_python)
+import gsc_jax
 from experiments.common import config as cfg
-from experiments.common import grid, loop, losses
+from experiments.common import grid
+from experiments.common import loop
+from experiments.common import losses
 from experiments.common.data import stream
-from experiments.face import data, models, task
+from experiments.face import data
+from experiments.face import models
+from experiments.face import task
 
 pytest.importorskip("tensorflow")
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -33,21 +43,33 @@ def faces(tmp_path_factory):
 def tiny_config(data_dir, sets=(), **overrides):
     """The ArcFace recipe at CPU size: IR-ResNet-18 of width 8 with one block a stage, 32x32
     faces, every 4th image of an identity held out, 4 verification folds."""
-    base = dict(data__data_dir=data_dir, model__name="iresnet18", model__width=8,
-                model__depths=(1, 1, 1, 1), model__embedding_size=16,
-                data__image_size=FACE_SIZE, epochs=4, batch_size=16, eval_batch_size=8,
-                optimizer__learning_rate=0.02, data__holdout_every=4,
-                evals__verification__num_folds=4, evals__verification__sets=tuple(sets))
+    base = dict(
+        data__data_dir=data_dir,
+        model__name="iresnet18",
+        model__width=8,
+        model__depths=(1, 1, 1, 1),
+        model__embedding_size=16,
+        data__image_size=FACE_SIZE,
+        epochs=4,
+        batch_size=16,
+        eval_batch_size=8,
+        optimizer__learning_rate=0.02,
+        data__holdout_every=4,
+        evals__verification__num_folds=4,
+        evals__verification__sets=tuple(sets),
+    )
     return load_config("face", "arcface", **{**base, **overrides})
 
 
 def _spec(margin, gamma=0.0, top_c=2) -> losses.LossSpec:
     scale, m = losses.MARGIN_DEFAULTS[margin]
-    return losses.LossSpec("ce", gsc_gamma=gamma, gsc_top_c=top_c, margin=margin,
-                           margin_scale=scale, margin_m=m)
+    return losses.LossSpec(
+        "ce", gsc_gamma=gamma, gsc_top_c=top_c, margin=margin, margin_scale=scale, margin_m=m
+    )
 
 
 # --- the margin in the shared loss layer ---------------------------------------------------------
+
 
 @pytest.mark.parametrize("margin", ["arcface", "cosface"])
 def test_margin_loss_is_the_margin_logits_fed_to_ce_and_gsc(margin):
@@ -55,17 +77,19 @@ def test_margin_loss_is_the_margin_logits_fed_to_ce_and_gsc(margin):
     labels = jnp.array([0, 3, 6, 2, 2])
     spec = _spec(margin, gamma=0.05, top_c=3)
     margin_fn = gsc_jax.arcface_logits if margin == "arcface" else gsc_jax.cosface_logits
-    expected_logits = margin_fn(cosines, labels, scale=64.0,
-                                margin=0.5 if margin == "arcface" else 0.4)
+    expected_logits = margin_fn(
+        cosines, labels, scale=64.0, margin=0.5 if margin == "arcface" else 0.4
+    )
     got = losses.make_loss_fn(spec)(64.0 * cosines, labels)
     want = gsc_jax.gsc_loss(expected_logits, labels, gamma=0.05, top_c=3)
     np.testing.assert_allclose(got, want, rtol=1e-5)
     _, parts = losses.make_objective(spec)(64.0 * cosines, labels)
-    np.testing.assert_allclose(parts["base_loss"],
-                               np.mean(gsc_jax.cross_entropy(expected_logits, labels)),
-                               rtol=1e-5)
-    np.testing.assert_allclose(parts["gsc_term"],
-                               np.mean(gsc_jax.gsc_term(expected_logits, top_c=3)), rtol=1e-5)
+    np.testing.assert_allclose(
+        parts["base_loss"], np.mean(gsc_jax.cross_entropy(expected_logits, labels)), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        parts["gsc_term"], np.mean(gsc_jax.gsc_term(expected_logits, top_c=3)), rtol=1e-5
+    )
     # The margin makes the loss larger than plain CE of the same scaled cosines (equal only
     # where both round to 0).
     plain = np.asarray(losses.make_loss_fn(losses.LossSpec("ce"))(64.0 * cosines, labels))
@@ -79,8 +103,14 @@ def test_margin_spec_label_identity_and_errors():
     spec = losses.LossSpec.from_config(cfg.apply_overrides(config, row.overrides).loss)
     assert spec == _spec("cosface", gamma=0.025, top_c=3)
     assert spec.label == "CosFace(64,0.4)+GSC(0.025,3)"
-    assert spec.hyperparameters() == {"name": "ce", "gsc_gamma": 0.025, "gsc_top_c": 3,
-                                      "margin": "cosface", "margin_scale": 64.0, "margin_m": 0.4}
+    assert spec.hyperparameters() == {
+        "name": "ce",
+        "gsc_gamma": 0.025,
+        "gsc_top_c": 3,
+        "margin": "cosface",
+        "margin_scale": 64.0,
+        "margin_m": 0.4,
+    }
     assert losses.LossSpec().hyperparameters() == {"name": "ce"}
     with pytest.raises(ValueError, match="unknown margin"):
         losses.validate(losses.LossSpec(margin="sphereface"), 10)
@@ -92,6 +122,7 @@ def test_margin_spec_label_identity_and_errors():
 
 # --- models ----------------------------------------------------------------------------------------
 
+
 def _insightface_iresnet_parameters(depths, width=64, embedding=512, image=112):
     """Trainable parameters of insightface's iresnet (recognition/arcface_torch/backbones/
     iresnet.py) counted from its layer list: BN = 2C (the final BN1d only its bias), PReLU = C."""
@@ -100,7 +131,9 @@ def _insightface_iresnet_parameters(depths, width=64, embedding=512, image=112):
     for stage, depth in enumerate(depths):
         planes = width * 2**stage
         for i in range(depth):
-            count += 2 * inplanes + 9 * inplanes * planes + 2 * planes + planes  # bn1 conv1 bn2 prelu
+            count += (
+                2 * inplanes + 9 * inplanes * planes + 2 * planes + planes
+            )  # bn1 conv1 bn2 prelu
             count += 9 * planes * planes + 2 * planes  # conv2 bn3
             if i == 0:
                 count += inplanes * planes + 2 * planes  # 1x1 shortcut + BN
@@ -113,8 +146,9 @@ def _insightface_iresnet_parameters(depths, width=64, embedding=512, image=112):
 @pytest.mark.parametrize("name", ["iresnet50", "iresnet100"])
 def test_iresnet_parameter_count_matches_insightface(name):
     model = models.IResNet(models.CONFIGS[name])
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0),
-                                               jnp.zeros((1, 112, 112, 3)), train=False))
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 112, 112, 3)), train=False)
+    )
     count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
     assert count == _insightface_iresnet_parameters(models.CONFIGS[name])
     # iresnet50: 43.6M, the figure usually quoted for arcface_torch's r50 (with the 512 fixed
@@ -124,8 +158,9 @@ def test_iresnet_parameter_count_matches_insightface(name):
 
 
 def test_cosine_head_logits_are_scaled_cosines_and_embeddings_unit_norm():
-    model = models.create_model("iresnet18", 5, width=4, depths=(1, 1, 1, 1), embedding_size=8,
-                                scale=30.0)
+    model = models.create_model(
+        "iresnet18", 5, width=4, depths=(1, 1, 1, 1), embedding_size=8, scale=30.0
+    )
     x = jax.random.uniform(jax.random.key(1), (3, 16, 16, 3))
     variables = model.init(jax.random.key(0), x, train=False)
     logits = model.apply(variables, x, train=False)
@@ -140,6 +175,7 @@ def test_cosine_head_logits_are_scaled_cosines_and_embeddings_unit_norm():
 
 
 # --- the identity folder and the verification sets -------------------------------------------------
+
 
 def test_identity_catalogue_holds_out_every_nth_image(faces):
     folder, _ = faces
@@ -200,8 +236,11 @@ def test_find_verification_sets_reads_val_dir(faces, tmp_path):
     os.symlink(bin_path, tmp_path / "lfw.bin")
     os.symlink(bin_path, tmp_path / "agedb_30.bin")
     found = data.find_verification_sets([bin_path], str(tmp_path))
-    assert found == {"val": bin_path, "lfw": str(tmp_path / "lfw.bin"),
-                     "agedb_30": str(tmp_path / "agedb_30.bin")}
+    assert found == {
+        "val": bin_path,
+        "lfw": str(tmp_path / "lfw.bin"),
+        "agedb_30": str(tmp_path / "agedb_30.bin"),
+    }
 
 
 def test_two_verification_sets_with_one_name_are_refused_naming_both(faces, tmp_path):
@@ -212,8 +251,9 @@ def test_two_verification_sets_with_one_name_are_refused_naming_both(faces, tmp_
         os.makedirs(tmp_path / sub)
         os.symlink(bin_path, tmp_path / sub / "lfw.bin")
     first, second = str(tmp_path / "a" / "lfw.bin"), str(tmp_path / "b" / "lfw.bin")
-    with pytest.raises(stream.MissingDataError, match="two verification sets are named 'lfw'") \
-            as error:
+    with pytest.raises(
+        stream.MissingDataError, match="two verification sets are named 'lfw'"
+    ) as error:
         data.find_verification_sets([first, second])
     assert first in str(error.value) and second in str(error.value)
     lfw_folder = os.path.join(os.path.dirname(bin_path), "lfw")  # a pairs.txt folder named lfw
@@ -239,6 +279,7 @@ def test_lfw_pairs_folder_and_bin_hold_the_same_set(faces):
 
 # --- training ----------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def trained(faces, tmp_path_factory):
     """4 epochs with verification on the .bin, named test.bin like the identification split,
@@ -251,8 +292,9 @@ def trained(faces, tmp_path_factory):
     previous = jax.config.read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", True)
     try:
-        result = loop.train_and_evaluate(tiny_config(folder, sets=(str(root / "test.bin"), lfw)),
-                                         str(workdir))
+        result = loop.train_and_evaluate(
+            tiny_config(folder, sets=(str(root / "test.bin"), lfw)), str(workdir)
+        )
     finally:
         jax.config.update("jax_disable_most_optimizations", previous)
     return result, workdir
@@ -264,8 +306,9 @@ def test_training_lifts_verification_above_chance(trained):
     assert result.status == "completed"
     records = [json.loads(x) for x in open(workdir / "metrics.jsonl")]
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
-    assert all("verification/test/accuracy" in r and "verification/lfw/tar_at_far" in r
-               for r in records)
+    assert all(
+        "verification/test/accuracy" in r and "verification/lfw/tar_at_far" in r for r in records
+    )
     summary = json.load(open(workdir / "summary.json"))
     # Chance is 0.5 (balanced pairs) and 1 / NUM_IDS (identification).
     assert summary["verification/test/accuracy"] > 0.85, summary["verification/test/accuracy"]
@@ -291,8 +334,11 @@ def test_a_verification_set_named_like_a_split_keeps_the_identification_metrics(
     for key in ("test/top1", "test/nll", "test/ece", "test/count"):
         assert summary[key] == records[-1][key] == result.summary[key]
     assert not any(k.startswith("test/") and ("accuracy" in k or "tar" in k) for k in summary)
-    assert {"verification/test/accuracy", "verification/test/accuracy_std",
-            "verification/test/tar_at_far"} <= set(summary)
+    assert {
+        "verification/test/accuracy",
+        "verification/test/accuracy_std",
+        "verification/test/tar_at_far",
+    } <= set(summary)
     assert summary["test/top1"] != summary["verification/test/accuracy"]
     assert sum(summary["test/reliability"]["count"]) == NUM_IDS * 3  # its details too
 
@@ -334,9 +380,16 @@ def test_class_sharded_head_equals_replicated_head_and_resumes(faces, tmp_path):
     one column per device (its momentum too); a sharded run stopped after 2 steps and resumed
     (the checkpoint restored into the split layout) trains to the replicated head's weights."""
     folder, _ = faces
-    proc = run_python(SHARDED, {
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
-        "TF_CPP_MIN_LOG_LEVEL": "2", "DATA": folder, "WORKDIR": str(tmp_path)})
+    proc = run_python(
+        SHARDED,
+        {
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+            "JAX_PLATFORMS": "cpu",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "DATA": folder,
+            "WORKDIR": str(tmp_path),
+        },
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
     result = json.loads(line[7:])
@@ -356,15 +409,20 @@ def test_class_sharded_head_equals_replicated_head_and_resumes(faces, tmp_path):
 
 # --- Table 5 and the command line ----------------------------------------------------------------------
 
+
 def test_table5_rows_and_not_run(tmp_path):
     config, table = cfg.load(TABLE5)
     assert len(table.rows) == 14 and len({r.id for r in table.rows}) == 14
-    specs = [losses.LossSpec.from_config(cfg.apply_overrides(config, r.overrides).loss)
-             for r in table.rows]
+    specs = [
+        losses.LossSpec.from_config(cfg.apply_overrides(config, r.overrides).loss)
+        for r in table.rows
+    ]
     assert all(spec.margin in ("arcface", "cosface") for spec in specs)
     assert sum(spec.uses_gsc for spec in specs) == 12
-    results = [grid.CellResult(r, s.label, grid.row_workdirs(table, r, str(tmp_path)), [None])
-               for r, s in zip(table.rows, specs)]
+    results = [
+        grid.CellResult(r, s.label, grid.row_workdirs(table, r, str(tmp_path)), [None])
+        for r, s in zip(table.rows, specs)
+    ]
     text = grid.write(table, results, str(tmp_path))
     assert text == open(tmp_path / "table5.md").read()
     assert text.count("not run") == 14 * 6
@@ -373,30 +431,39 @@ def test_table5_rows_and_not_run(tmp_path):
         grid.check_rows(table, ["arcface_gsc_9_9"])
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"model__name": "resnet50"}, "config.model.name"),
-    ({"data__image_size": 40}, "config.data.image_size"),
-    ({"loss__margin__name": "none"}, "config.loss.margin.name"),
-    ({"epochs": 0}, "config.epochs"),
-    ({"evals__verification__num_folds": 1}, "num_folds must be at least 2"),
-    ({"model__depths": (1, 1)}, "config.model.depths"),
-    ({"model__shard_head": "maybe"}, "config.model.shard_head"),
-    ({"loss__gsc__gamma": 0.1, "loss__gsc__top_c": 7}, r"top_c must be in \[1, num_classes=6\]"),
-    ({"data__data_dir": ""}, "config.data.data_dir is required"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"model__name": "resnet50"}, "config.model.name"),
+        ({"data__image_size": 40}, "config.data.image_size"),
+        ({"loss__margin__name": "none"}, "config.loss.margin.name"),
+        ({"epochs": 0}, "config.epochs"),
+        ({"evals__verification__num_folds": 1}, "num_folds must be at least 2"),
+        ({"model__depths": (1, 1)}, "config.model.depths"),
+        ({"model__shard_head": "maybe"}, "config.model.shard_head"),
+        (
+            {"loss__gsc__gamma": 0.1, "loss__gsc__top_c": 7},
+            r"top_c must be in \[1, num_classes=6\]",
+        ),
+        ({"data__data_dir": ""}, "config.data.data_dir is required"),
+    ],
+)
 def test_bad_config_names_the_field_before_training(faces, tmp_path, overrides, message):
     folder, bin_path = faces
     with pytest.raises(ValueError, match=message):
-        loop.train_and_evaluate(tiny_config(folder, sets=(bin_path,), **overrides),
-                                str(tmp_path / "w"))
+        loop.train_and_evaluate(
+            tiny_config(folder, sets=(bin_path,), **overrides), str(tmp_path / "w")
+        )
     assert not (tmp_path / "w").exists()
 
 
 def test_task_shards_the_head_on_several_devices_only():
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
     assert task.class_sharding(load_config("face", "arcface"), mesh) is None  # auto, 1 device
-    assert task.class_sharding(load_config("face", "arcface", model__shard_head="yes"),
-                               mesh) is not None
+    assert (
+        task.class_sharding(load_config("face", "arcface", model__shard_head="yes"), mesh)
+        is not None
+    )
 
 
 @pytest.mark.slow
@@ -404,20 +471,41 @@ def test_command_line_errors_come_before_training(faces, tmp_path):
     folder, _ = faces
     bad_bin = tmp_path / "bad.bin"
     import pickle  # pylint: disable=import-outside-toplevel
+
     bad_bin.write_bytes(pickle.dumps({"not": "a verification set"}))
     cases = [
         ([f"--config.data.data_dir={tmp_path / 'missing'}"], "not a directory"),
-        ([f"--config.data.data_dir={folder}", "--config.loss.gsc.gamma=0.1",
-          "--config.loss.gsc.top_c=9"], "config.loss.gsc.top_c"),
-        ([f"--config.data.data_dir={folder}", f"--config.evals.verification.sets=('{bad_bin}',)"],
-         "bad.bin"),
-        ([f"--config.data.data_dir={folder}", "--config.model.shard_head=maybe"],
-         "config.model.shard_head"),
+        (
+            [
+                f"--config.data.data_dir={folder}",
+                "--config.loss.gsc.gamma=0.1",
+                "--config.loss.gsc.top_c=9",
+            ],
+            "config.loss.gsc.top_c",
+        ),
+        (
+            [
+                f"--config.data.data_dir={folder}",
+                f"--config.evals.verification.sets=('{bad_bin}',)",
+            ],
+            "bad.bin",
+        ),
+        (
+            [f"--config.data.data_dir={folder}", "--config.model.shard_head=maybe"],
+            "config.model.shard_head",
+        ),
     ]
     for args, message in cases:
-        proc = run_module(["experiments.face", f"--workdir={tmp_path / 'w'}",
-                           "--config.data.holdout_every=4", "--config.data.image_size=32",
-                           "--config.batch_size=16", *args])
+        proc = run_module(
+            [
+                "experiments.face",
+                f"--workdir={tmp_path / 'w'}",
+                "--config.data.holdout_every=4",
+                "--config.data.image_size=32",
+                "--config.batch_size=16",
+                *args,
+            ]
+        )
         assert proc.returncode == 1 and message in proc.stderr, (args, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr
         assert not os.path.exists(tmp_path / "w" / "checkpoints")
@@ -433,15 +521,28 @@ def test_command_line_trains_table5_row_on_both_set_formats(faces, tmp_path):
     sets.mkdir()
     os.symlink(bin_path, sets / "lfw.bin")
     os.symlink(os.path.join(os.path.dirname(bin_path), "lfw"), sets / "agedb_30")
-    proc = run_module([
-        "experiments.face", "--config", TABLE5, f"--workdir={tmp_path / 'w'}",
-        f"--config.data.data_dir={folder}",
-        f"--config.evals.verification.sets=('{sets / 'lfw.bin'}', '{sets / 'agedb_30'}')",
-        "--rows=arcface", "--config.model.name=iresnet18", "--config.model.width=8",
-        "--config.model.depths=(1,1,1,1)", "--config.model.embedding_size=16",
-        "--config.data.image_size=32", "--config.epochs=1", "--config.batch_size=16",
-        "--config.eval_batch_size=8", "--config.data.holdout_every=4",
-        "--config.evals.verification.num_folds=4", "--config.run.progress=False"])
+    proc = run_module(
+        [
+            "experiments.face",
+            "--config",
+            TABLE5,
+            f"--workdir={tmp_path / 'w'}",
+            f"--config.data.data_dir={folder}",
+            f"--config.evals.verification.sets=('{sets / 'lfw.bin'}', '{sets / 'agedb_30'}')",
+            "--rows=arcface",
+            "--config.model.name=iresnet18",
+            "--config.model.width=8",
+            "--config.model.depths=(1,1,1,1)",
+            "--config.model.embedding_size=16",
+            "--config.data.image_size=32",
+            "--config.epochs=1",
+            "--config.batch_size=16",
+            "--config.eval_batch_size=8",
+            "--config.data.holdout_every=4",
+            "--config.evals.verification.num_folds=4",
+            "--config.run.progress=False",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = open(tmp_path / "w" / "table5.md").read()
     row = [line for line in table.splitlines() if line.startswith("| arcface | ArcFace(64,0.5) |")]

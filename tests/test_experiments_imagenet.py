@@ -14,12 +14,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
+from _experiments_util import REPO
+from _experiments_util import _env
+from _experiments_util import load_config
+from _experiments_util import run_module
+from _experiments_util import run_python
 
-from _experiments_util import REPO, _env, load_config, run_module, run_python
 from experiments.common import config as cfg
-from experiments.common import grid, loop, optim, report
-from experiments.common.data import DataError, stream
-from experiments.imagenet import decoders, models
+from experiments.common import grid
+from experiments.common import loop
+from experiments.common import optim
+from experiments.common import report
+from experiments.common.data import DataError
+from experiments.common.data import stream
+from experiments.imagenet import decoders
+from experiments.imagenet import models
 
 tfds = pytest.importorskip("tensorflow_datasets")
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -58,9 +67,17 @@ def make_folder(root, classes=3, n_train=8, n_val=5, seed=0) -> str:
 
 def tiny_config(data_dir, **overrides):
     """The pycls recipe at CPU size: ResNet-18 of width 4 on 32x32 crops, CE+GSC(0.02, 2)."""
-    base = dict(data__data_dir=data_dir, model__name="resnet18", model__width=4,
-                data__image_size=SIZE, epochs=2, batch_size=8, eval_batch_size=4,
-                loss__gsc__gamma=0.02, loss__gsc__top_c=2)
+    base = dict(
+        data__data_dir=data_dir,
+        model__name="resnet18",
+        model__width=4,
+        data__image_size=SIZE,
+        epochs=2,
+        batch_size=8,
+        eval_batch_size=4,
+        loss__gsc__gamma=0.02,
+        loss__gsc__top_c=2,
+    )
     return load_config("imagenet", "pycls", **{**base, **overrides})
 
 
@@ -107,11 +124,20 @@ def test_decode_grayscale_cmyk_png_non_square(decode):
     pixels = np.repeat(np.repeat(rng.randint(0, 255, (9, 15, 3)), 5, 0), 5, 1).astype(np.uint8)
     rgb = Image.fromarray(pixels)  # 45 x 75: not square
     train, evaluate = decoders.decoders("inception", "short_side", SIZE, 0.0)  # no lighting
-    fn = (lambda e: evaluate(tf.constant(e))) if decode == "eval" else (
-        lambda e: train(tf.constant(e), tf.constant([3, 4], tf.int64)))
-    out = {name: np.asarray(fn(_encode(image, fmt)))
-           for name, image, fmt in (("rgb", rgb, "JPEG"), ("cmyk", rgb.convert("CMYK"), "JPEG"),
-                                    ("gray", rgb.convert("L"), "JPEG"), ("png", rgb, "PNG"))}
+    fn = (
+        (lambda e: evaluate(tf.constant(e)))
+        if decode == "eval"
+        else (lambda e: train(tf.constant(e), tf.constant([3, 4], tf.int64)))
+    )
+    out = {
+        name: np.asarray(fn(_encode(image, fmt)))
+        for name, image, fmt in (
+            ("rgb", rgb, "JPEG"),
+            ("cmyk", rgb.convert("CMYK"), "JPEG"),
+            ("gray", rgb.convert("L"), "JPEG"),
+            ("png", rgb, "PNG"),
+        )
+    }
     for image in out.values():
         assert image.shape == (SIZE, SIZE, 3) and image.dtype == np.uint8
     # The same view of the same picture, whatever the colour space or format (PNG: lossless).
@@ -125,8 +151,14 @@ def test_train_stream_is_a_function_of_seed_and_step(folder):
     source = _source(stream.folder_catalogue(folder))
     spe = source.steps_per_epoch(8)
     assert spe == 3
-    batches = lambda start, seed=5: list(source.host_train_batches(  # noqa: E731
-        batch_size=8, start_step=start, num_steps=2 * spe + 2, seed=seed))
+
+    def batches(start, seed=5):
+        return list(
+            source.host_train_batches(
+                batch_size=8, start_step=start, num_steps=2 * spe + 2, seed=seed
+            )
+        )
+
     full = batches(0)
     assert len(full) == 2 * spe + 2
     for start in (1, spe + 1):  # mid-epoch, and across an epoch boundary
@@ -137,7 +169,7 @@ def test_train_stream_is_a_function_of_seed_and_step(folder):
             np.testing.assert_array_equal(a["label"], b["label"])
     # Each epoch visits every class's images in a new order: 8 labels per step, all 24 per epoch.
     for epoch in range(2):
-        labels = np.concatenate([b["label"] for b in full[epoch * spe:(epoch + 1) * spe]])
+        labels = np.concatenate([b["label"] for b in full[epoch * spe : (epoch + 1) * spe]])
         assert np.bincount(labels, minlength=3).tolist() == [8, 8, 8]
     assert not all(np.array_equal(a["label"], b["label"]) for a, b in zip(full, full[spe:]))
     other = next(source.host_train_batches(batch_size=8, start_step=0, num_steps=1, seed=6))
@@ -158,7 +190,8 @@ def test_eval_covers_every_image_once(folder, eval_batch):
     for path, image in zip(source.catalogue.eval.paths, images):
         with open(path, "rb") as f:
             np.testing.assert_array_equal(
-                image, np.asarray(source.decode_eval(tf.constant(f.read()))))
+                image, np.asarray(source.decode_eval(tf.constant(f.read())))
+            )
 
 
 def test_tfds_mock_stream_resumes_and_covers_the_evaluation_split():
@@ -167,8 +200,7 @@ def test_tfds_mock_stream_resumes_and_covers_the_evaluation_split():
         assert (catalogue.num_classes, catalogue.num_train, catalogue.num_eval) == (102, 10, 10)
         source = _source(catalogue, "resize_random", "square", 0.0)
         full = list(source.host_train_batches(batch_size=4, start_step=0, num_steps=5, seed=0))
-        resumed = list(source.host_train_batches(batch_size=4, start_step=3, num_steps=5,
-                                                 seed=0))
+        resumed = list(source.host_train_batches(batch_size=4, start_step=3, num_steps=5, seed=0))
         assert len(full) == 5 and len(resumed) == 2
         for a, b in zip(full[3:], resumed):
             np.testing.assert_array_equal(a["image"], b["image"])
@@ -179,9 +211,17 @@ def test_tfds_mock_stream_resumes_and_covers_the_evaluation_split():
 @pytest.mark.slow
 def test_tfds_mock_data_end_to_end(tmp_path):
     with tfds.testing.mock_data(num_examples=10):
-        config = load_config("imagenet", "ols_flowers", model__name="resnet18", model__width=4,
-                             data__image_size=SIZE, epochs=1, batch_size=4, eval_batch_size=4,
-                             loss__name="ols")
+        config = load_config(
+            "imagenet",
+            "ols_flowers",
+            model__name="resnet18",
+            model__width=4,
+            data__image_size=SIZE,
+            epochs=1,
+            batch_size=4,
+            eval_batch_size=4,
+            loss__name="ols",
+        )
         result = loop.train_and_evaluate(config, str(tmp_path / "w"))
     assert result.status == "completed" and result.summary["num_test_examples"] == 10
     assert result.summary["dataset"] == "oxford_flowers102" and result.summary["test/count"] == 10
@@ -196,29 +236,39 @@ def test_missing_imagenet_archives_say_where_to_put_them(tmp_path):
     assert os.path.join(str(tmp_path), "downloads", "manual") in message
     workdir = tmp_path / "w"
     with pytest.raises(stream.MissingDataError, match="ILSVRC2012_img_val.tar"):
-        loop.train_and_evaluate(tiny_config(str(tmp_path), data__dataset="imagenet2012"),
-                                str(workdir))
+        loop.train_and_evaluate(
+            tiny_config(str(tmp_path), data__dataset="imagenet2012"), str(workdir)
+        )
     assert not workdir.exists()  # stopped before any work
 
 
 @pytest.mark.slow
 def test_cli_says_where_to_put_the_imagenet_archives(tmp_path):
     workdir = tmp_path / "w"
-    proc = run_module(["experiments.imagenet", f"--workdir={workdir}",
-                       "--config.data.dataset=imagenet2012", f"--config.data.data_dir={tmp_path}"])
+    proc = run_module(
+        [
+            "experiments.imagenet",
+            f"--workdir={workdir}",
+            "--config.data.dataset=imagenet2012",
+            f"--config.data.data_dir={tmp_path}",
+        ]
+    )
     assert proc.returncode == 1 and "ILSVRC2012_img_val.tar" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not workdir.exists()
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"data__dataset": "cifar"}, "config.data.dataset must be one of folder"),
-    ({"data__data_dir": ""}, "config.data.dataset 'folder' needs config.data.data_dir"),
-    ({"model__name": "vgg"}, "config.model.name must be one of resnet18"),
-    ({"data__train_crop": "random"}, "config.data.train_crop"),
-    ({"data__lighting_std": -1.0}, "config.data.lighting_std"),
-    ({"loss__gsc__top_c": 4}, r"config.loss.gsc.top_c must be in \[1, num_classes=3\]"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"data__dataset": "cifar"}, "config.data.dataset must be one of folder"),
+        ({"data__data_dir": ""}, "config.data.dataset 'folder' needs config.data.data_dir"),
+        ({"model__name": "vgg"}, "config.model.name must be one of resnet18"),
+        ({"data__train_crop": "random"}, "config.data.train_crop"),
+        ({"data__lighting_std": -1.0}, "config.data.lighting_std"),
+        ({"loss__gsc__top_c": 4}, r"config.loss.gsc.top_c must be in \[1, num_classes=3\]"),
+    ],
+)
 def test_bad_config_names_the_field_before_training(folder, tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         loop.train_and_evaluate(tiny_config(folder, **overrides), str(tmp_path / "w"))
@@ -230,23 +280,34 @@ def test_recipes():
     assert (optim.learning_rate(pycls), pycls.batch_size, pycls.epochs) == (0.2, 256, 100)
     assert optim.learning_rate(load_config("imagenet", "pycls", batch_size=64)) == 0.05
     _, lr_fn = optim.make(pycls, steps_per_epoch=10)
-    np.testing.assert_allclose([lr_fn(s) for s in (0, 9, 10, 500, 999)],
-                               [0.2, 0.2, 0.1 * (1 + np.cos(np.pi / 100)), 0.1, 0.2 * 0.5 * (
-                                   1 + np.cos(np.pi * 99 / 100))], rtol=1e-4)
+    np.testing.assert_allclose(
+        [lr_fn(s) for s in (0, 9, 10, 500, 999)],
+        [
+            0.2,
+            0.2,
+            0.1 * (1 + np.cos(np.pi / 100)),
+            0.1,
+            0.2 * 0.5 * (1 + np.cos(np.pi * 99 / 100)),
+        ],
+        rtol=1e-4,
+    )
     flowers = load_config("imagenet", "ols_flowers")
     assert flowers.data.dataset == "oxford_flowers102" and optim.learning_rate(flowers) == 0.01
     _, lr_fn = optim.make(flowers, steps_per_epoch=10)
-    np.testing.assert_allclose([lr_fn(s) for s in (449, 450, 799, 800)],
-                               [0.01, 0.001, 0.001, 0.0001], rtol=1e-6)
+    np.testing.assert_allclose(
+        [lr_fn(s) for s in (449, 450, 799, 800)], [0.01, 0.001, 0.001, 0.0001], rtol=1e-6
+    )
 
 
-@pytest.mark.parametrize("name, params", [("resnet18", 11_689_512), ("resnet50", 25_557_032),
-                                          ("resnet101", 44_549_160)])
+@pytest.mark.parametrize(
+    "name, params", [("resnet18", 11_689_512), ("resnet50", 25_557_032), ("resnet101", 44_549_160)]
+)
 def test_resnet_parameter_counts(name, params):
     """torchvision's counts for the same architectures (1000 classes)."""
     model = models.create_model(name, 1000)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)),
-                                               train=False))
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)
+    )
     assert sum(np.prod(x.shape) for x in jax.tree.leaves(shapes["params"])) == params
 
 
@@ -263,8 +324,9 @@ def test_resnet50_is_v1_5_and_bf16_computes_in_bf16():
         return out
 
     with nn.intercept_methods(record):  # shapes and dtypes only: traced, not run
-        logits, _ = jax.eval_shape(lambda v: model.apply(v, x, train=True,
-                                                         mutable=["batch_stats"]), variables)
+        logits, _ = jax.eval_shape(
+            lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]), variables
+        )
     strided = {(k, s) for k, s, _ in convs if s not in (1, (1, 1))}
     # Stride 2 on the stem's 7x7, the 3x3 of each stage's first block and its 1x1 shortcut.
     assert strided == {((7, 7), 2), ((3, 3), 2), ((1, 1), 2)}
@@ -281,24 +343,43 @@ def _write_table(name: str, workdir: str) -> str:
     for row in table.rows:
         run_config = cfg.apply_overrides(config, row.overrides)
         workdirs = grid.row_workdirs(table, row, workdir)
-        results.append(grid.CellResult(row, grid._label(run_config), workdirs,  # pylint: disable=protected-access
-                                       [report.read_summary(w) for w in workdirs]))
+        results.append(
+            grid.CellResult(
+                row,
+                grid._label(run_config),
+                workdirs,  # pylint: disable=protected-access
+                [report.read_summary(w) for w in workdirs],
+            )
+        )
     return grid.write(table, results, workdir)
 
 
 def test_tables_mark_rows_not_run_and_quote_the_paper(tmp_path):
     row = tmp_path / "table4" / "ce_gsc"
     os.makedirs(row)
-    (row / "summary.json").write_text(json.dumps({
-        "status": "completed", "test/top1": 0.9, "test/top5": 0.99, "test/ece": 0.05,
-        "epochs": 3}))
-    (row / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "test/top1": a}) + "\n"
-                                               for e, a in ((1, 0.8), (2, 0.91), (3, 0.9))))
+    (row / "summary.json").write_text(
+        json.dumps(
+            {
+                "status": "completed",
+                "test/top1": 0.9,
+                "test/top5": 0.99,
+                "test/ece": 0.05,
+                "epochs": 3,
+            }
+        )
+    )
+    (row / "metrics.jsonl").write_text(
+        "".join(
+            json.dumps({"epoch": e, "test/top1": a}) + "\n"
+            for e, a in ((1, 0.8), (2, 0.91), (3, 0.9))
+        )
+    )
     text = _write_table("table4", str(tmp_path))
     lines = [x for x in text.splitlines() if x.startswith(("| ce |", "| ce_gsc |"))]
     assert lines[0] == ("| ce | CE | not run | 90.69 | not run | not run | 97.57 | not run |")
-    assert lines[1] == ("| ce_gsc | CE+GSC(0.05,9) | 90.00 | 92.36 | 91.00 | 99.00 | 98.10 "
-                        "| 5.00 |")
+    assert lines[1] == (
+        "| ce_gsc | CE+GSC(0.05,9) | 90.00 | 92.36 | 91.00 | 99.00 | 98.10 | 5.00 |"
+    )
     assert text.count("not run") == 5 * 4
     table3 = _write_table("table3", str(tmp_path))
     assert "| rn50_ce | CE | not run | 23.03 |" in table3
@@ -325,11 +406,24 @@ def test_two_processes_match_one_process(folder, tmp_path):
     """Each process reads its half of every global batch (and of the evaluation batches)."""
 
     def start(workdir, devices, extra=None):
-        env = _env({"JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2", "DATA": folder,
-                    "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-                    "WORKDIR": str(workdir), **(extra or {})})
-        return subprocess.Popen([sys.executable, "-c", TWO_PROCESSES], cwd=REPO, env=env,
-                                text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        env = _env(
+            {
+                "JAX_PLATFORMS": "cpu",
+                "TF_CPP_MIN_LOG_LEVEL": "2",
+                "DATA": folder,
+                "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+                "WORKDIR": str(workdir),
+                **(extra or {}),
+            }
+        )
+        return subprocess.Popen(
+            [sys.executable, "-c", TWO_PROCESSES],
+            cwd=REPO,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
 
     def results(procs):
         try:
@@ -340,16 +434,27 @@ def test_two_processes_match_one_process(folder, tmp_path):
                     p.kill()
         for p, (_, err) in zip(procs, outs):
             assert p.returncode == 0, err[-3000:]
-        return [json.loads([x for x in out.splitlines() if x.startswith("RESULT ")][-1][7:])
-                for out, _ in outs]
+        return [
+            json.loads([x for x in out.splitlines() if x.startswith("RESULT ")][-1][7:])
+            for out, _ in outs
+        ]
 
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    pair = [start(tmp_path / "two", 1, {"GSC_JAX_MULTIHOST": "1", "JAX_NUM_PROCESSES": "2",
-                                        "JAX_PROCESS_ID": str(i),
-                                        "JAX_COORDINATOR_ADDRESS": f"localhost:{port}"})
-            for i in range(2)]
+    pair = [
+        start(
+            tmp_path / "two",
+            1,
+            {
+                "GSC_JAX_MULTIHOST": "1",
+                "JAX_NUM_PROCESSES": "2",
+                "JAX_PROCESS_ID": str(i),
+                "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+            },
+        )
+        for i in range(2)
+    ]
     two = results(pair)
     (one,) = results([start(tmp_path / "one", 2)])
     assert [r["processes"] for r in two] == [2, 2] and one["processes"] == 1
@@ -385,9 +490,17 @@ def test_eight_devices_match_one_device_and_resume_on_it(folder, tmp_path):
 
     def run(workdir, devices, stop):
         flags = f"--xla_force_host_platform_device_count={devices}"
-        proc = run_python(RESHARD, {"XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu",
-                                    "TF_CPP_MIN_LOG_LEVEL": "2", "DATA": folder,
-                                    "WORKDIR": str(tmp_path / workdir), "STOP": str(stop)})
+        proc = run_python(
+            RESHARD,
+            {
+                "XLA_FLAGS": flags,
+                "JAX_PLATFORMS": "cpu",
+                "TF_CPP_MIN_LOG_LEVEL": "2",
+                "DATA": folder,
+                "WORKDIR": str(tmp_path / workdir),
+                "STOP": str(stop),
+            },
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         return json.loads([x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1][7:])
 

@@ -5,10 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments.cifar10 import models
 from experiments.common import layers
 from experiments.common.layers import TorchConv
-from experiments.cifar10 import models
-
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -37,8 +36,12 @@ def test_cpu_rewrites_equal_xla_convolution(features, kernel, stride, padding, g
     def outputs_and_grads(params, x):
         loss = lambda module, p, x: jnp.sum(jnp.sin(module.apply(p, x)))  # noqa: E731
         grad = jax.grad(loss, argnums=(1, 2))
-        return (fast.apply(params, x), xla.apply(params, x),
-                grad(fast, params, x), grad(xla, params, x))
+        return (
+            fast.apply(params, x),
+            xla.apply(params, x),
+            grad(fast, params, x),
+            grad(xla, params, x),
+        )
 
     with layers.cpu_rewrites(True):
         y_fast, y_xla, grads_fast, grads_xla = jax.jit(outputs_and_grads)(params, x)
@@ -57,8 +60,11 @@ def _conv_primitives(model, x, enabled):
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
     with layers.cpu_rewrites(enabled):
         jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x))(variables)
-    return [eqn.params.get("feature_group_count") for eqn in jaxpr.jaxpr.eqns
-            if eqn.primitive.name == "conv_general_dilated"]
+    return [
+        eqn.params.get("feature_group_count")
+        for eqn in jaxpr.jaxpr.eqns
+        if eqn.primitive.name == "conv_general_dilated"
+    ]
 
 
 def test_rewrites_follow_the_backend_and_are_off_on_gpu_and_tpu():

@@ -16,8 +16,10 @@ import sys
 
 import numpy as np
 import pytest
-
-from _experiments_util import REPO, _env, synthetic_dataset, write_npz
+from _experiments_util import REPO
+from _experiments_util import _env
+from _experiments_util import synthetic_dataset
+from _experiments_util import write_npz
 
 pytestmark = pytest.mark.slow
 
@@ -76,12 +78,24 @@ def _free_port() -> int:
 
 
 def _start(workdir, cache_dir, devices, npz, extra_env=None):
-    env = _env({"JAX_PLATFORMS": "cpu",
-                "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-                "WORKDIR": str(workdir), "JIT_CACHE_DIR": str(cache_dir), "NPZ": npz,
-                **(extra_env or {})})  # _env drops the proxies: gRPC on localhost
-    return subprocess.Popen([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = _env(
+        {
+            "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+            "WORKDIR": str(workdir),
+            "JIT_CACHE_DIR": str(cache_dir),
+            "NPZ": npz,
+            **(extra_env or {}),
+        }
+    )  # _env drops the proxies: gRPC on localhost
+    return subprocess.Popen(
+        [sys.executable, "-c", SCRIPT],
+        cwd=REPO,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _finish(procs):
@@ -99,7 +113,7 @@ def _finish(procs):
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-4000:]
         line = [x for x in out.splitlines() if x.startswith("RESULT ")][-1]
-        results.append((json.loads(line[len("RESULT "):]), out))
+        results.append((json.loads(line[len("RESULT ") :]), out))
     return results
 
 
@@ -110,10 +124,24 @@ def _records(workdir):
 def test_two_processes_match_one_process(tmp_path):
     npz = write_npz(tmp_path, synthetic_dataset(n_train=48, n_test=20))
     port = _free_port()
-    procs = [_start(tmp_path / "multi", tmp_path / f"cache{i}", 1, npz, {
-        "GSC_JAX_MULTIHOST": "1", "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
-        "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)}) for i in range(2)]
-    procs.append(_start(tmp_path / "one", tmp_path / "cache_one", 2, npz))  # the baseline, meanwhile
+    procs = [
+        _start(
+            tmp_path / "multi",
+            tmp_path / f"cache{i}",
+            1,
+            npz,
+            {
+                "GSC_JAX_MULTIHOST": "1",
+                "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+                "JAX_NUM_PROCESSES": "2",
+                "JAX_PROCESS_ID": str(i),
+            },
+        )
+        for i in range(2)
+    ]
+    procs.append(
+        _start(tmp_path / "one", tmp_path / "cache_one", 2, npz)
+    )  # the baseline, meanwhile
     (m0, out0), (m1, out1), (one, _) = _finish(procs)
 
     assert (one["processes"], one["devices"]) == (1, 2)
@@ -131,10 +159,18 @@ def test_two_processes_match_one_process(tmp_path):
     # One metrics record per epoch (written by process 0 only), matching the single process's.
     multi_records, one_records = _records(tmp_path / "multi"), _records(tmp_path / "one")
     assert [r["epoch"] for r in multi_records] == [1, 2, 3, 4]
-    for key in ("train/loss", "train/base_loss", "train/gsc_term", "test/nll", "test/top1",
-                "test/ece", "learning_rate"):
-        np.testing.assert_allclose([r[key] for r in multi_records],
-                                   [r[key] for r in one_records], rtol=1e-4, atol=1e-5)
+    for key in (
+        "train/loss",
+        "train/base_loss",
+        "train/gsc_term",
+        "test/nll",
+        "test/top1",
+        "test/ece",
+        "learning_rate",
+    ):
+        np.testing.assert_allclose(
+            [r[key] for r in multi_records], [r[key] for r in one_records], rtol=1e-4, atol=1e-5
+        )
     assert json.load(open(tmp_path / "multi" / "summary.json"))["num_devices"] == 2
     assert {"10", "12"} <= set(os.listdir(tmp_path / "multi" / "checkpoints"))
     assert "epoch 4/4" in out0 and "Stopped at step 10/12" in out0

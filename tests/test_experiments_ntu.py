@@ -8,29 +8,55 @@ import os
 import jax
 import numpy as np
 import pytest
+from _experiments_util import REPO
+from _experiments_util import load_config
+from _experiments_util import run_python
 
-from _experiments_util import REPO, load_config, run_python
 from experiments.common import config as cfg
-from experiments.common import grid, loop, optim, report
+from experiments.common import grid
+from experiments.common import loop
+from experiments.common import optim
+from experiments.common import report
 from experiments.common.data import DataError
-from experiments.ntu import data, models, names, prepare, synthetic
+from experiments.ntu import data
+from experiments.ntu import models
+from experiments.ntu import names
+from experiments.ntu import prepare
+from experiments.ntu import synthetic
 
 pytest.importorskip("av")
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 SHORT = 24  # the store's shorter side
 FRAMES = 6  # frames of the shortest generated video (6 to 8)
-TINY = dict(data__short_side=SHORT, data__clip_frames=4, data__crop=16, data__eval_clips=2,
-            data__eval_crops=3, data__workers=2, model__name="resnet3d18", model__width=2,
-            batch_size=4, eval_batch_size=4, epochs=2)
+TINY = dict(
+    data__short_side=SHORT,
+    data__clip_frames=4,
+    data__crop=16,
+    data__eval_clips=2,
+    data__eval_crops=3,
+    data__workers=2,
+    model__name="resnet3d18",
+    model__width=2,
+    batch_size=4,
+    eval_batch_size=4,
+    epochs=2,
+)
 
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     """36 generated videos: actions 1-3, performers 1-4 (3 tests under X-Sub), cameras 1-3."""
     root = str(tmp_path_factory.mktemp("ntu_videos"))
-    synthetic.make_videos(root, actions=(1, 2, 3), performers=(1, 2, 3, 4), cameras=(1, 2, 3),
-                          num_frames=FRAMES, height=32, width=40)
+    synthetic.make_videos(
+        root,
+        actions=(1, 2, 3),
+        performers=(1, 2, 3, 4),
+        cameras=(1, 2, 3),
+        num_frames=FRAMES,
+        height=32,
+        width=40,
+    )
     return root
 
 
@@ -55,14 +81,24 @@ def test_names_parse_every_field_and_reject_others():
     assert n.label == 59 and n.stem == "S017C003P040R002A060"
     assert names.parse("S001C001P001R001A001.npy").stem == "S001C001P001R001A001"
     assert names.parse("S032C001P106R002A120_rgb.avi").action == 120  # NTU-120
-    for bad in ("S001C004P001R001A001_rgb.avi", "S001C001P001R001A121_rgb.avi",
-                "S000C001P001R001A001_rgb.avi", "video.avi", "S01C001P001R001A001_rgb.avi"):
+    for bad in (
+        "S001C004P001R001A001_rgb.avi",
+        "S001C001P001R001A121_rgb.avi",
+        "S000C001P001R001A001_rgb.avi",
+        "video.avi",
+        "S01C001P001R001A001_rgb.avi",
+    ):
         assert names.parse(bad) is None, bad
 
 
 def test_cross_subject_and_cross_view_splits():
-    all_names = [names.VideoName(s, c, p, 1, a) for s in (1, 2, 18) for c in (1, 2, 3)
-                 for p in range(1, 41) for a in (1, 60, 61)]
+    all_names = [
+        names.VideoName(s, c, p, 1, a)
+        for s in (1, 2, 18)
+        for c in (1, 2, 3)
+        for p in range(1, 41)
+        for a in (1, 60, 61)
+    ]
     train, test = names.split(all_names, "xsub")
     assert {n.performer for n in train} == set(names.XSUB_TRAIN)
     assert {n.performer for n in test} == set(range(1, 41)) - set(names.XSUB_TRAIN)
@@ -94,8 +130,9 @@ def test_prepare_decodes_resizes_and_resumes(videos, tmp_path):
     frames = np.load(os.path.join(path, stem + ".npy"))
     assert frames.dtype == np.uint8 and frames.shape[1:] == (SHORT, 30, 3)  # 32x40 -> 24x30
     assert frames.shape[0] == FRAMES + (3 + 2) % 3
-    np.testing.assert_array_equal(frames, prepare.decode(
-        os.path.join(videos, stem + "_rgb.avi"), SHORT))
+    np.testing.assert_array_equal(
+        frames, prepare.decode(os.path.join(videos, stem + "_rgb.avi"), SHORT)
+    )
     # An interrupted prepare: two arrays missing and a temporary file of a killed worker.
     os.remove(os.path.join(path, stem + ".npy"))
     os.remove(os.path.join(path, "S001C001P001R001A001.npy"))
@@ -109,7 +146,9 @@ def test_prepare_decodes_resizes_and_resumes(videos, tmp_path):
     assert os.stat(kept).st_mtime_ns == mtime  # not decoded again
     np.testing.assert_array_equal(np.load(os.path.join(path, stem + ".npy")), frames)
     assert json.load(open(os.path.join(path, prepare.SETTINGS))) == {
-        "format": prepare.FORMAT, "short_side": SHORT}
+        "format": prepare.FORMAT,
+        "short_side": SHORT,
+    }
 
 
 def test_prepare_and_training_refuse_other_settings(videos, store, tmp_path, capsys):
@@ -130,22 +169,25 @@ def test_bad_videos_are_named_before_training(videos, tmp_path):
         os.link(os.path.join(videos, f), src / f)
     (src / "S001C001P002R001A003_rgb.avi").write_bytes(b"\x00not a video" * 50)
     (src / "holiday.avi").write_bytes(b"\x00")
-    synthetic.write_video(str(src / "S001C002P001R001A001_rgb.avi"),
-                          synthetic.frames(1, 2, 1, 1, num_frames=2, height=32, width=40))
+    synthetic.write_video(
+        str(src / "S001C002P001R001A001_rgb.avi"),
+        synthetic.frames(1, 2, 1, 1, num_frames=2, height=32, width=40),
+    )
     lines = []
-    out = prepare.prepare(str(src), str(tmp_path / "s"), SHORT, workers=1, progress=False,
-                          log=lines.append)
+    out = prepare.prepare(
+        str(src), str(tmp_path / "s"), SHORT, workers=1, progress=False, log=lines.append
+    )
     corrupt = str(src / "S001C001P002R001A003_rgb.avi")
     assert list(out["failed"]) == [corrupt] and out["done"] == 3
-    assert lines == [f"skipped {src / 'holiday.avi'}: not an NTU RGB+D name "
-                     "(SsssCcccPpppRrrrAaaa_rgb.avi)"]
+    assert lines == [
+        f"skipped {src / 'holiday.avi'}: not an NTU RGB+D name (SsssCcccPpppRrrrAaaa_rgb.avi)"
+    ]
     (tmp_path / "s" / "notes.npy").write_bytes(b"x")
     logged = []
     cat = data.catalogue(str(tmp_path / "s"), "xview", SHORT, 4, log=logged.append)
     assert len(logged) == 3
     assert logged[0].startswith(f"left out {corrupt}: not decoded by the prepare")
-    assert any("S001C002P001R001A001.npy: 2 frames, shorter than a clip of 4" in x
-               for x in logged)
+    assert any("S001C002P001R001A001.npy: 2 frames, shorter than a clip of 4" in x for x in logged)
     assert any("notes.npy: not an NTU RGB+D name" in x for x in logged)
     assert (len(cat.train), len(cat.test)) == (1, 1)
 
@@ -156,6 +198,7 @@ def test_bad_videos_are_named_before_training(videos, tmp_path):
 def test_train_batches_are_a_function_of_seed_and_step(store):
     source = tiny_config(store)
     from experiments.ntu import task
+
     src = task.make_source(source)
     assert (len(src.catalogue.train), len(src.catalogue.test)) == (27, 9)  # X-Sub
     spe = src.steps_per_epoch(4)
@@ -175,15 +218,22 @@ def test_train_batches_are_a_function_of_seed_and_step(store):
 
 
 def test_eval_views_are_clips_times_crops(store):
-    src = data.VideoSource(data.catalogue(store, "xview", SHORT, 4, log=lambda _: None),
-                           clip_frames=4, crop=16, eval_clips=3, eval_crops=3, workers=1)
+    src = data.VideoSource(
+        data.catalogue(store, "xview", SHORT, 4, log=lambda _: None),
+        clip_frames=4,
+        crop=16,
+        eval_clips=3,
+        eval_crops=3,
+        workers=1,
+    )
     batches = list(src.host_eval_batches(5))
     assert [b["image"].shape for b in batches] == [(5, 9, 4, 16, 16, 3)] * 3  # 12 videos
     video = np.load(src.catalogue.test.paths[0])
     starts = data.clip_starts(len(video), 4, 3)
     assert starts[0] == 0 and starts[-1] == len(video) - 4
-    np.testing.assert_array_equal(batches[0]["image"][0, 5], video[starts[1]:starts[1] + 4,
-                                                                   4:20, 14:30])
+    np.testing.assert_array_equal(
+        batches[0]["image"][0, 5], video[starts[1] : starts[1] + 4, 4:20, 14:30]
+    )
     got = np.concatenate([b["video"][b["mask"]] for b in batches])
     np.testing.assert_array_equal(got, np.arange(12))
 
@@ -192,10 +242,17 @@ def test_eval_views_are_clips_times_crops(store):
 
 
 def test_resnet3d34_parameter_count():
-    counts = {(k, s): models.num_params(models.create_model("resnet3d34", k, shortcut=s))
-              for k in (60, 400) for s in "AB"}
-    assert counts == {(60, "A"): 63_370_492, (60, "B"): 63_544_316,
-                      (400, "A"): 63_544_912, (400, "B"): 63_718_736}
+    counts = {
+        (k, s): models.num_params(models.create_model("resnet3d34", k, shortcut=s))
+        for k in (60, 400)
+        for s in "AB"
+    }
+    assert counts == {
+        (60, "A"): 63_370_492,
+        (60, "B"): 63_544_316,
+        (400, "A"): 63_544_912,
+        (400, "B"): 63_718_736,
+    }
     for (k, s), n in counts.items():
         assert n == models.reference_num_params((3, 4, 6, 3), k, shortcut=s)
     assert models.num_params(models.create_model("resnet3d18", 60)) == 33_060_860
@@ -220,17 +277,28 @@ def test_step_schedule_divides_every_20_epochs():
 def test_recipe_and_table7(tmp_path):
     config = load_config("ntu", "resnet3d", data__store="x")
     from experiments.ntu.configs import resnet3d
+
     assert resnet3d.departures(config) == {}
     assert (config.optimizer.weight_decay, config.model.name) == (1e-5, "resnet3d34")
     config, table = cfg.load(os.path.join(REPO, "experiments", "ntu", "configs", "table7.py"))
-    assert [r.id for r in table.rows] == ["xsub_ce", "xsub_gsc_0.02_3", "xview_ce",
-                                          "xview_gsc_0.02_2"]
+    assert [r.id for r in table.rows] == [
+        "xsub_ce",
+        "xsub_gsc_0.02_3",
+        "xview_ce",
+        "xview_gsc_0.02_2",
+    ]
     results = []
     for row in table.rows:
         run_config = cfg.apply_overrides(config, row.overrides)
         workdirs = grid.row_workdirs(table, row, str(tmp_path))
-        results.append(grid.CellResult(row, grid._label(run_config), workdirs,  # pylint: disable=protected-access
-                                       [report.read_summary(w) for w in workdirs]))
+        results.append(
+            grid.CellResult(
+                row,
+                grid._label(run_config),
+                workdirs,  # pylint: disable=protected-access
+                [report.read_summary(w) for w in workdirs],
+            )
+        )
     text = grid.write(table, results, str(tmp_path))
     for value in ("87.87", "88.56", "90.82", "91.37"):
         assert value in text
@@ -266,10 +334,12 @@ print(json.dumps({"seen": seen, "status": result.status, "count": result.summary
 
 @pytest.mark.slow
 def test_every_test_video_once_on_8_devices(store, tmp_path):
-    code = (f"STORE = {store!r}\nWORKDIR = {str(tmp_path / 'w')!r}\nTINY = {TINY!r}\n"
-            + EIGHT_DEVICES)
-    proc = run_python(code, {"XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-                             "JAX_PLATFORMS": "cpu"})
+    code = (
+        f"STORE = {store!r}\nWORKDIR = {str(tmp_path / 'w')!r}\nTINY = {TINY!r}\n" + EIGHT_DEVICES
+    )
+    proc = run_python(
+        code, {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert sorted(out["seen"]) == list(range(9)) and out["n_test"] == 9
@@ -280,15 +350,18 @@ def test_every_test_video_once_on_8_devices(store, tmp_path):
 def test_stop_mid_epoch_resumes_to_the_same_state(store, tmp_path):
     config = tiny_config(store, data__protocol="xview", epochs=2)  # 24 train videos: 6 steps
     whole = loop.train_and_evaluate(config, str(tmp_path / "whole"))
-    stopped = loop.train_and_evaluate(tiny_config(store, data__protocol="xview", epochs=2,
-                                                  run__stop_after_steps=3),
-                                      str(tmp_path / "split"))
+    stopped = loop.train_and_evaluate(
+        tiny_config(store, data__protocol="xview", epochs=2, run__stop_after_steps=3),
+        str(tmp_path / "split"),
+    )
     assert stopped.status == loop.STOPPED and int(stopped.state.step) == 3
     resumed = loop.train_and_evaluate(config, str(tmp_path / "split"))
     assert whole.status == resumed.status == loop.COMPLETED
     assert int(resumed.state.step) == 12
-    for a, b in zip(jax.tree.leaves((whole.state.params, whole.state.batch_stats)),
-                    jax.tree.leaves((resumed.state.params, resumed.state.batch_stats))):
+    for a, b in zip(
+        jax.tree.leaves((whole.state.params, whole.state.batch_stats)),
+        jax.tree.leaves((resumed.state.params, resumed.state.batch_stats)),
+    ):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     assert whole.summary["test/top1"] == resumed.summary["test/top1"]
     assert whole.summary["test/count"] == 12

@@ -12,9 +12,16 @@ from experiments.common import report
 
 def test_non_finite_numbers_become_null_and_are_named(tmp_path):
     path = tmp_path / "summary.json"
-    report.write_json(str(path), {"status": "completed", "test_nll": float("nan"),
-                                  "test_accuracy": np.float32(0.5),
-                                  "curve": [1.0, float("inf")], "nested": {"x": -np.inf}})
+    report.write_json(
+        str(path),
+        {
+            "status": "completed",
+            "test_nll": float("nan"),
+            "test_accuracy": np.float32(0.5),
+            "curve": [1.0, float("inf")],
+            "nested": {"x": -np.inf},
+        },
+    )
     text = path.read_text()
     assert "NaN" not in text and "Infinity" not in text
     summary = json.loads(text)
@@ -30,7 +37,9 @@ def test_jsonl_records_are_valid_json_too(tmp_path):
     report.append_jsonl(path, {"epoch": 2, "test_nll": float("nan")})
     assert "NaN" not in open(path).read()
     assert report.read_jsonl(path) == [
-        {"epoch": 1, "test_nll": 1.5}, {"epoch": 2, "test_nll": None, "non_finite": ["test_nll"]}]
+        {"epoch": 1, "test_nll": 1.5},
+        {"epoch": 2, "test_nll": None, "non_finite": ["test_nll"]},
+    ]
 
 
 def test_torn_last_line_is_dropped_with_a_warning(tmp_path, caplog):

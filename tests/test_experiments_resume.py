@@ -10,11 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _experiments_util import synthetic_dataset
+from _experiments_util import tiny_cifar_config
+from _experiments_util import tiny_digits_config
+from _experiments_util import write_npz
 
-from experiments.common import checkpoint, loop, optim
-
-from _experiments_util import (synthetic_dataset, tiny_cifar_config, tiny_digits_config,
-                               write_npz)
+from experiments.common import checkpoint
+from experiments.common import loop
+from experiments.common import optim
 
 WALL_CLOCK = ("epoch_time_s", "images_per_s")
 
@@ -25,8 +28,9 @@ pytestmark = [pytest.mark.usefixtures("fast_compile"), pytest.mark.slow]
 @pytest.fixture(scope="module")
 def npz(tmp_path_factory):
     # batch 8: 3 steps per epoch, 2 epochs
-    return write_npz(tmp_path_factory.mktemp("data"),
-                     synthetic_dataset(n_train=24, n_test=10, size=4))
+    return write_npz(
+        tmp_path_factory.mktemp("data"), synthetic_dataset(n_train=24, n_test=10, size=4)
+    )
 
 
 def _run(workdir, config):
@@ -72,8 +76,9 @@ def test_a_stop_on_any_step_resumes_to_the_uninterrupted_metrics(tmp_path, npz, 
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_sigterm_on_the_last_step_of_an_epoch_keeps_its_evaluation(tmp_path, monkeypatch, npz,
-                                                                    uninterrupted, caplog):
+def test_sigterm_on_the_last_step_of_an_epoch_keeps_its_evaluation(
+    tmp_path, monkeypatch, npz, uninterrupted, caplog
+):
     agreed = loop.agreed_stop_signal
 
     def signal_at_step_3(stop, step):
@@ -85,13 +90,16 @@ def test_sigterm_on_the_last_step_of_an_epoch_keeps_its_evaluation(tmp_path, mon
     part = _run(tmp_path, tiny_digits_config(npz))
     monkeypatch.setattr(loop, "agreed_stop_signal", agreed)
     assert (part.status, part.interrupted_by, int(part.state.step)) == (
-        loop.STOPPED, signal.SIGTERM, 3)
+        loop.STOPPED,
+        signal.SIGTERM,
+        3,
+    )
     assert [r["epoch"] for r in _records(tmp_path)] == [1]
     # A crash while appending that record would leave its line cut short: the resume drops the
     # torn line with a warning and evaluates the epoch again from the checkpoint.
     path = tmp_path / "metrics.jsonl"
     text = path.read_text()
-    path.write_text(text[:len(text) // 2])
+    path.write_text(text[: len(text) // 2])
     with caplog.at_level(logging.WARNING):
         resumed = _run(tmp_path, tiny_digits_config(npz))
     assert "metrics.jsonl:1: dropped an incomplete last line" in caplog.text
@@ -103,8 +111,9 @@ def test_a_diverged_run_stops_and_says_so(tmp_path, monkeypatch, npz):
     # lr NaN from step index 3: the 4th update makes the parameters NaN, so the 5th step's loss
     # is the first that is not finite. The loop checks at the end of epoch 2 (step 6).
     lr_fn = lambda step: jnp.where(step >= 3, jnp.nan, 0.1)  # noqa: E731
-    monkeypatch.setattr(optim, "make", lambda config, steps_per_epoch: (
-        optax.sgd(lr_fn, momentum=0.9), lr_fn))
+    monkeypatch.setattr(
+        optim, "make", lambda config, steps_per_epoch: (optax.sgd(lr_fn, momentum=0.9), lr_fn)
+    )
     config = tiny_digits_config(npz, epochs=4)
     result = _run(tmp_path, config)
     assert result.status == loop.DIVERGED and int(result.state.step) == 6
@@ -131,14 +140,20 @@ def test_cifar_resume_refuses_another_configuration_and_extends_epochs(tmp_path,
     assert "epochs" not in saved["run"]["config"]  # resumable: may grow
     copy = write_npz(tmp_path, name="copy.npz")  # the same arrays in another file
     refusals = [
-        (dict(loss__name="focal", loss__gsc__gamma=0.05, epochs=3),
-         ["config.loss.name: 'ce' -> 'focal'", "config.loss.gsc.gamma: 0.0 -> 0.05"]),
+        (
+            dict(loss__name="focal", loss__gsc__gamma=0.05, epochs=3),
+            ["config.loss.name: 'ce' -> 'focal'", "config.loss.gsc.gamma: 0.0 -> 0.05"],
+        ),
         (dict(batch_size=8), ["config.batch_size: 16 -> 8"]),
         (dict(seed=1), ["config.seed: 0 -> 1"]),
-        (dict(data__label_noise=0.2), ["config.data.label_noise: 0.0 -> 0.2",
-                                       "data.labels_sha256"]),
-        (dict(data__num_train_examples=32), ["config.data.num_train_examples: 0 -> 32",
-                                             "data.num_train_examples: 64 -> 32"]),
+        (
+            dict(data__label_noise=0.2),
+            ["config.data.label_noise: 0.0 -> 0.2", "data.labels_sha256"],
+        ),
+        (
+            dict(data__num_train_examples=32),
+            ["config.data.num_train_examples: 0 -> 32", "data.num_train_examples: 64 -> 32"],
+        ),
         (dict(model__dim=16), ["config.model.dim: 8 -> 16"]),
         (dict(optimizer__learning_rate=0.1), ["config.optimizer.learning_rate: 0.01 -> 0.1"]),
         (dict(data__npz=copy), ["config.data.npz", "data.source: 'npz:"]),

@@ -4,8 +4,9 @@ import json
 
 import numpy as np
 import pytest
-
-from _experiments_util import run_python, synthetic_dataset, write_npz
+from _experiments_util import run_python
+from _experiments_util import synthetic_dataset
+from _experiments_util import write_npz
 
 pytestmark = pytest.mark.slow
 
@@ -30,12 +31,16 @@ print("RESULT", json.dumps({"devices": jax.device_count(), "records": records,
 
 def _run(tmp_path, npz, n_devices):
     workdir = tmp_path / f"d{n_devices}"
-    proc = run_python(SCRIPT.replace("NPZ", repr(npz)).replace("WORKDIR", repr(str(workdir))),
-                      {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n_devices}",
-                       "JAX_PLATFORMS": "cpu"})
+    proc = run_python(
+        SCRIPT.replace("NPZ", repr(npz)).replace("WORKDIR", repr(str(workdir))),
+        {
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={n_devices}",
+            "JAX_PLATFORMS": "cpu",
+        },
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def test_eight_devices_match_one_device(tmp_path):
@@ -45,8 +50,11 @@ def test_eight_devices_match_one_device(tmp_path):
     assert (one["num_devices"], eight["num_devices"]) == (1, 8)
     assert [r["epoch"] for r in eight["records"]] == [1, 2, 3]
     for key in ("train/loss", "train/gsc_term", "test/nll", "test/top1", "test/ece"):
-        np.testing.assert_allclose([r[key] for r in eight["records"]],
-                                   [r[key] for r in one["records"]], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            [r[key] for r in eight["records"]],
+            [r[key] for r in one["records"]],
+            rtol=1e-4,
+            atol=1e-5,
+        )
     for key in ("test/nll", "test/ece"):
-        np.testing.assert_allclose(eight["summary"][key], one["summary"][key], rtol=1e-4,
-                                   atol=1e-6)
+        np.testing.assert_allclose(eight["summary"][key], one["summary"][key], rtol=1e-4, atol=1e-6)

@@ -62,7 +62,7 @@ def make_model(config, num_classes, mesh):
     return Net(num_classes)
 '''
 
-CONFIG = '''
+CONFIG = """
 from experiments.common import config as base
 
 
@@ -82,7 +82,7 @@ def get_config():
     config.run.progress = False
     config.run.compilation_cache = ""
     return config
-'''
+"""
 
 
 @pytest.fixture

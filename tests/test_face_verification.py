@@ -205,8 +205,9 @@ def test_embed_pairs_sums_the_flip_and_pads_the_last_batch():
 
     out = v.embed_pairs(left_half_mean, images, batch_size=3, progress=False)
     # f(x) + f(flip(x)) is the left-half mean plus the right-half mean.
-    expected = (images[:, :, :4].reshape(7, -1, 3).mean(axis=1)
-                + images[:, :, 4:].reshape(7, -1, 3).mean(axis=1))
+    expected = images[:, :, :4].reshape(7, -1, 3).mean(axis=1) + images[:, :, 4:].reshape(
+        7, -1, 3
+    ).mean(axis=1)
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     assert out.shape == (7, 3) and out.dtype == np.float32
     np.testing.assert_allclose(out, expected, rtol=1e-6)
@@ -225,8 +226,7 @@ def test_embed_pairs_rejects_bad_input():
     with pytest.raises(ValueError, match=r"\[batch_size=2, D\]"):
         v.embed_pairs(lambda x: np.ones((1, 2)), images, batch_size=2, progress=False)
     with pytest.raises(ValueError, match="non-finite"):
-        v.embed_pairs(lambda x: np.full((len(x), 2), np.nan), images, batch_size=2,
-                      progress=False)
+        v.embed_pairs(lambda x: np.full((len(x), 2), np.nan), images, batch_size=2, progress=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -256,8 +256,12 @@ def test_write_bin_load_bin_round_trip(tmp_path):
 def test_load_bin_reads_numpy_byte_elements(tmp_path, protocol):
     rng = np.random.default_rng(2)
     encoded, pixels = zip(*[random_png(rng) for _ in range(4)])
-    items = [np.bytes_(encoded[0]), np.frombuffer(encoded[1], np.uint8), bytearray(encoded[2]),
-             encoded[3]]
+    items = [
+        np.bytes_(encoded[0]),
+        np.frombuffer(encoded[1], np.uint8),
+        bytearray(encoded[2]),
+        encoded[3],
+    ]
     path = tmp_path / "agedb_30.bin"
     with open(path, "wb") as f:
         pickle.dump((items, [np.bool_(True), False]), f, protocol=protocol)
@@ -299,14 +303,17 @@ def test_load_bin_refuses_code_in_the_pickle(tmp_path):
         v.read_bin(path)
 
 
-@pytest.mark.parametrize("payload,match", [
-    ({"images": [], "issame": []}, "found dict"),
-    (([b"a", b"b"], [True], [1]), "found tuple of length 3"),
-    (([b"a", b"b", b"c"], [True]), "1 pairs need 2 images, the file holds 3"),
-    (([b"a", 7], [True]), "image 1 must be a byte string, found int"),
-    (([b"a", b"b"], [1]), "issame must be a sequence of bools, found int at index 0"),
-    (([], []), "no pairs"),
-])
+@pytest.mark.parametrize(
+    "payload,match",
+    [
+        ({"images": [], "issame": []}, "found dict"),
+        (([b"a", b"b"], [True], [1]), "found tuple of length 3"),
+        (([b"a", b"b", b"c"], [True]), "1 pairs need 2 images, the file holds 3"),
+        (([b"a", 7], [True]), "image 1 must be a byte string, found int"),
+        (([b"a", b"b"], [1]), "issame must be a sequence of bools, found int at index 0"),
+        (([], []), "no pairs"),
+    ],
+)
 def test_load_bin_rejects_the_wrong_structure(tmp_path, payload, match):
     path = tmp_path / "bad.bin"
     path.write_bytes(pickle.dumps(payload))
@@ -375,19 +382,30 @@ def test_load_pairs_reads_lfw_style_pairs(lfw_folder, tmp_path, header):
     vset = v.load_pairs(pairs, root, image_size=8, extension="png", progress=False)
     assert vset.name == "lfw"
     np.testing.assert_array_equal(vset.issame, [True, False, True, False])
-    order = [("Ann_A", 1), ("Ann_A", 2), ("Bob_B", 1), ("Cy_C", 2), ("Cy_C", 1), ("Cy_C", 2),
-             ("Ann_A", 3), ("Bob_B", 1)]
+    order = [
+        ("Ann_A", 1),
+        ("Ann_A", 2),
+        ("Bob_B", 1),
+        ("Cy_C", 2),
+        ("Cy_C", 1),
+        ("Cy_C", 2),
+        ("Ann_A", 3),
+        ("Bob_B", 1),
+    ]
     np.testing.assert_array_equal(vset.images, np.stack([pixels[k] for k in order]))
 
 
-@pytest.mark.parametrize("lines,match", [
-    (["2 1"] + PAIR_LINES[:3], "line 1: the header '2 1' announces 4 pairs, the file lists 3"),
-    (PAIR_LINES[:1] + ["Ann_A 1"] + PAIR_LINES[2:], "line 2: expected 'name i j'"),
-    (PAIR_LINES[:2] + ["Cy_C 1 2 3 4"], "line 3: expected 'name i j'"),
-    (PAIR_LINES[:2] + ["Cy_C 1 x"], "line 3: the image number must be a positive integer"),
-    (["2 1"] + PAIR_LINES[:3] + ["Bob_B 1 2"], "line 5: missing image .*Bob_B_0002.png"),
-    (PAIR_LINES[:1] + ["Ann_A 1 Dee_D 1"], "line 2: missing image .*Dee_D_0001.png"),
-])
+@pytest.mark.parametrize(
+    "lines,match",
+    [
+        (["2 1"] + PAIR_LINES[:3], "line 1: the header '2 1' announces 4 pairs, the file lists 3"),
+        (PAIR_LINES[:1] + ["Ann_A 1"] + PAIR_LINES[2:], "line 2: expected 'name i j'"),
+        (PAIR_LINES[:2] + ["Cy_C 1 2 3 4"], "line 3: expected 'name i j'"),
+        (PAIR_LINES[:2] + ["Cy_C 1 x"], "line 3: the image number must be a positive integer"),
+        (["2 1"] + PAIR_LINES[:3] + ["Bob_B 1 2"], "line 5: missing image .*Bob_B_0002.png"),
+        (PAIR_LINES[:1] + ["Ann_A 1 Dee_D 1"], "line 2: missing image .*Dee_D_0001.png"),
+    ],
+)
 def test_load_pairs_names_the_line_of_a_problem(lfw_folder, tmp_path, lines, match):
     root, _ = lfw_folder
     (root / "Ann_A" / "Ann_A_0001.png").write_bytes(b"corrupt")  # never decoded: checks first
@@ -432,15 +450,18 @@ def test_sample_pairs_can_use_every_pair():
     assert {tuple(p) for p in index[0::2]} == {(0, 1), (2, 3)}
 
 
-@pytest.mark.parametrize("labels,num_pairs,match", [
-    (np.zeros(10, int), 2, "different-identity pairs"),
-    (np.arange(10), 2, "same-identity pairs"),
-    (np.array([0, 0, 1, 1]), 6, "2 distinct same-identity pairs"),
-    (np.array([0, 0, 1, 1]), 3, "even int"),
-    (np.array([0, 0, 1, 1]), 0, "even int"),
-    (np.array([0.0, 0.0, 1.0, 1.0]), 2, "integer"),
-    (np.zeros((2, 2), int), 2, "1-D"),
-])
+@pytest.mark.parametrize(
+    "labels,num_pairs,match",
+    [
+        (np.zeros(10, int), 2, "different-identity pairs"),
+        (np.arange(10), 2, "same-identity pairs"),
+        (np.array([0, 0, 1, 1]), 6, "2 distinct same-identity pairs"),
+        (np.array([0, 0, 1, 1]), 3, "even int"),
+        (np.array([0, 0, 1, 1]), 0, "even int"),
+        (np.array([0.0, 0.0, 1.0, 1.0]), 2, "integer"),
+        (np.zeros((2, 2), int), 2, "1-D"),
+    ],
+)
 def test_sample_pairs_rejects_impossible_requests(labels, num_pairs, match):
     with pytest.raises(ValueError, match=match):
         v.sample_pairs(labels, num_pairs, seed=0)
@@ -451,8 +472,13 @@ def test_sample_pairs_rejects_impossible_requests(labels, num_pairs, match):
 
 
 def _run_make_bin(*args):
-    return subprocess.run([sys.executable, "-m", "experiments.face.make_bin", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.face.make_bin", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_make_bin_builds_a_bin_that_load_bin_reads(tmp_path):
@@ -466,8 +492,9 @@ def test_make_bin_builds_a_bin_that_load_bin_reads(tmp_path):
             identity_of[data] = name
     (tmp_path / "faces" / "a" / "notes.txt").write_text("not an image")
     out = tmp_path / "val.bin"
-    done = _run_make_bin("--image_dir", str(tmp_path / "faces"), "--out", str(out),
-                         "--num_pairs", "6", "--seed", "0")
+    done = _run_make_bin(
+        "--image_dir", str(tmp_path / "faces"), "--out", str(out), "--num_pairs", "6", "--seed", "0"
+    )
     assert done.returncode == 0, done.stderr
     encoded, issame = v.read_bin(out)
     assert all(x in identity_of for x in encoded)  # the files, byte for byte
@@ -477,8 +504,9 @@ def test_make_bin_builds_a_bin_that_load_bin_reads(tmp_path):
     vset = v.load_bin(out, image_size=8)
     assert vset.images.shape == (12, 8, 8, 3)
 
-    done = _run_make_bin("--image_dir", str(tmp_path / "faces"), "--out", str(out),
-                         "--num_pairs", "100")
+    done = _run_make_bin(
+        "--image_dir", str(tmp_path / "faces"), "--out", str(out), "--num_pairs", "100"
+    )
     assert done.returncode != 0 and "error: " in done.stderr and "same-identity" in done.stderr
     done = _run_make_bin("--image_dir", str(tmp_path / "missing"), "--out", str(out))
     assert done.returncode != 0 and "is not a folder" in done.stderr

@@ -27,7 +27,8 @@ import numpy as np
 import pytest
 
 import gsc_jax
-from gsc_jax import _fused, cpu_kernel
+from gsc_jax import _fused
+from gsc_jax import cpu_kernel
 
 F32_RTOL = 1e-5
 F64_RTOL = 1e-10
@@ -261,10 +262,12 @@ def test_minus_infinity_logits_give_finite_values_and_gradients(num_classes, row
     logits = _logits((4, num_classes)).at[:, 2].set(-jnp.inf)
     labels = jnp.zeros(4, jnp.int32)
     value, grad = jax.value_and_grad(
-        lambda z: gsc_jax.gsc_loss(z, labels, gamma=0.5, top_c=3).sum())(logits)
+        lambda z: gsc_jax.gsc_loss(z, labels, gamma=0.5, top_c=3).sum()
+    )(logits)
     floored = logits.at[:, 2].set(-1e4)  # exp underflows to 0 just the same
     value_floored, grad_floored = jax.value_and_grad(
-        lambda z: gsc_jax.gsc_loss(z, labels, gamma=0.5, top_c=3).sum())(floored)
+        lambda z: gsc_jax.gsc_loss(z, labels, gamma=0.5, top_c=3).sum()
+    )(floored)
     np.testing.assert_allclose(value, value_floored, rtol=1e-6)
     np.testing.assert_allclose(grad, grad_floored, rtol=1e-6, atol=1e-8)
     assert np.all(grad[:, 2] == 0)
@@ -279,6 +282,7 @@ def _assert_close_or_both_nan(actual, expected, rtol=F32_RTOL):
 
 def _per_example_value_and_grad(loss_fn, logits, labels, **kwargs):
     """Per-example loss and the gradient of their sum with respect to the logits (jitted)."""
+
     def total(z):
         value = loss_fn(z, labels, **kwargs)
         return value.sum(), value
@@ -297,8 +301,9 @@ def test_integer_label_rule(num_classes, row_path):
     valid = np.array([True] * 4 + [False] * 5 + [True])
     logits = _logits((labels.shape[0], n))
     kwargs = dict(gamma=0.5, top_c=3)
-    value, grad = map(np.asarray, _per_example_value_and_grad(
-        gsc_jax.gsc_loss, logits, labels, **kwargs))
+    value, grad = map(
+        np.asarray, _per_example_value_and_grad(gsc_jax.gsc_loss, logits, labels, **kwargs)
+    )
     ref_value, ref_grad = _per_example_value_and_grad(_reference, logits, labels, **kwargs)
     assert np.isnan(value[~valid]).all() and np.isfinite(grad).all()
     term_grad = jax.grad(lambda z: 0.5 * gsc_jax.gsc_term(z, top_c=3).sum())(logits)
@@ -331,8 +336,9 @@ def test_label_of_a_masked_out_class_is_nan(num_classes, row_path):
     where = jnp.ones((4, num_classes), bool).at[:2, 3].set(False).at[2].set(False)
     labels = jnp.array([3, 2, 3, -1])  # row 0 names its masked class 3; row 2 has no class
     kwargs = dict(gamma=0.5, top_c=3, where=where)
-    value, grad = map(np.asarray, _per_example_value_and_grad(
-        gsc_jax.gsc_loss, logits, labels, **kwargs))
+    value, grad = map(
+        np.asarray, _per_example_value_and_grad(gsc_jax.gsc_loss, logits, labels, **kwargs)
+    )
     ref_value, ref_grad = _per_example_value_and_grad(_reference, logits, labels, **kwargs)
     assert np.isnan(value[0]) and np.isfinite(grad[0]).all()
     assert np.isfinite(value[[1, 3]]).all() and np.isfinite(grad[[1, 3]]).all()
@@ -394,14 +400,42 @@ GOLDEN_SCRIPT = textwrap.dedent(
 )
 GOLDEN_VALUE = 3.185882806777954  # the mean loss of GOLDEN_SCRIPT's logits and labels
 GOLDEN_GRAD = [
-    [-0.22510287165641785, 0.148085817694664, 0.000399684882722795, 0.00023325062647927552,
-     0.052471790462732315, 0.023653065785765648, 0.00025924728834070265],
-    [0.002845520619302988, 0.15046951174736023, 0.005045376718044281, -0.24987682700157166,
-     0.006837164517492056, 0.08304791897535324, 0.0016313763335347176],
-    [0.0004699149285443127, 0.05714937672019005, 0.0530506856739521, 0.00019414775306358933,
-     0.0006311229080893099, 0.12509867548942566, -0.23659394681453705],
-    [0.00019331538351252675, 0.004309208132326603, -0.09557169675827026, 0.0012403164291754365,
-     9.238987695425749e-05, 0.03935528174042702, 0.050381191074848175],
+    [
+        -0.22510287165641785,
+        0.148085817694664,
+        0.000399684882722795,
+        0.00023325062647927552,
+        0.052471790462732315,
+        0.023653065785765648,
+        0.00025924728834070265,
+    ],
+    [
+        0.002845520619302988,
+        0.15046951174736023,
+        0.005045376718044281,
+        -0.24987682700157166,
+        0.006837164517492056,
+        0.08304791897535324,
+        0.0016313763335347176,
+    ],
+    [
+        0.0004699149285443127,
+        0.05714937672019005,
+        0.0530506856739521,
+        0.00019414775306358933,
+        0.0006311229080893099,
+        0.12509867548942566,
+        -0.23659394681453705,
+    ],
+    [
+        0.00019331538351252675,
+        0.004309208132326603,
+        -0.09557169675827026,
+        0.0012403164291754365,
+        9.238987695425749e-05,
+        0.03935528174042702,
+        0.050381191074848175,
+    ],
 ]
 
 
@@ -414,10 +448,18 @@ def test_default_path_needs_no_compiler_and_keeps_its_values(tmp_path):
     os.symlink(sys.executable, bin_dir / "python")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {key: value for key, value in os.environ.items() if key not in ("CXX", "XLA_FLAGS")}
-    env.update(PATH=str(bin_dir), JAX_PLATFORMS="cpu",
-               PYTHONPATH=root + os.pathsep + env.get("PYTHONPATH", ""))
-    result = subprocess.run([sys.executable, "-W", "error", "-c", GOLDEN_SCRIPT], env=env,
-                            capture_output=True, text=True, timeout=300)
+    env.update(
+        PATH=str(bin_dir),
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=root + os.pathsep + env.get("PYTHONPATH", ""),
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", GOLDEN_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr == "", result.stderr[-3000:]
     fused, reference = (line.split(" ", 1) for line in result.stdout.strip().splitlines())
@@ -448,9 +490,13 @@ def test_gsc_term_fused_equals_reference(row_path):
     logits = _logits((5, 300))
     where = jax.random.bernoulli(jax.random.key(2), 0.8, (5, 300))
     for kwargs in ({}, {"where": where, "mu": 0.4}, {"stop_gradient_sigma": True}):
+
         def value_and_grad(**implementation):
-            return jax.jit(jax.value_and_grad(
-                lambda z: gsc_jax.gsc_term(z, top_c=3, **implementation, **kwargs).sum()))(logits)
+            return jax.jit(
+                jax.value_and_grad(
+                    lambda z: gsc_jax.gsc_term(z, top_c=3, **implementation, **kwargs).sum()
+                )
+            )(logits)
 
         fused, forced = value_and_grad(), value_and_grad(implementation="fused")
         plain = value_and_grad(implementation="reference")
@@ -480,7 +526,9 @@ def test_with_gsc_dispatches_cross_entropy_to_the_fused_path():
     with pytest.raises(NotImplementedError, match='implementation="reference"'):
         jax.jit(jax.hessian(lambda z: wrapped(z, labels).sum()))(logits)
     wrapped_reference = gsc_jax.with_gsc(
-        lambda z, y, **kw: gsc_jax.cross_entropy(z, y, **kw), gamma=0.2, top_c=2,
+        lambda z, y, **kw: gsc_jax.cross_entropy(z, y, **kw),
+        gamma=0.2,
+        top_c=2,
         implementation="reference",
     )
     jax.jvp(lambda z: wrapped_reference(z, labels).sum(), (logits,), (logits,))
@@ -517,12 +565,14 @@ def test_unknown_implementation_is_refused(implementation):
     calls = (
         lambda: gsc_jax.gsc_loss(logits, labels, gamma=0.1, top_c=2, implementation=implementation),
         lambda: gsc_jax.gsc_term(logits, implementation=implementation),
-        lambda: gsc_jax.with_gsc(gsc_jax.focal_loss, gamma=0.1, top_c=2,
-                                 implementation=implementation),
+        lambda: gsc_jax.with_gsc(
+            gsc_jax.focal_loss, gamma=0.1, top_c=2, implementation=implementation
+        ),
     )
     for call in calls:
-        with pytest.raises(ValueError, match="`implementation` must be None .*'fused' or "
-                                             "'reference'"):
+        with pytest.raises(
+            ValueError, match="`implementation` must be None .*'fused' or 'reference'"
+        ):
             call()
 
 

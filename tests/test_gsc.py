@@ -48,7 +48,9 @@ class PaperTable8Test(parameterized.TestCase):
         for i, row in enumerate(table8.table8_rows()):
             p, f, sigma = row["p"], row["f"], row["H"]
             # The printed f' column is the paper's Eq. 12, f (1 - p) / sigma^2 ...
-            self.assertAlmostEqual(row["f' paper Eq. 12"], table8.PAPER_COLUMNS["f'"][i], delta=5e-4)
+            self.assertAlmostEqual(
+                row["f' paper Eq. 12"], table8.PAPER_COLUMNS["f'"][i], delta=5e-4
+            )
             # ... while d f / d p of Eq. 13 with sigma fixed is f (1 - 2p) / sigma^2.
             exact = f * (1 - 2 * p) / sigma**2
             self.assertAlmostEqual(row["f' exact, sigma fixed"], exact, delta=1e-5)
@@ -58,7 +60,9 @@ class PaperTable8Test(parameterized.TestCase):
     def test_binary_value_is_equation_13(self):
         for p in (0.5, 0.62, 0.9):
             entropy = -(p * math.log(p) + (1 - p) * math.log(1 - p))
-            eq13 = math.exp(-(2 * p * p - 2 * p + 1) / (2 * entropy**2)) / (2 * math.pi * entropy**2)
+            eq13 = math.exp(-(2 * p * p - 2 * p + 1) / (2 * entropy**2)) / (
+                2 * math.pi * entropy**2
+            )
             self.assertAlmostEqual(float(table8.binary_gsc(jnp.float32(p))), eq13, delta=1e-6)
 
 
@@ -75,13 +79,20 @@ class GscTermTest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.product(
-        top_c=(1, 2, 5, 10), mu=(0.0, 0.3), normalize_entropy=(True, False),
+        top_c=(1, 2, 5, 10),
+        mu=(0.0, 0.3),
+        normalize_entropy=(True, False),
         implementation=(None, "reference"),
     )
     def test_matches_numpy_reference(self, top_c, mu, normalize_entropy, implementation):
         fn = self.variant(
-            lambda z: gsc_jax.gsc_term(z, top_c=top_c, mu=mu, normalize_entropy=normalize_entropy,
-                                       implementation=implementation)
+            lambda z: gsc_jax.gsc_term(
+                z,
+                top_c=top_c,
+                mu=mu,
+                normalize_entropy=normalize_entropy,
+                implementation=implementation,
+            )
         )
         expected = numpy_gsc(self.logits, top_c, mu, normalize_entropy)
         np.testing.assert_allclose(fn(self.logits), expected, rtol=2e-5, atol=1e-7)
@@ -136,11 +147,14 @@ class GscTermTest(chex.TestCase):
         chex.assert_tree_all_finite(grads)
 
     @parameterized.product(
-        stop_gradient_sigma=(True, False), normalize_entropy=(True, False), top_c=(1, 2, 4),
+        stop_gradient_sigma=(True, False),
+        normalize_entropy=(True, False),
+        top_c=(1, 2, 4),
         implementation=(None, "reference"),
     )
-    def test_finite_for_extreme_inputs(self, stop_gradient_sigma, normalize_entropy, top_c,
-                                       implementation):
+    def test_finite_for_extreme_inputs(
+        self, stop_gradient_sigma, normalize_entropy, top_c, implementation
+    ):
         rows = jnp.array(
             [
                 [1e4, -1e4, 0.0, 3.0, -2.0],
@@ -150,7 +164,9 @@ class GscTermTest(chex.TestCase):
                 [-1e4, -1e4, -1e4, -1e4, 1e4],
             ]
         )
-        where = jnp.array([[True] * 5, [True] * 5, [True, True, False, True, True]] + [[True] * 5] * 2)
+        where = jnp.array(
+            [[True] * 5, [True] * 5, [True, True, False, True, True]] + [[True] * 5] * 2
+        )
 
         def total(z):
             return gsc_jax.gsc_term(
@@ -167,15 +183,24 @@ class GscTermTest(chex.TestCase):
 
     @parameterized.parameters(None, "reference")
     def test_dtypes(self, implementation):
-        bf16 = gsc_jax.gsc_term(self.logits.astype(jnp.bfloat16), top_c=2,
-                                implementation=implementation)
+        bf16 = gsc_jax.gsc_term(
+            self.logits.astype(jnp.bfloat16), top_c=2, implementation=implementation
+        )
         self.assertEqual(bf16.dtype, jnp.float32)
-        fp16 = gsc_jax.gsc_loss(self.logits.astype(jnp.float16), jnp.zeros(6, int), gamma=1.0,
-                                top_c=2, implementation=implementation)
+        fp16 = gsc_jax.gsc_loss(
+            self.logits.astype(jnp.float16),
+            jnp.zeros(6, int),
+            gamma=1.0,
+            top_c=2,
+            implementation=implementation,
+        )
         self.assertEqual(fp16.dtype, jnp.float32)
         with jax.enable_x64(True):
-            value = gsc_jax.gsc_term(jnp.asarray(np.asarray(self.logits), jnp.float64), top_c=2,
-                                     implementation=implementation)
+            value = gsc_jax.gsc_term(
+                jnp.asarray(np.asarray(self.logits), jnp.float64),
+                top_c=2,
+                implementation=implementation,
+            )
             self.assertEqual(value.dtype, jnp.float64)
 
 
@@ -183,15 +208,16 @@ class GscGradientTest(parameterized.TestCase):
     """Autodiff gradients against central finite differences in float64."""
 
     @parameterized.product(
-        stop_gradient_sigma=(False, True), normalize_entropy=(True, False), top_c=(1, 2, 3),
+        stop_gradient_sigma=(False, True),
+        normalize_entropy=(True, False),
+        top_c=(1, 2, 3),
         implementation=(None, "reference"),
     )
-    def test_gradient_matches_finite_differences(self, stop_gradient_sigma, normalize_entropy, top_c,
-                                                 implementation):
+    def test_gradient_matches_finite_differences(
+        self, stop_gradient_sigma, normalize_entropy, top_c, implementation
+    ):
         with jax.enable_x64(True):
-            logits = jnp.asarray(
-                np.random.default_rng(0).normal(size=(3, 6)) * 1.5, jnp.float64
-            )
+            logits = jnp.asarray(np.random.default_rng(0).normal(size=(3, 6)) * 1.5, jnp.float64)
             sigma_ref = gsc_jax.softmax_entropy(logits, normalize=normalize_entropy)
 
             def total(z):
@@ -213,7 +239,9 @@ class GscGradientTest(parameterized.TestCase):
             )(logits)
             step = 1e-6
             deltas = step * jnp.eye(logits.size, dtype=logits.dtype).reshape(-1, *logits.shape)
-            central = jax.jit(jax.vmap(lambda d: (total(logits + d) - total(logits - d)) / (2 * step)))
+            central = jax.jit(
+                jax.vmap(lambda d: (total(logits + d) - total(logits - d)) / (2 * step))
+            )
             numeric = central(deltas).reshape(logits.shape)
             np.testing.assert_allclose(autodiff, numeric, rtol=1e-6, atol=1e-9)
 
@@ -226,9 +254,12 @@ class GscGradientTest(parameterized.TestCase):
                 sigma = -(p * jnp.log(p) + (1 - p) * jnp.log1p(-p))
                 np.testing.assert_allclose(grad, f * (1 - 2 * p) / sigma**2, rtol=1e-10)
                 step = 1e-6
-                sigma_fixed = lambda q: (2 * np.pi * sigma**2) ** -1 * jnp.exp(
-                    -(q**2 + (1 - q) ** 2) / (2 * sigma**2)
-                )
+
+                def sigma_fixed(q):
+                    return (2 * np.pi * sigma**2) ** -1 * jnp.exp(
+                        -(q**2 + (1 - q) ** 2) / (2 * sigma**2)
+                    )
+
                 numeric = (sigma_fixed(p + step) - sigma_fixed(p - step)) / (2 * step)
                 np.testing.assert_allclose(grad, numeric, rtol=1e-7)
 
@@ -237,26 +268,27 @@ def test_reference_supports_second_derivatives_and_agrees_with_the_fused_gradien
     with jax.enable_x64(True):
         logits = jnp.asarray(np.random.default_rng(4).normal(size=(2, 6)), jnp.float64)
         reference = lambda z: gsc_jax.gsc_term(z, top_c=2, implementation="reference").sum()  # noqa: E731
-        fused_grad = jax.jit(jax.grad(
-            lambda z: gsc_jax.gsc_term(z, top_c=2, implementation="fused").sum()))
+        fused_grad = jax.jit(
+            jax.grad(lambda z: gsc_jax.gsc_term(z, top_c=2, implementation="fused").sum())
+        )
         hessian = jax.jit(jax.hessian(reference))(logits)
         assert hessian.shape == 2 * logits.shape and np.isfinite(hessian).all()
-        np.testing.assert_allclose(fused_grad(logits), jax.jit(jax.grad(reference))(logits),
-                                   rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(
+            fused_grad(logits), jax.jit(jax.grad(reference))(logits), rtol=1e-10, atol=1e-14
+        )
         # A column of the Hessian against central differences of the fused gradient.
         step = 1e-5
         direction = jnp.zeros_like(logits).at[0, 1].set(1.0)
-        numeric = (fused_grad(logits + step * direction)
-                   - fused_grad(logits - step * direction)) / (2 * step)
+        numeric = (
+            fused_grad(logits + step * direction) - fused_grad(logits - step * direction)
+        ) / (2 * step)
         np.testing.assert_allclose(hessian[:, :, 0, 1], numeric, rtol=1e-6, atol=1e-9)
 
 
 def _gsc_with_fixed_sigma(logits, sigma, top_c):
     probs = jax.nn.softmax(logits, axis=-1)
     top, _ = jax.lax.top_k(probs, top_c)
-    return (2 * np.pi * sigma**2) ** (-top_c / 2) * jnp.exp(
-        -jnp.sum(top**2, -1) / (2 * sigma**2)
-    )
+    return (2 * np.pi * sigma**2) ** (-top_c / 2) * jnp.exp(-jnp.sum(top**2, -1) / (2 * sigma**2))
 
 
 class WithGscTest(parameterized.TestCase):
@@ -274,7 +306,9 @@ class WithGscTest(parameterized.TestCase):
     )
     def test_gamma_zero_is_the_base_loss_and_gamma_adds_the_term(self, base_loss, kwargs):
         base = base_loss(self.logits, self.labels, **kwargs)
-        wrapped0 = gsc_jax.with_gsc(base_loss, gamma=0.0, top_c=2)(self.logits, self.labels, **kwargs)
+        wrapped0 = gsc_jax.with_gsc(base_loss, gamma=0.0, top_c=2)(
+            self.logits, self.labels, **kwargs
+        )
         np.testing.assert_allclose(wrapped0, base, rtol=1e-6)
         wrapped = gsc_jax.with_gsc(base_loss, gamma=0.3, top_c=3)
         value = jax.jit(lambda z: wrapped(z, self.labels, **kwargs))(self.logits)
@@ -361,8 +395,9 @@ class BadInputTest(parameterized.TestCase):
 @functools.partial(jax.jit, static_argnames=("top_c", "normalize_entropy", "implementation"))
 def _value_and_grads(logits, top_c, normalize_entropy, implementation):
     def fn(z):
-        return gsc_jax.gsc_term(z, top_c=top_c, normalize_entropy=normalize_entropy,
-                                implementation=implementation)
+        return gsc_jax.gsc_term(
+            z, top_c=top_c, normalize_entropy=normalize_entropy, implementation=implementation
+        )
 
     grads = jax.grad(lambda z: fn(z).sum())(logits)
     return fn(logits), grads, fn(logits[:, ::-1])

@@ -59,9 +59,9 @@ def _value_and_grads(chunked, hidden, weight, bias, labels, gamma, mu, **options
             values = gsc_jax.gsc_loss(hidden @ weight + bias, labels, gamma=gamma, mu=mu, **options)
         return jnp.sum(weights * values), values
 
-    (_, values), grads = jax.jit(
-        jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True)
-    )(hidden, weight, bias, gamma, mu)
+    (_, values), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))(
+        hidden, weight, bias, gamma, mu
+    )
     return values, grads
 
 
@@ -122,9 +122,9 @@ def test_batch_rank_and_no_bias():
     def value_and_grad(loss_fn):
         return jax.jit(lambda w: (loss_fn(w), jax.grad(lambda v: loss_fn(v).sum())(w)))(weight)
 
-    actual, grad = value_and_grad(lambda w: gsc_jax.linear_gsc_loss(
-        hidden, w, labels, gamma=0.5, top_c=2, chunk_size=7
-    ))
+    actual, grad = value_and_grad(
+        lambda w: gsc_jax.linear_gsc_loss(hidden, w, labels, gamma=0.5, top_c=2, chunk_size=7)
+    )
     expected, ref_grad = value_and_grad(
         lambda w: gsc_jax.gsc_loss(hidden @ w, labels, gamma=0.5, top_c=2)
     )
@@ -148,8 +148,9 @@ def test_float64():
 def test_ties_across_chunk_boundaries(top_c, top_c_path):
     # Logits equal to the bias (hidden = 0), with equal values in different chunks:
     # lax.top_k's order (the lower index first) decides which entries carry the top-c gradient.
-    bias = jnp.array([1.0, 3.0, 0.0, 2.0, 3.0, 2.0, 0.5, 3.0, -1.0, 2.0, 3.0, 0.0,
-                      1.0, 1.0, 2.0, 0.0, 3.0, 2.0])
+    bias = jnp.array(
+        [1.0, 3.0, 0.0, 2.0, 3.0, 2.0, 0.5, 3.0, -1.0, 2.0, 3.0, 0.0, 1.0, 1.0, 2.0, 0.0, 3.0, 2.0]
+    )
     hidden = jnp.zeros((4, 3))
     weight = jax.random.normal(jax.random.key(5), (3, 18))
     labels = jnp.array([0, 4, 7, -1])
@@ -182,9 +183,11 @@ def test_gamma_zero_is_optax_cross_entropy():
 
 def test_label_rule():
     hidden, weight, bias, _ = _inputs(4, 8, 20, seed=7)
-    fn = jax.jit(lambda labels, h=hidden: gsc_jax.linear_gsc_loss(
-        h, weight, labels, bias=bias, gamma=0.3, top_c=2, chunk_size=6
-    ))
+    fn = jax.jit(
+        lambda labels, h=hidden: gsc_jax.linear_gsc_loss(
+            h, weight, labels, bias=bias, gamma=0.3, top_c=2, chunk_size=6
+        )
+    )
     # Negative ids count from the end.
     np.testing.assert_allclose(fn(jnp.array([-1, -20, 3, 19])), fn(jnp.array([19, 0, 3, 19])))
     # An id outside [-V, V): a NaN value for that example and no derivative through its
@@ -195,9 +198,9 @@ def test_label_rule():
     np.testing.assert_array_equal(values[[1, 3]], np.asarray(fn(jnp.array([0, 3, 0, 5])))[[1, 3]])
     grad = np.asarray(jax.jit(jax.grad(lambda h: fn(labels, h).sum()))(hidden))
     assert np.all(np.isfinite(grad))
-    expected = jax.jit(jax.grad(
-        lambda h: gsc_jax.gsc_loss(h @ weight + bias, labels, gamma=0.3, top_c=2).sum()
-    ))(hidden)
+    expected = jax.jit(
+        jax.grad(lambda h: gsc_jax.gsc_loss(h @ weight + bias, labels, gamma=0.3, top_c=2).sum())
+    )(hidden)
     _assert_close(grad, np.asarray(expected), F32_RTOL)
 
 
@@ -207,12 +210,14 @@ def test_example_mask():
     mask = jnp.array([True, False, True, True, False])
 
     def chunked(hidden, weight, bias):
-        return gsc_jax.linear_gsc_loss(hidden, weight, labels, bias=bias, gamma=0.4, top_c=3,
-                                       chunk_size=8, example_mask=mask)
+        return gsc_jax.linear_gsc_loss(
+            hidden, weight, labels, bias=bias, gamma=0.4, top_c=3, chunk_size=8, example_mask=mask
+        )
 
     def materialised(hidden, weight, bias):
-        values = gsc_jax.gsc_loss(hidden @ weight + bias, jnp.where(mask, labels, 0), gamma=0.4,
-                                  top_c=3)
+        values = gsc_jax.gsc_loss(
+            hidden @ weight + bias, jnp.where(mask, labels, 0), gamma=0.4, top_c=3
+        )
         return jnp.where(mask, values, 0.0)
 
     values = chunked(hidden, weight, bias)
@@ -248,8 +253,9 @@ def test_jit_and_vmap():
     per_slice = jax.jit(jax.vmap(jax.grad(total), in_axes=(None, 0, 0)))(
         weight, batched_hidden, batched_labels
     )
-    _assert_close(per_slice.sum(0), jax.grad(total)(weight, batched_hidden, batched_labels),
-                  F32_RTOL)
+    _assert_close(
+        per_slice.sum(0), jax.grad(total)(weight, batched_hidden, batched_labels), F32_RTOL
+    )
 
 
 def test_bfloat16_accumulates_in_float32():
@@ -313,8 +319,13 @@ def test_temporary_memory_does_not_grow_with_vocabulary(forward_only):
     ],
 )
 def test_bad_arguments_raise(kwargs, message):
-    arguments = dict(hidden=jnp.zeros((4, 8)), weight=jnp.zeros((8, 10)),
-                     labels=jnp.zeros((4,), jnp.int32), gamma=0.1, top_c=2)
+    arguments = dict(
+        hidden=jnp.zeros((4, 8)),
+        weight=jnp.zeros((8, 10)),
+        labels=jnp.zeros((4,), jnp.int32),
+        gamma=0.1,
+        top_c=2,
+    )
     arguments.update(kwargs)
     with pytest.raises(ValueError, match=message):
         gsc_jax.linear_gsc_loss(
@@ -324,11 +335,17 @@ def test_bad_arguments_raise(kwargs, message):
 
 def test_bad_dtypes_raise():
     with pytest.raises(TypeError, match="labels"):
-        gsc_jax.linear_gsc_loss(jnp.zeros((4, 8)), jnp.zeros((8, 10)), jnp.zeros((4,)),
-                                gamma=0.1, top_c=2)
+        gsc_jax.linear_gsc_loss(
+            jnp.zeros((4, 8)), jnp.zeros((8, 10)), jnp.zeros((4,)), gamma=0.1, top_c=2
+        )
     with pytest.raises(TypeError, match="hidden"):
-        gsc_jax.linear_gsc_loss(jnp.zeros((4, 8), jnp.int32), jnp.zeros((8, 10)),
-                                jnp.zeros((4,), jnp.int32), gamma=0.1, top_c=2)
+        gsc_jax.linear_gsc_loss(
+            jnp.zeros((4, 8), jnp.int32),
+            jnp.zeros((8, 10)),
+            jnp.zeros((4,), jnp.int32),
+            gamma=0.1,
+            top_c=2,
+        )
 
 
 SHARDED_SCRIPT = textwrap.dedent(
@@ -375,7 +392,10 @@ def test_sharded_over_eight_cpu_devices():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     result = subprocess.run(
-        [sys.executable, "-c", SHARDED_SCRIPT], env=env, capture_output=True, text=True,
+        [sys.executable, "-c", SHARDED_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -386,5 +406,8 @@ def test_forward_mode_is_refused_naming_the_alternative():
     hidden, weight = jnp.ones((2, 4)), jnp.ones((4, 6))
     labels = jnp.array([0, 1])
     with pytest.raises(NotImplementedError, match="first-order reverse-mode"):
-        jax.jvp(lambda h: gsc_jax.linear_gsc_loss(h, weight, labels, gamma=0.1, top_c=2).sum(),
-                (hidden,), (hidden,))
+        jax.jvp(
+            lambda h: gsc_jax.linear_gsc_loss(h, weight, labels, gamma=0.1, top_c=2).sum(),
+            (hidden,),
+            (hidden,),
+        )

@@ -66,9 +66,7 @@ class BaseLossTest(chex.TestCase):
         where[:, 4] = False
         labels = np.array([0, 1, 2, 2, 1, 3])
         alpha = 0.2
-        expected = gsc_jax.label_smoothing_cross_entropy(
-            self.logits[:, :4], labels, alpha=alpha
-        )
+        expected = gsc_jax.label_smoothing_cross_entropy(self.logits[:, :4], labels, alpha=alpha)
         np.testing.assert_allclose(
             gsc_jax.label_smoothing_cross_entropy(self.logits, labels, alpha=alpha, where=where),
             expected,
@@ -99,7 +97,7 @@ class BaseLossTest(chex.TestCase):
     def test_focal_extreme_logits_finite_gradients(self):
         logits = jnp.array([[100.0, -100.0, 0.0], [-100.0, 100.0, 0.0]])
         for eta in (0.5, 2.0):
-            fn = lambda z: gsc_jax.focal_loss(z, jnp.array([0, 0]), eta=eta).sum()
+            fn = lambda z: gsc_jax.focal_loss(z, jnp.array([0, 0]), eta=eta).sum()  # noqa: E731
             chex.assert_tree_all_finite((fn(logits), jax.grad(fn)(logits)))
 
     def test_entropy_regularized(self):
@@ -114,7 +112,9 @@ class BaseLossTest(chex.TestCase):
             rtol=1e-5,
         )
         np.testing.assert_allclose(
-            gsc_jax.softmax_entropy(self.logits, normalize=False), -np.sum(p * self.log_p, -1), rtol=1e-5
+            gsc_jax.softmax_entropy(self.logits, normalize=False),
+            -np.sum(p * self.log_p, -1),
+            rtol=1e-5,
         )
 
     def test_bad_hyper_parameters(self):
@@ -161,7 +161,9 @@ class OnlineLabelSmoothingTest(parameterized.TestCase):
         log_p = np_log_softmax(logits)
         expected = 0.5 * -log_p[np.arange(5), labels] + 0.5 * -np.sum(soft[labels] * log_p, -1)
         np.testing.assert_allclose(
-            gsc_jax.online_label_smoothing_loss(logits, labels, soft_labels=soft), expected, rtol=1e-5
+            gsc_jax.online_label_smoothing_loss(logits, labels, soft_labels=soft),
+            expected,
+            rtol=1e-5,
         )
         zeros = gsc_jax.ols_init(3, init="zeros").soft_labels
         np.testing.assert_allclose(
@@ -174,7 +176,9 @@ class OnlineLabelSmoothingTest(parameterized.TestCase):
         logits = np.asarray(jax.random.normal(jax.random.key(2), (12, 3))) * 3
         labels = np.arange(12) % 3
         whole = gsc_jax.ols_batch_statistics(logits, labels)
-        halves = [gsc_jax.ols_batch_statistics(logits[s], labels[s]) for s in (slice(0, 6), slice(6, 12))]
+        halves = [
+            gsc_jax.ols_batch_statistics(logits[s], labels[s]) for s in (slice(0, 6), slice(6, 12))
+        ]
         np.testing.assert_allclose(whole[0], halves[0][0] + halves[1][0], rtol=1e-6)
         np.testing.assert_array_equal(whole[1], halves[0][1] + halves[1][1])
 
@@ -205,7 +209,9 @@ class MarginLogitsTest(parameterized.TestCase):
     @parameterized.parameters(False, True)
     def test_arcface(self, easy_margin):
         m, s = 0.5, 64.0
-        out = gsc_jax.arcface_logits(self.cosines, self.labels, scale=s, margin=m, easy_margin=easy_margin)
+        out = gsc_jax.arcface_logits(
+            self.cosines, self.labels, scale=s, margin=m, easy_margin=easy_margin
+        )
         expected = self.cosines.astype(np.float64).copy()
         for i, y in enumerate(self.labels):
             t = expected[i, y]
@@ -246,17 +252,33 @@ def _all_losses():
         ("ce", gsc_jax.cross_entropy),
         ("ls", lambda z, y, **kw: gsc_jax.label_smoothing_cross_entropy(z, y, alpha=0.1, **kw)),
         ("focal", lambda z, y, **kw: gsc_jax.focal_loss(z, y, eta=2.0, **kw)),
-        ("entropy", lambda z, y, **kw: gsc_jax.entropy_regularized_cross_entropy(
-            z, y, entropy_weight=0.1, **kw)),
-        ("ols", lambda z, y, **kw: gsc_jax.online_label_smoothing_loss(
-            z, y, soft_labels=soft, **kw)),
+        (
+            "entropy",
+            lambda z, y, **kw: gsc_jax.entropy_regularized_cross_entropy(
+                z, y, entropy_weight=0.1, **kw
+            ),
+        ),
+        (
+            "ols",
+            lambda z, y, **kw: gsc_jax.online_label_smoothing_loss(z, y, soft_labels=soft, **kw),
+        ),
         ("gsc_loss", lambda z, y, **kw: gsc_jax.gsc_loss(z, y, gamma=0.5, top_c=2, **kw)),
-        ("gsc_loss_reference", lambda z, y, **kw: gsc_jax.gsc_loss(
-            z, y, gamma=0.5, top_c=2, implementation="reference", **kw)),
+        (
+            "gsc_loss_reference",
+            lambda z, y, **kw: gsc_jax.gsc_loss(
+                z, y, gamma=0.5, top_c=2, implementation="reference", **kw
+            ),
+        ),
         ("with_gsc_focal", gsc_jax.with_gsc(gsc_jax.focal_loss, gamma=0.5, top_c=2)),
-        ("with_gsc_ls_reference", lambda z, y, **kw: gsc_jax.with_gsc(
-            gsc_jax.label_smoothing_cross_entropy, gamma=0.5, top_c=2,
-            implementation="reference")(z, y, alpha=0.1, **kw)),
+        (
+            "with_gsc_ls_reference",
+            lambda z, y, **kw: gsc_jax.with_gsc(
+                gsc_jax.label_smoothing_cross_entropy,
+                gamma=0.5,
+                top_c=2,
+                implementation="reference",
+            )(z, y, alpha=0.1, **kw),
+        ),
         ("with_gsc_ce", gsc_jax.with_gsc(gsc_jax.cross_entropy, gamma=0.5, top_c=2)),
     )
 
@@ -325,7 +347,8 @@ class IntegerLabelRuleTest(parameterized.TestCase):
         )
         assert np.isnan(focal[1])
         smoothed = np.asarray(
-            gsc_jax.label_smoothing_cross_entropy(self.logits[:3], labels, alpha=0.1))
+            gsc_jax.label_smoothing_cross_entropy(self.logits[:3], labels, alpha=0.1)
+        )
         assert np.isnan(smoothed[1]) and np.isfinite(smoothed[[0, 2]]).all()
 
     def test_optax_reads_negative_ids_the_same_way(self):
@@ -358,25 +381,34 @@ class PaddedLabelsTest(parameterized.TestCase):
     @parameterized.named_parameters(*_all_losses())
     def test_both_patterns_give_the_gradient_of_the_examples_taking_part(self, fn):
         by_where, by_example_mask = self._masked_grads(fn)
-        alone = np.asarray(jax.grad(lambda z: fn(z, self.labels[self.mask]).sum())(
-            jnp.asarray(self.logits[self.mask])))
+        alone = np.asarray(
+            jax.grad(lambda z: fn(z, self.labels[self.mask]).sum())(
+                jnp.asarray(self.logits[self.mask])
+            )
+        )
         for grad in (by_where, by_example_mask):
             assert np.isfinite(grad).all(), grad
             np.testing.assert_allclose(grad[self.mask], alone, rtol=1e-5, atol=1e-7)
             assert np.all(grad[~self.mask] == 0.0)
         values = np.asarray(fn(self.logits, self.labels, example_mask=self.mask))
         assert np.all(values[~self.mask] == 0.0)
-        np.testing.assert_allclose(values[self.mask], fn(self.logits[self.mask],
-                                                         self.labels[self.mask]), rtol=1e-6)
+        np.testing.assert_allclose(
+            values[self.mask], fn(self.logits[self.mask], self.labels[self.mask]), rtol=1e-6
+        )
 
     def test_cross_entropy_matches_optax_in_both_patterns(self):
-        optax_grad = jax.grad(lambda z: jnp.where(
-            self.mask, optax.softmax_cross_entropy_with_integer_labels(z, self.labels), 0.0
-        ).sum())(jnp.asarray(self.logits))
-        for fn in (gsc_jax.cross_entropy,
-                   lambda z, y, **kw: gsc_jax.gsc_loss(z, y, gamma=0.0, top_c=2, **kw),
-                   lambda z, y, **kw: gsc_jax.gsc_loss(z, y, gamma=0.0, top_c=2,
-                                                       implementation="reference", **kw)):
+        optax_grad = jax.grad(
+            lambda z: jnp.where(
+                self.mask, optax.softmax_cross_entropy_with_integer_labels(z, self.labels), 0.0
+            ).sum()
+        )(jnp.asarray(self.logits))
+        for fn in (
+            gsc_jax.cross_entropy,
+            lambda z, y, **kw: gsc_jax.gsc_loss(z, y, gamma=0.0, top_c=2, **kw),
+            lambda z, y, **kw: gsc_jax.gsc_loss(
+                z, y, gamma=0.0, top_c=2, implementation="reference", **kw
+            ),
+        ):
             for grad in self._masked_grads(fn):
                 np.testing.assert_allclose(grad, optax_grad, rtol=1e-5, atol=1e-7)
 
@@ -402,5 +434,10 @@ class PaddedLabelsTest(parameterized.TestCase):
         with self.assertRaisesRegex(ValueError, "example_mask.*shape"):
             gsc_jax.focal_loss(self.logits, self.labels, example_mask=self.mask[:3])
         with self.assertRaisesRegex(TypeError, "example_mask.*boolean"):
-            gsc_jax.gsc_loss(self.logits, self.labels, gamma=0.1, top_c=2,
-                             example_mask=self.mask.astype(np.int32))
+            gsc_jax.gsc_loss(
+                self.logits,
+                self.labels,
+                gamma=0.1,
+                top_c=2,
+                example_mask=self.mask.astype(np.int32),
+            )

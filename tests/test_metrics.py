@@ -93,13 +93,17 @@ class CalibrationTest(parameterized.TestCase):
         fine = np.clip(np.ceil(conf.astype(np.float32) * num_fine).astype(int) - 1, 0, num_fine - 1)
         counts = np.bincount(fine, minlength=num_fine)
         midpoint = np.cumsum(counts) - 0.5 * counts
-        group_of_fine = np.clip(np.floor(num_bins * midpoint / len(conf)).astype(int), 0, num_bins - 1)
+        group_of_fine = np.clip(
+            np.floor(num_bins * midpoint / len(conf)).astype(int), 0, num_bins - 1
+        )
         group = group_of_fine[fine]
         expected = sum(
             abs(correct[group == g].sum() - conf[group == g].sum()) for g in range(num_bins)
         ) / len(conf)
         np.testing.assert_allclose(
-            metrics.adaptive_calibration_error(probs, labels, num_bins=num_bins), expected, atol=2e-6
+            metrics.adaptive_calibration_error(probs, labels, num_bins=num_bins),
+            expected,
+            atol=2e-6,
         )
         sizes = np.bincount(group, minlength=num_bins)
         self.assertLess(sizes.max() - sizes.min(), 0.1 * len(conf))
@@ -129,8 +133,11 @@ def decoded_stats(stats):
     """(count, correct, sum of q = round(2**20 * confidence)) per bin as Python-exact int64."""
     limbs = np.asarray(stats.confidence).astype(np.int64)
     confidence = (limbs[:, 0] << 20) + (limbs[:, 1] << 10) + limbs[:, 2]
-    return (np.asarray(stats.count).astype(np.int64), np.asarray(stats.correct).astype(np.int64),
-            confidence)
+    return (
+        np.asarray(stats.count).astype(np.int64),
+        np.asarray(stats.correct).astype(np.int64),
+        confidence,
+    )
 
 
 class InvalidPredictionsTest(parameterized.TestCase):
@@ -193,14 +200,17 @@ class InvalidPredictionsTest(parameterized.TestCase):
     def test_out_of_range_labels_count_as_wrong_and_negative_labels_wrap(self):
         _, labels, probs = random_predictions(23, n=300)
         predicted = probs.argmax(-1)
-        out_of_range = np.where(np.arange(300) % 3 == 0, np.where(np.arange(300) % 2 == 0, 10, -11),
-                                labels)
-        expected = metrics.calibration_stats(probs, np.where(out_of_range == labels, labels,
-                                                             (predicted + 1) % 10))
+        out_of_range = np.where(
+            np.arange(300) % 3 == 0, np.where(np.arange(300) % 2 == 0, 10, -11), labels
+        )
+        expected = metrics.calibration_stats(
+            probs, np.where(out_of_range == labels, labels, (predicted + 1) % 10)
+        )
         for a, b in zip(metrics.calibration_stats(probs, out_of_range), expected):
             np.testing.assert_array_equal(a, b)
-        for a, b in zip(metrics.calibration_stats(probs, labels - 10),
-                        metrics.calibration_stats(probs, labels)):
+        for a, b in zip(
+            metrics.calibration_stats(probs, labels - 10), metrics.calibration_stats(probs, labels)
+        ):
             np.testing.assert_array_equal(a, b)
 
 
@@ -265,8 +275,10 @@ class ExactAccumulationTest(parameterized.TestCase):
         ece = float(metrics.expected_calibration_error_from_stats(merged))
         np.testing.assert_allclose(ece, expected_ece, atol=1e-6)
         self.assertEqual(ece, float(metrics.expected_calibration_error_from_stats(summed)))
-        self.assertEqual(float(metrics.maximum_calibration_error_from_stats(merged)),
-                         float(metrics.maximum_calibration_error_from_stats(summed)))
+        self.assertEqual(
+            float(metrics.maximum_calibration_error_from_stats(merged)),
+            float(metrics.maximum_calibration_error_from_stats(summed)),
+        )
 
         probs = np.concatenate([p for p, _ in first_three])
         labels = np.concatenate([y for _, y in first_three])
@@ -279,14 +291,17 @@ class ExactAccumulationTest(parameterized.TestCase):
 
     def test_overflow_is_marked_and_gives_nan(self):
         stats = metrics.calibration_stats(np.eye(3, dtype=np.float32), np.arange(3), num_bins=3)
-        big = stats._replace(count=stats.count.at[-1].set(2**31 - 2),
-                             correct=stats.correct.at[-1].set(2**31 - 2))
+        big = stats._replace(
+            count=stats.count.at[-1].set(2**31 - 2), correct=stats.correct.at[-1].set(2**31 - 2)
+        )
         merged = metrics.merge_calibration_stats(big, stats)
         self.assertEqual(int(merged.count[-1]), -1)
         merged = metrics.merge_calibration_stats(merged, stats)
         self.assertEqual(int(merged.count[-1]), -1)
-        for metric in (metrics.expected_calibration_error_from_stats,
-                       metrics.maximum_calibration_error_from_stats):
+        for metric in (
+            metrics.expected_calibration_error_from_stats,
+            metrics.maximum_calibration_error_from_stats,
+        ):
             self.assertTrue(np.isnan(metric(merged)))
 
     def test_many_plain_additions_equal_merges(self):
@@ -301,8 +316,10 @@ class ExactAccumulationTest(parameterized.TestCase):
         whole = stats_fn(probs, labels)
         for a, b in zip(whole, merged):
             np.testing.assert_array_equal(a, b)
-        for metric in (metrics.expected_calibration_error_from_stats,
-                       metrics.maximum_calibration_error_from_stats):
+        for metric in (
+            metrics.expected_calibration_error_from_stats,
+            metrics.maximum_calibration_error_from_stats,
+        ):
             self.assertEqual(float(metric(summed)), float(metric(whole)))
 
 
@@ -360,14 +377,21 @@ class LabelAndNaNRulesTest(parameterized.TestCase):
     def test_negative_labels_count_from_the_end(self):
         wrapped = self.labels - 10
         for k in (1, 3):
-            np.testing.assert_array_equal(metrics.top_k_accuracy(self.logits, wrapped, k=k),
-                                          metrics.top_k_accuracy(self.logits, self.labels, k=k))
-        np.testing.assert_array_equal(metrics.negative_log_likelihood(self.logits, wrapped),
-                                      metrics.negative_log_likelihood(self.logits, self.labels))
-        np.testing.assert_array_equal(metrics.brier_score(self.probs, wrapped),
-                                      metrics.brier_score(self.probs, self.labels))
-        np.testing.assert_array_equal(metrics.brier_score(self.probs, np.full(40, -1, np.int8)),
-                                      metrics.brier_score(self.probs, np.full(40, 9)))
+            np.testing.assert_array_equal(
+                metrics.top_k_accuracy(self.logits, wrapped, k=k),
+                metrics.top_k_accuracy(self.logits, self.labels, k=k),
+            )
+        np.testing.assert_array_equal(
+            metrics.negative_log_likelihood(self.logits, wrapped),
+            metrics.negative_log_likelihood(self.logits, self.labels),
+        )
+        np.testing.assert_array_equal(
+            metrics.brier_score(self.probs, wrapped), metrics.brier_score(self.probs, self.labels)
+        )
+        np.testing.assert_array_equal(
+            metrics.brier_score(self.probs, np.full(40, -1, np.int8)),
+            metrics.brier_score(self.probs, np.full(40, 9)),
+        )
 
     def test_nan_probabilities_give_nan_brier(self):
         probs = self.probs.copy()
@@ -385,8 +409,12 @@ class ExampleMaskTest(parameterized.TestCase):
         probs = np.full((4, 3), 1 / 3, np.float32)
         labels = np.zeros(4, int)
         mask = np.ones(shape, bool)
-        for fn in (metrics.calibration_stats, metrics.expected_calibration_error,
-                   metrics.maximum_calibration_error, metrics.adaptive_calibration_error):
+        for fn in (
+            metrics.calibration_stats,
+            metrics.expected_calibration_error,
+            metrics.maximum_calibration_error,
+            metrics.adaptive_calibration_error,
+        ):
             message = rf"`example_mask`.*\(4,\).*got shape {re.escape(str(shape))}"
             with self.assertRaisesRegex(ValueError, message):
                 fn(probs, labels, example_mask=mask)
@@ -395,22 +423,27 @@ class ExampleMaskTest(parameterized.TestCase):
 
     def test_non_boolean_mask_raises(self):
         with self.assertRaisesRegex(TypeError, "example_mask"):
-            metrics.calibration_stats(np.full((4, 3), 1 / 3, np.float32), np.zeros(4, int),
-                                      example_mask=np.ones(4, np.float32))
+            metrics.calibration_stats(
+                np.full((4, 3), 1 / 3, np.float32),
+                np.zeros(4, int),
+                example_mask=np.ones(4, np.float32),
+            )
 
     def test_multi_axis_batch(self):
         _, labels, probs = random_predictions(31, n=60)
         mask = np.arange(60) % 4 != 0
-        a = metrics.calibration_stats(probs.reshape(6, 10, 10), labels.reshape(6, 10),
-                                      example_mask=mask.reshape(6, 10))
+        a = metrics.calibration_stats(
+            probs.reshape(6, 10, 10), labels.reshape(6, 10), example_mask=mask.reshape(6, 10)
+        )
         b = metrics.calibration_stats(probs[mask], labels[mask])
         for x, y in zip(a, b):
             np.testing.assert_array_equal(x, y)
 
     def test_where_keyword_is_rejected(self):
         with self.assertRaises(TypeError):
-            metrics.calibration_stats(np.full((4, 3), 1 / 3, np.float32), np.zeros(4, int),
-                                      where=np.ones(4, bool))
+            metrics.calibration_stats(
+                np.full((4, 3), 1 / 3, np.float32), np.zeros(4, int), where=np.ones(4, bool)
+            )
 
 
 class TemperatureScalingTest(parameterized.TestCase):
@@ -442,7 +475,9 @@ class TemperatureScalingTest(parameterized.TestCase):
             mask = np.arange(50) != row
             self.assertAlmostEqual(
                 float(gsc_jax.fit_temperature(poisoned, labels, example_mask=mask)),
-                float(gsc_jax.fit_temperature(logits[mask], labels[mask])), places=5)
+                float(gsc_jax.fit_temperature(logits[mask], labels[mask])),
+                places=5,
+            )
         self.assertTrue(np.isfinite(fitted))
 
     def test_label_rules(self):
@@ -465,14 +500,19 @@ class TemperatureScalingTest(parameterized.TestCase):
         masked[:, 4] = -np.inf
         very_negative = logits.copy()
         very_negative[:, 4] = -1e4
-        np.testing.assert_allclose(gsc_jax.fit_temperature(masked, labels),
-                                   gsc_jax.fit_temperature(very_negative, labels), rtol=1e-5)
+        np.testing.assert_allclose(
+            gsc_jax.fit_temperature(masked, labels),
+            gsc_jax.fit_temperature(very_negative, labels),
+            rtol=1e-5,
+        )
         label_at_minus_inf = np.where(np.arange(80) == 0, 4, labels)
         self.assertTrue(np.isnan(gsc_jax.fit_temperature(masked, label_at_minus_inf)))
 
     def test_bad_bracket(self):
         with self.assertRaisesRegex(ValueError, "min_temperature"):
-            gsc_jax.fit_temperature(np.zeros((3, 2), np.float32), np.zeros(3, int), min_temperature=0)
+            gsc_jax.fit_temperature(
+                np.zeros((3, 2), np.float32), np.zeros(3, int), min_temperature=0
+            )
 
 
 MULTI_DEVICE_SCRIPT = textwrap.dedent(
@@ -528,6 +568,7 @@ def test_eight_fake_devices_equal_one_device():
 
 # --- logits where probabilities are expected, and the reverse: caught where it can be ---------
 
+
 def _logits_and_probs():
     logits = jax.random.normal(jax.random.key(7), (300, 10)) * 3.0
     labels = jax.random.randint(jax.random.key(8), (300,), 0, 10)
@@ -571,5 +612,6 @@ def test_stats_add_field_by_field_not_with_plus():
     added = jax.tree.map(jnp.add, a, b)
     merged = metrics.merge_calibration_stats(a, b)
     assert float(metrics.expected_calibration_error_from_stats(added)) == float(
-        metrics.expected_calibration_error_from_stats(merged))
+        metrics.expected_calibration_error_from_stats(merged)
+    )
     assert len(a + b) == 2 * len(a)  # `+` concatenates the named tuples (what the docs warn of)

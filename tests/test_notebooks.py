@@ -43,16 +43,26 @@ def _setup_cell(name: str) -> str:
     return next(c.source for c in nb.cells if c.cell_type == "code" and "REPO_URL" in c.source)
 
 
-@pytest.mark.parametrize("repo_url, message", [
-    (PLACEHOLDER_URL, "REPO_URL is still the placeholder"),
-    ("/nonexistent/gsc-jax", "git clone /nonexistent/gsc-jax failed"),
-])
+@pytest.mark.parametrize(
+    "repo_url, message",
+    [
+        (PLACEHOLDER_URL, "REPO_URL is still the placeholder"),
+        ("/nonexistent/gsc-jax", "git clone /nonexistent/gsc-jax failed"),
+    ],
+)
 def test_quickstart_setup_outside_a_checkout_fails_in_its_cell_with_a_message(
-        tmp_path, repo_url, message):
+    tmp_path, repo_url, message
+):
     code = _setup_cell("gsc_quickstart.ipynb").replace(PLACEHOLDER_URL, repo_url)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode != 0
     assert "RuntimeError" in done.stderr and message in done.stderr, done.stderr[-2000:]
     assert not (tmp_path / "gsc-jax").exists() or repo_url != PLACEHOLDER_URL
@@ -60,8 +70,13 @@ def test_quickstart_setup_outside_a_checkout_fails_in_its_cell_with_a_message(
 
 def test_quickstart_setup_inside_a_checkout_runs_from_it(tmp_path):
     code = _setup_cell("gsc_quickstart.ipynb") + "\nprint('ROOT', ROOT)"
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "colab",
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT / "colab",
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"ROOT {ROOT}" in done.stdout
 
@@ -79,11 +94,16 @@ def test_notebook_runs_and_draws_its_figures(name, monkeypatch):
     from nbclient import NotebookClient
 
     monkeypatch.setenv("GSC_NOTEBOOK_SMOKE", "1")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    )
     nb = nbformat.read(COLAB / name, as_version=4)
-    NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT_S,
-                   resources={"metadata": {"path": str(ROOT)}}).execute()
+    NotebookClient(
+        nb,
+        kernel_name="python3",
+        timeout=CELL_TIMEOUT_S,
+        resources={"metadata": {"path": str(ROOT)}},
+    ).execute()
 
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]

@@ -72,10 +72,13 @@ class OlsStatisticsTest(parameterized.TestCase):
 
     @parameterized.parameters(((1,),), ((31,),), ((32, 1),))
     def test_example_mask_shape_is_checked(self, shape):
-        for fn in (gsc_jax.ols_batch_statistics,
-                   lambda z, y, **kw: gsc_jax.ols_update(gsc_jax.ols_init(4), z, y, **kw)):
+        for fn in (
+            gsc_jax.ols_batch_statistics,
+            lambda z, y, **kw: gsc_jax.ols_update(gsc_jax.ols_init(4), z, y, **kw),
+        ):
             with self.assertRaisesRegex(ValueError, r"`example_mask`.*\(32,\).*got shape"):
                 fn(self.logits, self.labels, example_mask=np.ones(shape, bool))
         with self.assertRaisesRegex(TypeError, "example_mask"):
-            gsc_jax.ols_batch_statistics(self.logits, self.labels,
-                                         example_mask=np.ones(32, np.int32))
+            gsc_jax.ols_batch_statistics(
+                self.logits, self.labels, example_mask=np.ones(32, np.int32)
+            )

@@ -25,7 +25,9 @@ def dist(tmp_path_factory) -> dict[str, pathlib.Path]:
     out = tmp_path_factory.mktemp("dist")
     build = subprocess.run(
         [sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert build.returncode == 0, (build.stdout + build.stderr)[-5000:]
     (wheel,) = out.glob("gsc_jax-*.whl")
@@ -47,8 +49,11 @@ def test_wheel_holds_only_the_gsc_jax_package(wheel_names):
 
 def test_wheel_ships_every_library_file(wheel_names):
     """Every module, the optional CPU kernel's C++ source (compiled on opt-in) and py.typed."""
-    modules = {p.relative_to(ROOT).as_posix() for pattern in ("*.py", "*.cc", "py.typed")
-               for p in (ROOT / "gsc_jax").rglob(pattern)}
+    modules = {
+        p.relative_to(ROOT).as_posix()
+        for pattern in ("*.py", "*.cc", "py.typed")
+        for p in (ROOT / "gsc_jax").rglob(pattern)
+    }
     assert "gsc_jax/py.typed" in modules
     assert modules <= set(wheel_names), sorted(modules - set(wheel_names))
 
@@ -68,8 +73,15 @@ def test_metadata_has_the_version_and_the_spdx_license(dist, wheel_names):
 def test_sdist_holds_the_sources_the_license_and_the_changelog(dist):
     with tarfile.open(dist["sdist"]) as archive:
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
-    assert {"pyproject.toml", "README.md", "LICENSE", "CHANGELOG.md", "gsc_jax/__init__.py",
-            "gsc_jax/py.typed", "gsc_jax/cpu_kernel/row_kernels.cc"} <= names, sorted(names)
+    assert {
+        "pyproject.toml",
+        "README.md",
+        "LICENSE",
+        "CHANGELOG.md",
+        "gsc_jax/__init__.py",
+        "gsc_jax/py.typed",
+        "gsc_jax/cpu_kernel/row_kernels.cc",
+    } <= names, sorted(names)
     # The tests import experiments/, which is not packaged: they run from a clone.
     assert not any(name.startswith(("tests/", "experiments/", "benchmarks/")) for name in names)
 
@@ -78,12 +90,18 @@ def test_the_installed_wheel_imports_and_computes_a_loss(dist, tmp_path):
     """The wheel, installed with --no-deps into a fresh venv that sees this environment's
     packages (jax, optax) through a .pth file, imports from the venv, not from the checkout."""
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     purelib = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     # The dependencies come from the environment running this test; a path listed in a .pth file
     # is appended after the venv's own site-packages, and the .pth files in it (this
@@ -91,9 +109,19 @@ def test_the_installed_wheel_imports_and_computes_a_loss(dist, tmp_path):
     here = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")}
     (pathlib.Path(purelib) / "_test_dependencies.pth").write_text("\n".join(sorted(here)) + "\n")
     install = subprocess.run(
-        [str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--quiet",
-         str(dist["wheel"])],
-        capture_output=True, text=True, timeout=600,
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--quiet",
+            str(dist["wheel"]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert install.returncode == 0, install.stderr[-3000:]
     script = (
@@ -105,13 +133,20 @@ def test_the_installed_wheel_imports_and_computes_a_loss(dist, tmp_path):
     )
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env["JAX_PLATFORMS"] = "cpu"
-    run = subprocess.run([str(python), "-I", "-c", script], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [str(python), "-I", "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     location, version, loss = run.stdout.split()
     assert pathlib.Path(location).is_relative_to(venv.resolve()), location
     assert not pathlib.Path(location).is_relative_to(ROOT), location
     assert version == gsc_jax.__version__
-    expected = gsc_jax.gsc_loss(jnp.array([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]]),
-                                jnp.array([0, 2]), gamma=0.05, top_c=2).mean()
+    expected = gsc_jax.gsc_loss(
+        jnp.array([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]]), jnp.array([0, 2]), gamma=0.05, top_c=2
+    ).mean()
     assert float(loss) == pytest.approx(float(expected), rel=1e-6)

@@ -7,10 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _experiments_util import config_file
+from _experiments_util import load_config
 
-from _experiments_util import config_file, load_config
 from experiments.common import config as cfg
-from experiments.common import grid, losses
+from experiments.common import grid
+from experiments.common import losses
 
 pytestmark = pytest.mark.usefixtures("fast_compile")  # tiny model: compile time dominates
 
@@ -19,8 +21,14 @@ CALIBRATION_LOSSES = ("flsd53", "mbls", "mdca", "mmce", "dca", "poly1")
 
 def _small_digits(n_train=512, n_test=64, **overrides):
     """The quickstart's config on the first digits (no progress bar, no compilation cache)."""
-    return load_config("quickstart", "default", data__num_train_examples=n_train,
-                       data__num_eval_examples=n_test, eval_batch_size=n_test, **overrides)
+    return load_config(
+        "quickstart",
+        "default",
+        data__num_train_examples=n_train,
+        data__num_eval_examples=n_test,
+        eval_batch_size=n_test,
+        **overrides,
+    )
 
 
 def _grid(name="default"):
@@ -56,8 +64,15 @@ def test_selected_losses_write_every_column_and_figure(tmp_path):
     grid.run(g, _small_digits(256, 48, epochs=2, optimizer__learning_rate=1e-2), str(tmp_path))
     table = (tmp_path / "table.md").read_text()
     header = table.splitlines()[4]
-    for column in ("accuracy %", "ECE %", "classwise ECE %", "smooth ECE %", "NLL", "Brier",
-                   "AURC %"):
+    for column in (
+        "accuracy %",
+        "ECE %",
+        "classwise ECE %",
+        "smooth ECE %",
+        "NLL",
+        "Brier",
+        "AURC %",
+    ):
         assert f"| {column} |" in header
     assert table.count("\n| ") == 1 + len(labels)  # header + one row per loss
     saved = _table(tmp_path)
@@ -73,34 +88,51 @@ def test_selected_losses_write_every_column_and_figure(tmp_path):
         summary = json.load(open(tmp_path / "table" / row["row"] / "summary.json"))
         curve = summary["test/risk_coverage"]
         widths = -np.diff(np.append(curve["coverage"], 0.0))
-        np.testing.assert_allclose(np.sum(widths * np.asarray(curve["risk"])),
-                                   row["values"]["test/aurc"][0], atol=1e-6)
+        np.testing.assert_allclose(
+            np.sum(widths * np.asarray(curve["risk"])), row["values"]["test/aurc"][0], atol=1e-6
+        )
         assert (tmp_path / "table" / row["row"] / "test_reliability.png").exists()
     assert (tmp_path / "risk_coverage.png").exists()
 
 
 def grid_rows(base_losses):
     from experiments.quickstart.configs import default  # pylint: disable=import-outside-toplevel
+
     return default.rows_for(base_losses)
 
 
 def test_loss_selection():
     base = load_config("quickstart", "default")
-    labels = lambda g: [losses.LossSpec.from_config(  # noqa: E731
-        cfg.apply_overrides(base, r.overrides).loss).label for r in g.rows]
+
+    def labels(g):
+        return [
+            losses.LossSpec.from_config(cfg.apply_overrides(base, r.overrides).loss).label
+            for r in g.rows
+        ]
+
     default = _grid()
-    assert labels(default) == ["CE", "CE+GSC(0.05,2)", "CE+LS(0.1)", "CE+LS(0.1)+GSC(0.03,2)",
-                               "Focal(2)", "Focal(2)+GSC(0.02,3)"]
+    assert labels(default) == [
+        "CE",
+        "CE+GSC(0.05,2)",
+        "CE+LS(0.1)",
+        "CE+LS(0.1)+GSC(0.03,2)",
+        "Focal(2)",
+        "Focal(2)+GSC(0.02,3)",
+    ]
     every = _grid("all_losses")
     names = [r.overrides["loss.name"] for r in every.rows]
-    assert set(names) == set(losses.LOSS_NAMES) - {"ols"} and len(every.rows) == 2 * len(
-        set(names))
-    assert all("loss.gsc.gamma" not in a.overrides and b.overrides["loss.gsc.gamma"] > 0
-               and a.overrides["loss.name"] == b.overrides["loss.name"]
-               for a, b in zip(every.rows[::2], every.rows[1::2]))
-    settings = {r.overrides["loss.name"]: (r.overrides["loss.gsc.gamma"],
-                                           r.overrides["loss.gsc.top_c"])
-                for r in every.rows if "loss.gsc.gamma" in r.overrides}
+    assert set(names) == set(losses.LOSS_NAMES) - {"ols"} and len(every.rows) == 2 * len(set(names))
+    assert all(
+        "loss.gsc.gamma" not in a.overrides
+        and b.overrides["loss.gsc.gamma"] > 0
+        and a.overrides["loss.name"] == b.overrides["loss.name"]
+        for a, b in zip(every.rows[::2], every.rows[1::2])
+    )
+    settings = {
+        r.overrides["loss.name"]: (r.overrides["loss.gsc.gamma"], r.overrides["loss.gsc.top_c"])
+        for r in every.rows
+        if "loss.gsc.gamma" in r.overrides
+    }
     assert settings["focal"] == (0.02, 3) and settings["mmce"] == (0.05, 2)
     assert len({r.id for r in every.rows}) == len(every.rows)
     for bad in (["ce", "foo"], [""]):
@@ -124,14 +156,17 @@ def test_calibration_loss_trains_through_make_objective(name):
     @jax.jit
     def step(w):
         (loss, parts), grad = jax.value_and_grad(
-            lambda w: objective(3.0 * x @ w, labels), has_aux=True)(w)
+            lambda w: objective(3.0 * x @ w, labels), has_aux=True
+        )(w)
         return w - 0.5 * grad, loss, parts
 
     w = jax.random.normal(jax.random.key(1), (6, 4)) * 0.3
     base_loss, base_parts = losses.make_objective(losses.LossSpec(name))(3.0 * x @ w, labels)
     w, first, parts = step(w)
-    assert {"loss", "base_loss", "gsc_term"} <= set(parts) and set(base_parts) == {"loss",
-                                                                                  "base_loss"}
+    assert {"loss", "base_loss", "gsc_term"} <= set(parts) and set(base_parts) == {
+        "loss",
+        "base_loss",
+    }
     np.testing.assert_allclose(parts["base_loss"], base_loss, rtol=1e-5)  # the loss without GSC
     np.testing.assert_allclose(parts["base_loss"] + 0.5 * parts["gsc_term"], first, rtol=1e-5)
     np.testing.assert_allclose(parts["gsc_weighted"], 0.5 * parts["gsc_term"], rtol=1e-6)

@@ -6,29 +6,35 @@ import logging
 import os
 import tempfile
 
+import PIL.Image
 import jax
 import jax.numpy as jnp
 import numpy as np
-import PIL.Image
 import pytest
+from _experiments_util import QUIET
+from _experiments_util import config_file
 from absl.testing import absltest
 from absl.testing import parameterized
 
 import gsc_jax
 from experiments.common import config as cfg
-from experiments.common import grid, loop, losses
+from experiments.common import grid
+from experiments.common import loop
+from experiments.common import losses
 from experiments.segmentation import data
 from experiments.segmentation import evaluate
 from experiments.segmentation import model
 from experiments.segmentation import task
 
-from _experiments_util import QUIET, config_file
-
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 # Superpixels of about 15 pixels, as the reference's 10000 on a 321 x 481 image.
-_SMALL = {"data.slic_n_segments": 150, "data.iterations": 100, "data.min_labels": 4,
-          "data.max_side": 0}
+_SMALL = {
+    "data.slic_n_segments": 150,
+    "data.iterations": 100,
+    "data.min_labels": 4,
+    "data.max_side": 0,
+}
 
 
 def _scene_config(directory, height, width, seed=0, **overrides):
@@ -40,9 +46,16 @@ def _scene_config(directory, height, width, seed=0, **overrides):
     with open(os.path.join(directory, "scene.png"), "wb") as f:
         f.write(buffer.getvalue())
     np.save(os.path.join(directory, "truth.npy"), truth)
-    return cfg.load(config_file("segmentation", "kanezaki"), {
-        **QUIET, "data.image": os.path.join(directory, "scene.png"),
-        "data.ground_truth": os.path.join(directory, "truth.npy"), **_SMALL, **overrides})
+    return cfg.load(
+        config_file("segmentation", "kanezaki"),
+        {
+            **QUIET,
+            "data.image": os.path.join(directory, "scene.png"),
+            "data.ground_truth": os.path.join(directory, "truth.npy"),
+            **_SMALL,
+            **overrides,
+        },
+    )
 
 
 def _model_and_inputs(height=12, width=16, seed=0):
@@ -55,14 +68,14 @@ def _model_and_inputs(height=12, width=16, seed=0):
     batch_stats = variables["batch_stats"]
 
     def logits_of(params):
-        return net.apply({"params": params, "batch_stats": batch_stats}, image,
-                         mutable=["batch_stats"])[0]
+        return net.apply(
+            {"params": params, "batch_stats": batch_stats}, image, mutable=["batch_stats"]
+        )[0]
 
     return logits_of, variables["params"], {"label": jnp.asarray(segment_ids)}
 
 
 class PiecesTest(parameterized.TestCase):
-
     def test_refine_labels_majority_and_ties_to_smallest(self):
         labels = jnp.array([3, 3, 1, 5, 2, 2, 5, 7])
         segments = jnp.array([0, 0, 0, 1, 1, 1, 1, 2])
@@ -89,7 +102,6 @@ class PiecesTest(parameterized.TestCase):
 
 
 class GscGradientTest(absltest.TestCase):
-
     def test_loss_includes_gamma_times_mean_gsc_and_gradient_changes(self):
         """The task's objective, as the train step builds it: CE (+ GSC) against the refined
         self-labels of the logits (`task.targets`, no gradient through them)."""
@@ -116,7 +128,6 @@ class GscGradientTest(absltest.TestCase):
 
 
 class SyntheticSceneTest(absltest.TestCase):
-
     def _tempdir(self):
         return self.enterContext(tempfile.TemporaryDirectory())
 
@@ -134,12 +145,17 @@ class SyntheticSceneTest(absltest.TestCase):
     def test_the_grid_writes_figures_and_scores(self):
         directory = self._tempdir()
         # min_labels=100 >= labels at the first iteration: both runs stop after it (stopping rule).
-        config, g = _scene_config(directory, 20, 24, **{"data.min_labels": 100,
-                                                        "data.slic_n_segments": 30})
+        config, g = _scene_config(
+            directory, 20, 24, **{"data.min_labels": 100, "data.slic_n_segments": 30}
+        )
         workdir = os.path.join(directory, "runs")
         grid.run(g, config, workdir)
-        for name in ("comparison.png", "labels_per_iteration.png", "segmentation.md",
-                     "segmentation.json"):
+        for name in (
+            "comparison.png",
+            "labels_per_iteration.png",
+            "segmentation.md",
+            "segmentation.json",
+        ):
             self.assertTrue(os.path.isfile(os.path.join(workdir, name)), name)
         saved = grid.results_json(workdir, "segmentation")
         self.assertEqual([r["row"] for r in saved["rows"]], ["baseline", "gsc"])
@@ -149,12 +165,12 @@ class SyntheticSceneTest(absltest.TestCase):
             self.assertBetween(summary["image/mean_iou"], 0.0, 1.0)
             self.assertLen(summary["image/n_labels_per_iteration"], 1)
             self.assertEqual(summary["image/iterations"], 1)
-            self.assertTrue(os.path.isfile(os.path.join(workdir, "segmentation", row,
-                                                        "image_labels.png")))
+            self.assertTrue(
+                os.path.isfile(os.path.join(workdir, "segmentation", row, "image_labels.png"))
+            )
 
 
 class InputTest(parameterized.TestCase):
-
     def _tempdir(self):
         return self.enterContext(tempfile.TemporaryDirectory())
 
@@ -170,8 +186,12 @@ class InputTest(parameterized.TestCase):
             data.load_image(path)
 
     @parameterized.parameters(
-        ("L", np.uint8, (5, 6)), ("I;16", np.uint16, (5, 6)), ("RGBA", np.uint8, (5, 6, 4)),
-        ("LA", np.uint8, (5, 6, 2)), ("P", np.uint8, (5, 6)))
+        ("L", np.uint8, (5, 6)),
+        ("I;16", np.uint16, (5, 6)),
+        ("RGBA", np.uint8, (5, 6, 4)),
+        ("LA", np.uint8, (5, 6, 2)),
+        ("P", np.uint8, (5, 6)),
+    )
     def test_converted_to_rgb_with_a_log_line(self, mode, dtype, shape):
         values = np.random.default_rng(0).integers(0, 200, shape).astype(dtype)
         image = PIL.Image.fromarray(values, mode="L" if mode == "P" else None)
@@ -183,8 +203,10 @@ class InputTest(parameterized.TestCase):
         self.assertIn("converted to RGB", "".join(logs.output))
         self.assertEqual((rgb.shape, rgb.dtype), ((5, 6, 3), np.uint8))
         if mode in ("L", "RGBA"):
-            np.testing.assert_array_equal(rgb, np.broadcast_to(
-                values[..., None] if mode == "L" else values[..., :3], (5, 6, 3)))
+            np.testing.assert_array_equal(
+                rgb,
+                np.broadcast_to(values[..., None] if mode == "L" else values[..., :3], (5, 6, 3)),
+            )
 
     def test_ground_truth_colours_become_ids(self):
         colours = np.zeros((4, 4, 3), np.uint8)

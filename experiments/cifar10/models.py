@@ -12,7 +12,8 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
-from experiments.common.layers import TorchConv, TorchDense
+from experiments.common.layers import TorchConv
+from experiments.common.layers import TorchDense
 
 
 class AlexNet(nn.Module):
@@ -55,14 +56,20 @@ class ConvMixer(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                                 epsilon=1e-5, dtype=self.dtype)
+        norm = functools.partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            dtype=self.dtype,
+        )
         act = functools.partial(nn.gelu, approximate=False)
         conv = functools.partial(TorchConv, dtype=self.dtype)  # depthwise: shifted sums on CPU
         x = norm()(act(conv(self.dim, self.patch_size, self.patch_size)(x)))
         for _ in range(self.depth):
-            x = x + norm()(act(conv(self.dim, self.kernel_size, padding="SAME",
-                                    groups=self.dim)(x)))
+            x = x + norm()(
+                act(conv(self.dim, self.kernel_size, padding="SAME", groups=self.dim)(x))
+            )
             x = norm()(act(conv(self.dim, 1)(x)))
         return TorchDense(self.num_classes, dtype=self.dtype)(jnp.mean(x, axis=(1, 2)))
 

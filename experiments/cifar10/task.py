@@ -6,12 +6,11 @@ get the 4-px zero-pad random crop + horizontal flip of Lee et al. (2015) on the 
 (`config.data.augment`); subsets and symmetric label noise as in `memory.prepare`.
 """
 
+from experiments.cifar10 import models
 from experiments.common import augment
 from experiments.common import config as cfg
 from experiments.common import console
 from experiments.common.data import memory
-from experiments.cifar10 import models
-
 
 # AlexNet without BN at its recipe's lr 0.01 stays near chance for its first few thousand steps
 # (measured on the CIFAR-10 JPEG copy, 4,096 training images, 4 epochs of 32 steps: 10.0 % test
@@ -20,17 +19,23 @@ SHORT_ALEXNET_STEPS = 2000
 
 
 def validate(config) -> None:
-    cfg.check(config, "model.name", cfg.one_of(*models.MODELS),
-              f"one of {', '.join(models.MODELS)}")
+    cfg.check(
+        config, "model.name", cfg.one_of(*models.MODELS), f"one of {', '.join(models.MODELS)}"
+    )
     memory.check_subset_fields(config)
     examples = config.data.num_train_examples or 50_000
     steps = config.epochs * (examples // config.batch_size)
-    if (config.model.name == "alexnet" and steps < SHORT_ALEXNET_STEPS
-            and config.optimizer.learning_rate <= 0.01):
-        console.say(f"note: a run of about {steps} steps is too short for AlexNet at lr "
-                    f"{config.optimizer.learning_rate:g} (the recipe's, for 64,000 steps): it "
-                    "stays near chance. For a shortened pipeline check pass "
-                    "--config.optimizer.learning_rate=0.05.")
+    if (
+        config.model.name == "alexnet"
+        and steps < SHORT_ALEXNET_STEPS
+        and config.optimizer.learning_rate <= 0.01
+    ):
+        console.say(
+            f"note: a run of about {steps} steps is too short for AlexNet at lr "
+            f"{config.optimizer.learning_rate:g} (the recipe's, for 64,000 steps): it "
+            "stays near chance. For a shortened pipeline check pass "
+            "--config.optimizer.learning_rate=0.05."
+        )
 
 
 def load(config) -> memory.Dataset:
@@ -46,13 +51,15 @@ def load(config) -> memory.Dataset:
 
 def _is_process_zero() -> bool:
     import jax  # pylint: disable=import-outside-toplevel
+
     return jax.process_index() == 0
 
 
 def make_source(config) -> memory.ArraySource:
     dataset, info = memory.prepare(load(config), config.data)
-    return memory.ArraySource(dataset, augment=augment.random_crop_flip if config.data.augment
-                              else None, info=info)
+    return memory.ArraySource(
+        dataset, augment=augment.random_crop_flip if config.data.augment else None, info=info
+    )
 
 
 def make_model(config, num_classes: int, mesh):

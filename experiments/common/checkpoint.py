@@ -15,8 +15,9 @@ from experiments.common import report
 CONFIG_FILE = "config.json"
 
 
-def make_manager(workdir: str, max_to_keep: int = 2,
-                 name: str = "checkpoints") -> ocp.CheckpointManager:
+def make_manager(
+    workdir: str, max_to_keep: int = 2, name: str = "checkpoints"
+) -> ocp.CheckpointManager:
     """A CheckpointManager over WORKDIR/<name> keeping the newest `max_to_keep` steps."""
     return ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, name)),
@@ -55,8 +56,9 @@ def _flatten(tree, prefix: str = "") -> dict:
     return {prefix: tree}
 
 
-def check_run_config(workdir: str, run: dict, epochs: int, *, resuming: bool,
-                     write: bool) -> str | None:
+def check_run_config(
+    workdir: str, run: dict, epochs: int, *, resuming: bool, write: bool
+) -> str | None:
     """Saves the run's configuration in WORKDIR/config.json, or checks it against the saved one.
 
     A fresh run (`resuming` False) writes {"run": run, "epochs": epochs} atomically (when `write`:
@@ -85,24 +87,32 @@ def check_run_config(workdir: str, run: dict, epochs: int, *, resuming: bool,
             raise ConfigMismatchError(
                 f"{workdir!r} holds checkpoints but no {CONFIG_FILE}, so they cannot be checked "
                 "against this run's configuration; use a new --workdir, or delete "
-                f"{os.path.join(workdir, 'checkpoints')!r} to start over.")
+                f"{os.path.join(workdir, 'checkpoints')!r} to start over."
+            )
         with open(path) as f:
             saved = json.load(f)
         old, new = _flatten(saved["run"]), _flatten(run)
-        diffs = [f"{key}: {old.get(key, '(unset)')!r} -> {new.get(key, '(unset)')!r}"
-                 for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+        diffs = [
+            f"{key}: {old.get(key, '(unset)')!r} -> {new.get(key, '(unset)')!r}"
+            for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key)
+        ]
         if diffs:
             raise ConfigMismatchError(
                 f"{workdir!r} holds a run with another configuration (saved -> asked): "
-                f"{'; '.join(diffs)}. Use a new --workdir, or the saved settings to resume.")
+                f"{'; '.join(diffs)}. Use a new --workdir, or the saved settings to resume."
+            )
         if epochs < saved["epochs"]:
             raise ConfigMismatchError(
                 f"{workdir!r} holds a run of {saved['epochs']} epochs; --epochs {epochs} would "
-                "shorten it. Use a new --workdir, or at least as many epochs to resume.")
+                "shorten it. Use a new --workdir, or at least as many epochs to resume."
+            )
         if epochs == saved["epochs"]:
             return None
-        message = (f"Extending the run in {workdir} from {saved['epochs']} to {epochs} epochs "
-                   "(the learning-rate schedule is laid out over the new number of epochs).")
+        message = (
+            f"Extending the run in {workdir} from {saved['epochs']} to {epochs} epochs "
+            "(the learning-rate schedule is laid out over the new number of epochs)."
+        )
     if write:
         report.write_json(path, {"run": run, "epochs": epochs})
     return message

@@ -12,12 +12,17 @@ import os
 import re
 import sys
 
-from absl import app, flags, logging
+from absl import app
+from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
-from experiments.common import checkpoint, console, loop, parallel
+from experiments.common import checkpoint
 from experiments.common import config as cfg
+from experiments.common import console
 from experiments.common import grid as grid_lib
+from experiments.common import loop
+from experiments.common import parallel
 from experiments.common.data import DataError
 
 EXIT_ERROR = 1
@@ -29,6 +34,7 @@ def enable_compilation_cache(path: str) -> None:
     if not path:
         return
     import jax  # pylint: disable=import-outside-toplevel
+
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
@@ -61,6 +67,7 @@ def field_comments(module) -> dict:
     visit(module)
     from experiments.common import losses  # pylint: disable=import-outside-toplevel
     from experiments.common.data import memory  # pylint: disable=import-outside-toplevel
+
     for shared in (cfg, losses, memory):
         visit(shared)
     comments = {}
@@ -72,8 +79,9 @@ def field_comments(module) -> dict:
         for line in text.splitlines():
             match = pattern.match(line)
             if match:
-                comments.setdefault(prefixes[match.group(1)] + match.group(2),
-                                    match.group(3).strip())
+                comments.setdefault(
+                    prefixes[match.group(1)] + match.group(2), match.group(3).strip()
+                )
     return comments
 
 
@@ -91,46 +99,58 @@ def help_text(config_path: str, program: str) -> str:
     module = cfg.load_module(config_path)
     config = module.get_config()
     comments = field_comments(module)
-    lines = [f"usage: {program} --workdir W [--config FILE] [--config.<field>=<value> ...]",
-             "       [--rows a,b] [--seeds 0,1] [--verbosity 0]", "",
-             (module.__doc__ or "").strip(), "",
-             f"--config (default {config_path}): a config file with get_config() "
-             "(and get_grid() for a table or sweep); its fields, overridable as "
-             "--config.<field>=<value>:"]
+    lines = [
+        f"usage: {program} --workdir W [--config FILE] [--config.<field>=<value> ...]",
+        "       [--rows a,b] [--seeds 0,1] [--verbosity 0]",
+        "",
+        (module.__doc__ or "").strip(),
+        "",
+        f"--config (default {config_path}): a config file with get_config() "
+        "(and get_grid() for a table or sweep); its fields, overridable as "
+        "--config.<field>=<value>:",
+    ]
     for path, value in _flatten(config):
         comment = comments.get(path, "")
         lines.append(f"  --config.{path}={value!r}" + (f"    # {comment}" if comment else ""))
     if hasattr(module, "get_grid"):
         grid = module.get_grid()
-        lines += ["", f"This config is a grid ({grid.name}): rows "
-                  f"{', '.join(r.id for r in grid.rows)}; seeds {grid.seeds}."]
-    lines += ["", "--workdir: output directory (checkpoints, metrics.jsonl, summary.json, "
-              "plots); running the same command again resumes.",
-              "--rows: with a grid, the rows to run (default all).",
-              "--seeds: with a grid, the seeds of every row (default the grid's).",
-              "Exit status: 0 done (or stopped by run.stop_after_steps), 1 error or diverged, "
-              "128+N stopped by signal N."]
+        lines += [
+            "",
+            f"This config is a grid ({grid.name}): rows "
+            f"{', '.join(r.id for r in grid.rows)}; seeds {grid.seeds}.",
+        ]
+    lines += [
+        "",
+        "--workdir: output directory (checkpoints, metrics.jsonl, summary.json, "
+        "plots); running the same command again resumes.",
+        "--rows: with a grid, the rows to run (default all).",
+        "--seeds: with a grid, the seeds of every row (default the grid's).",
+        "Exit status: 0 done (or stopped by run.stop_after_steps), 1 error or diverged, "
+        "128+N stopped by signal N.",
+    ]
     return "\n".join(lines)
 
 
 def check_override_paths(config_path: str, argv) -> None:
     """Exits with a message when a --config.<path>=<value> names no field of the config."""
-    paths = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    paths = [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
     if not paths:
         return
     try:
         config = cfg.load_module(config_path).get_config()
     except (OSError, AttributeError, SyntaxError) as error:
-        sys.exit(f"error: --config {config_path!r} is not a config file with get_config(): "
-                 f"{error}")
+        sys.exit(f"error: --config {config_path!r} is not a config file with get_config(): {error}")
     fields = dict(_flatten(config))
     for path in paths:
         if path not in fields and not any(f.startswith(path + ".") for f in fields):
             close = [f for f in fields if f.split(".")[-1] == path.split(".")[-1]]
-            hint = f" (did you mean {', '.join('--config.' + c for c in close[:3])}?)" \
-                if close else ""
-            sys.exit(f"error: --config.{path}: {config_path} has no such field{hint}; --help "
-                     "lists the fields.")
+            hint = (
+                f" (did you mean {', '.join('--config.' + c for c in close[:3])}?)" if close else ""
+            )
+            sys.exit(
+                f"error: --config.{path}: {config_path} has no such field{hint}; --help "
+                "lists the fields."
+            )
 
 
 def main(default_config: str | None = None, argv=None) -> None:
@@ -145,9 +165,11 @@ def main(default_config: str | None = None, argv=None) -> None:
             config_path = argv[i + 1]
     if any(a in ("--help", "-h", "--helpshort") for a in argv[1:]):
         if config_path is None:
-            sys.exit("usage: python -m experiments --config FILE --workdir W "
-                     "[--config.<field>=<value> ...]; --help with --config FILE lists its "
-                     "fields.")
+            sys.exit(
+                "usage: python -m experiments --config FILE --workdir W "
+                "[--config.<field>=<value> ...]; --help with --config FILE lists its "
+                "fields."
+            )
         print(help_text(config_path, os.path.basename(argv[0])))
         sys.exit(0)
     if config_path is not None:
@@ -175,8 +197,10 @@ def _run(argv, config_path: str | None) -> None:
         seeds = tuple(int(s) for s in values.seeds)
         grid = module.get_grid() if hasattr(module, "get_grid") else None
         if (values.rows or seeds) and grid is None:
-            raise ValueError("--rows and --seeds apply to grid configs (tables, sweeps); set "
-                             "--config.seed for one run.")
+            raise ValueError(
+                "--rows and --seeds apply to grid configs (tables, sweeps); set "
+                "--config.seed for one run."
+            )
         if grid is not None and seeds:
             grid = grid_lib.dataclasses.replace(grid, seeds=seeds)
         if grid is not None:
@@ -184,8 +208,15 @@ def _run(argv, config_path: str | None) -> None:
         parallel.maybe_initialize_distributed(config.run.multihost)
         enable_compilation_cache(config.run.compilation_cache)
         if grid is not None:
-            console.say(grid_lib.run(grid, config, values.workdir, values.rows,
-                                     config_flags.get_override_values(values["config"])))
+            console.say(
+                grid_lib.run(
+                    grid,
+                    config,
+                    values.workdir,
+                    values.rows,
+                    config_flags.get_override_values(values["config"]),
+                )
+            )
             sys.exit(0)
         result = loop.train_and_evaluate(config, values.workdir)
     except (ValueError, DataError, checkpoint.ConfigMismatchError) as error:
@@ -193,6 +224,13 @@ def _run(argv, config_path: str | None) -> None:
     if result.status in (loop.DIVERGED, loop.FAILED):
         sys.exit(f"error: {result.message}")
     if result.status == loop.COMPLETED:
-        console.say(str({k: v for k, v in result.summary.items()
-                         if k.endswith(("/top1", "/ece", "/nll", "/accuracy"))}))
+        console.say(
+            str(
+                {
+                    k: v
+                    for k, v in result.summary.items()
+                    if k.endswith(("/top1", "/ece", "/nll", "/accuracy"))
+                }
+            )
+        )
     sys.exit(exit_code(result))

@@ -69,8 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
 
 def classification_evals(splits=("test",), **options) -> ml_collections.ConfigDict:
     """`config.evals` with one classification evaluator per split (named after the split)."""
-    return ml_collections.ConfigDict({s: {"type": "classification", "split": s, **options}
-                                      for s in splits})
+    return ml_collections.ConfigDict(
+        {s: {"type": "classification", "split": s, **options} for s in splits}
+    )
 
 
 def get(config, path: str):
@@ -108,8 +109,9 @@ def one_of(*choices):
 def load_task(config):
     """The task module `config.task` names (ValueError naming the field if it does not import)."""
     if not config.task:
-        raise ValueError("config.task must name the experiment's task module, e.g. "
-                         "'experiments.cifar10.task'.")
+        raise ValueError(
+            "config.task must name the experiment's task module, e.g. 'experiments.cifar10.task'."
+        )
     try:
         return importlib.import_module(config.task)
     except ImportError as error:
@@ -129,38 +131,54 @@ def validate(config, num_classes: int | None = None, evaluator_types=()) -> None
         check(config, path, lambda x: isinstance(x, int) and x > 0, "a positive integer")
     check(config, "optimizer.name", one_of(*OPTIMIZERS), f"one of {', '.join(OPTIMIZERS)}")
     check(config, "optimizer.learning_rate", positive, "a positive number")
-    check(config, "optimizer.reference_batch", lambda x: isinstance(x, int) and x >= 0,
-          "an integer >= 0 (0 = no scaling)")
+    check(
+        config,
+        "optimizer.reference_batch",
+        lambda x: isinstance(x, int) and x >= 0,
+        "an integer >= 0 (0 = no scaling)",
+    )
     check(config, "optimizer.momentum", lambda m: 0 <= m < 1, "in [0, 1)")
     check(config, "optimizer.weight_decay", non_negative, "a number >= 0")
     check(config, "schedule.name", one_of(*SCHEDULES), f"one of {', '.join(SCHEDULES)}")
-    check(config, "schedule.milestones",
-          lambda m: all(0 < f <= 1 for f in m) and list(m) == sorted(m),
-          "increasing fractions of the run in (0, 1]")
+    check(
+        config,
+        "schedule.milestones",
+        lambda m: all(0 < f <= 1 for f in m) and list(m) == sorted(m),
+        "increasing fractions of the run in (0, 1]",
+    )
     check(config, "schedule.factor", lambda f: 0 < f <= 1, "in (0, 1]")
     check(config, "schedule.round_to", one_of("epoch", "step"), "'epoch' or 'step'")
     check(config, "plateau.factor", lambda f: 0 <= f < 1, "in [0, 1) (0 = off)")
-    check(config, "plateau.patience", lambda p: isinstance(p, int) and p >= 0,
-          "an integer >= 0")
-    check(config, "run.stop_after_steps", lambda s: isinstance(s, int) and s >= 0,
-          "an integer >= 0 (0 = off)")
+    check(config, "plateau.patience", lambda p: isinstance(p, int) and p >= 0, "an integer >= 0")
+    check(
+        config,
+        "run.stop_after_steps",
+        lambda s: isinstance(s, int) and s >= 0,
+        "an integer >= 0 (0 = off)",
+    )
     if not config.evals:
-        raise ValueError("config.evals is empty: declare at least one evaluator, e.g. "
-                         "{'test': {'type': 'classification', 'split': 'test'}}.")
+        raise ValueError(
+            "config.evals is empty: declare at least one evaluator, e.g. "
+            "{'test': {'type': 'classification', 'split': 'test'}}."
+        )
     for name, ev in config.evals.items():
         if "/" in name:
             raise ValueError(f"config.evals.{name}: evaluator names may not contain '/'.")
         if "type" not in ev:
             raise ValueError(f"config.evals.{name} needs a 'type'.")
         if evaluator_types and ev.type not in evaluator_types and "." not in ev.type:
-            raise ValueError(f"config.evals.{name}.type must be one of "
-                             f"{', '.join(evaluator_types)} or 'module.Class', got {ev.type!r}.")
+            raise ValueError(
+                f"config.evals.{name}.type must be one of "
+                f"{', '.join(evaluator_types)} or 'module.Class', got {ev.type!r}."
+            )
     for path in ("plateau.metric", "best.metric"):
         metric = get(config, path)
         needed = metric and (path != "plateau.metric" or config.plateau.factor > 0)
         if needed and metric.split("/")[0] not in config.evals:
-            raise ValueError(f"config.{path} {metric!r} names no evaluator of config.evals "
-                             f"({', '.join(config.evals)}); use '<evaluator>/<metric>'.")
+            raise ValueError(
+                f"config.{path} {metric!r} names no evaluator of config.evals "
+                f"({', '.join(config.evals)}); use '<evaluator>/<metric>'."
+            )
     if num_classes is not None:
         losses.validate(losses.LossSpec.from_config(config.loss), num_classes)
 

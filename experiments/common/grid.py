@@ -21,7 +21,9 @@ import jax
 import numpy as np
 
 from experiments.common import config as cfg
-from experiments.common import console, loop, report
+from experiments.common import console
+from experiments.common import loop
+from experiments.common import report
 
 FORMATS = {
     "pct": lambda x: f"{100 * x:.2f}",
@@ -123,12 +125,16 @@ class CellResult:
                 return None
             if key.startswith("max:"):
                 metric = key[4:]
-                series = [r[metric] for r in report.read_jsonl(
-                    os.path.join(workdir, "metrics.jsonl")) if r.get(metric) is not None]
+                series = [
+                    r[metric]
+                    for r in report.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+                    if r.get(metric) is not None
+                ]
                 if self.members is not None:
                     series = [[v[i] for i in self.members] for v in series]
-                out.append(np.max(np.asarray(series, np.float64), axis=0).tolist()
-                           if series else math.nan)
+                out.append(
+                    np.max(np.asarray(series, np.float64), axis=0).tolist() if series else math.nan
+                )
             else:
                 out.append(summary.get(key))
         flat = []
@@ -185,27 +191,30 @@ def run(grid: Grid, base_config, workdir: str, rows=(), cli_overrides=None) -> s
     selected = check_rows(grid, rows)
     results = []
     for row in grid.rows:
-        config = cfg.apply_overrides(cfg.apply_overrides(base_config, row.overrides),
-                                     cli_overrides or {})
+        config = cfg.apply_overrides(
+            cfg.apply_overrides(base_config, row.overrides), cli_overrides or {}
+        )
         workdirs = row_workdirs(grid, row, workdir)
         if grid.vmap_gammas:
             results += run_strengths(grid, row, config, workdirs[0], row.id in selected)
             continue
         label = _label(config)
         if row.id in selected:
-            runs = ([(workdirs[0], {"seeds": grid.seeds})] if grid.vmap_seeds else
-                    [(w, {"seed": s}) for w, s in zip(workdirs, grid.seeds)])
+            runs = (
+                [(workdirs[0], {"seeds": grid.seeds})]
+                if grid.vmap_seeds
+                else [(w, {"seed": s}) for w, s in zip(workdirs, grid.seeds)]
+            )
             for sub, how in runs:
-                run_config = (cfg.apply_overrides(config, {"seed": how["seed"]}) if "seed" in how
-                              else config)
+                run_config = (
+                    cfg.apply_overrides(config, {"seed": how["seed"]}) if "seed" in how else config
+                )
                 result = loop.train_and_evaluate(run_config, sub, seeds=how.get("seeds"))
                 if result.status == loop.STOPPED:
-                    raise SystemExit(128 + result.interrupted_by if result.interrupted_by
-                                     else 0)
+                    raise SystemExit(128 + result.interrupted_by if result.interrupted_by else 0)
                 if result.status != loop.COMPLETED and jax.process_index() == 0:
                     console.say(f"warning: {sub}: {result.message}")
-        results.append(CellResult(row, label, workdirs,
-                                  [report.read_summary(w) for w in workdirs]))
+        results.append(CellResult(row, label, workdirs, [report.read_summary(w) for w in workdirs]))
     return write(grid, results, workdir)
 
 
@@ -215,20 +224,26 @@ def run_strengths(grid: Grid, row: Row, config, workdir: str, selected: bool) ->
     members = [(g, s) for g in gammas for s in grid.seeds]
     config = cfg.apply_overrides(config, {"loss.gsc.gamma": max(gammas)})
     if selected:
-        result = loop.train_and_evaluate(config, workdir, seeds=[s for _, s in members],
-                                         gammas=[g for g, _ in members])
+        result = loop.train_and_evaluate(
+            config, workdir, seeds=[s for _, s in members], gammas=[g for g, _ in members]
+        )
         if result.status == loop.STOPPED:
             raise SystemExit(128 + result.interrupted_by if result.interrupted_by else 0)
     summary = report.read_summary(workdir)
     out = []
     for gamma in gammas:
         index = [i for i, (g, _) in enumerate(members) if g == gamma]
-        virtual = Row(f"{row.id}_g{gamma:g}", {**row.overrides, "loss.gsc.gamma": gamma},
-                      row.paper)
+        virtual = Row(f"{row.id}_g{gamma:g}", {**row.overrides, "loss.gsc.gamma": gamma}, row.paper)
         label = _label(cfg.apply_overrides(config, {"loss.gsc.gamma": gamma}))
-        out.append(CellResult(virtual, label, [workdir],
-                              [None if summary is None else member_summary(summary, index)],
-                              members=index))
+        out.append(
+            CellResult(
+                virtual,
+                label,
+                [workdir],
+                [None if summary is None else member_summary(summary, index)],
+                members=index,
+            )
+        )
     return out
 
 
@@ -246,6 +261,7 @@ def member_summary(summary: dict, index: list) -> dict:
 
 def _label(config) -> str:
     from experiments.common import losses  # pylint: disable=import-outside-toplevel
+
     return losses.LossSpec.from_config(config.loss).label
 
 
@@ -267,9 +283,15 @@ def write(grid: Grid, results: list, workdir: str) -> str:
         header.append(f"{c.title} (ours)" if with_paper else c.title)
         if any(c.key in r.row.paper for r in results):
             header.append(f"{c.title} (paper)")
-    lines = [grid.title, "", f"{'Ours: m' if with_paper else 'M'}ean ± sample std over seeds "
-             f"{', '.join(map(str, grid.seeds))}.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [
+        grid.title,
+        "",
+        f"{'Ours: m' if with_paper else 'M'}ean ± sample std over seeds "
+        f"{', '.join(map(str, grid.seeds))}.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for r in results:
         cells = [r.row.id, r.label]
         for c in grid.columns:
@@ -285,12 +307,25 @@ def write(grid: Grid, results: list, workdir: str) -> str:
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, f"{grid.name}.md"), "w") as f:
             f.write(text)
-        report.write_json(os.path.join(workdir, f"{grid.name}.json"), {
-            "title": grid.title, "seeds": list(grid.seeds),
-            "rows": [{"row": r.row.id, "method": r.label, "overrides": r.row.overrides,
-                      "paper": r.row.paper, "status": r.status(), "workdirs": r.workdirs,
-                      "values": {c.key: r.values(c.key) for c in grid.columns}}
-                     for r in results]})
+        report.write_json(
+            os.path.join(workdir, f"{grid.name}.json"),
+            {
+                "title": grid.title,
+                "seeds": list(grid.seeds),
+                "rows": [
+                    {
+                        "row": r.row.id,
+                        "method": r.label,
+                        "overrides": r.row.overrides,
+                        "paper": r.row.paper,
+                        "status": r.status(),
+                        "workdirs": r.workdirs,
+                        "values": {c.key: r.values(c.key) for c in grid.columns},
+                    }
+                    for r in results
+                ],
+            },
+        )
         for plot in grid.plots:
             plot_grid(plot, results, os.path.join(workdir, plot.file))
     return text
@@ -298,11 +333,20 @@ def write(grid: Grid, results: list, workdir: str) -> str:
 
 def _errorbars(ax, points, label, log_x):
     """Draws mean +- standard error of [(x, values)]; x = 0 on a log axis as a dotted line."""
-    stats = [(x, np.nanmean(v), np.nanstd(v, ddof=1) / math.sqrt(len(v)) if len(v) > 1 else 0.0)
-             for x, v in points]
+    stats = [
+        (x, np.nanmean(v), np.nanstd(v, ddof=1) / math.sqrt(len(v)) if len(v) > 1 else 0.0)
+        for x, v in points
+    ]
     shown = [p for p in stats if p[0] > 0 or not log_x]
-    line = ax.errorbar([p[0] for p in shown], [p[1] for p in shown],
-                       yerr=[p[2] for p in shown], marker="o", ms=3, capsize=2, label=label)
+    line = ax.errorbar(
+        [p[0] for p in shown],
+        [p[1] for p in shown],
+        yerr=[p[2] for p in shown],
+        marker="o",
+        ms=3,
+        capsize=2,
+        label=label,
+    )
     for x, mean, _ in stats:
         if log_x and x <= 0:
             ax.axhline(mean, color=line[0].get_color(), ls=":", lw=1)
@@ -311,36 +355,61 @@ def _errorbars(ax, points, label, log_x):
 def plot_grid(plot: Plot, results: list, path: str) -> None:
     """Columns against the `plot.x` override, mean +- standard error over seeds."""
     import matplotlib  # pylint: disable=import-outside-toplevel
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
-    curves = [r for r in results if plot.x in r.row.overrides and r.row.id not in plot.baseline
-              and (not plot.rows or r.row.id.startswith(plot.rows))]
+    curves = [
+        r
+        for r in results
+        if plot.x in r.row.overrides
+        and r.row.id not in plot.baseline
+        and (not plot.rows or r.row.id.startswith(plot.rows))
+    ]
     key = lambda v: (v is None, str(type(v)), v)  # noqa: E731
-    panels = sorted({r.row.overrides.get(plot.panel) for r in curves} if plot.panel else {None},
-                    key=key)
-    fig, axes = plt.subplots(len(plot.columns), len(panels), squeeze=False,
-                             figsize=(4.2 * len(panels), 3.2 * len(plot.columns)))
+    panels = sorted(
+        {r.row.overrides.get(plot.panel) for r in curves} if plot.panel else {None}, key=key
+    )
+    fig, axes = plt.subplots(
+        len(plot.columns),
+        len(panels),
+        squeeze=False,
+        figsize=(4.2 * len(panels), 3.2 * len(plot.columns)),
+    )
     for j, panel in enumerate(panels):
         in_panel = [r for r in curves if not plot.panel or r.row.overrides.get(plot.panel) == panel]
-        series = sorted({r.row.overrides.get(plot.series) for r in in_panel} if plot.series
-                        else {None}, key=key)
+        series = sorted(
+            {r.row.overrides.get(plot.series) for r in in_panel} if plot.series else {None}, key=key
+        )
         for i, column in enumerate(plot.columns):
             ax = axes[i][j]
             for s in series:
-                points = sorted((r.row.overrides[plot.x], r.values(column)) for r in in_panel
-                                if (not plot.series or r.row.overrides.get(plot.series) == s)
-                                and r.values(column))
+                points = sorted(
+                    (r.row.overrides[plot.x], r.values(column))
+                    for r in in_panel
+                    if (not plot.series or r.row.overrides.get(plot.series) == s)
+                    and r.values(column)
+                )
                 if points:
-                    _errorbars(ax, points, f"{plot.series.split('.')[-1]} = {s}"
-                               if plot.series else None, plot.log_x)
+                    _errorbars(
+                        ax,
+                        points,
+                        f"{plot.series.split('.')[-1]} = {s}" if plot.series else None,
+                        plot.log_x,
+                    )
             for k, base in enumerate(plot.baseline):
-                r = next((x for x in results if x.row.id == base and (
-                    not plot.panel or x.row.overrides.get(plot.panel) == panel)), None)
+                r = next(
+                    (
+                        x
+                        for x in results
+                        if x.row.id == base
+                        and (not plot.panel or x.row.overrides.get(plot.panel) == panel)
+                    ),
+                    None,
+                )
                 values = r.values(column) if r else None
                 if values:
-                    ax.axhline(np.nanmean(values), color=f"C{7 + k}", ls="--", lw=1,
-                               label=r.label)
+                    ax.axhline(np.nanmean(values), color=f"C{7 + k}", ls="--", lw=1, label=r.label)
             if plot.log_x:
                 ax.set_xscale("log")
             ax.set_xlabel(plot.x + (" (dotted: 0)" if plot.log_x else ""))

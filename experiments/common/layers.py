@@ -114,16 +114,27 @@ class TorchConv(nn.Module):
             h, wd, p, s = x.shape[1], x.shape[2], self.padding, self.stride
             xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
             ho, wo = (h + 2 * p - k) // s + 1, (wd + 2 * p - k) // s + 1
-            cols = jnp.concatenate([xp[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :]
-                                    for i in range(k) for j in range(k)], axis=-1)
+            cols = jnp.concatenate(
+                [
+                    xp[:, i : i + s * (ho - 1) + 1 : s, j : j + s * (wo - 1) + 1 : s, :]
+                    for i in range(k)
+                    for j in range(k)
+                ],
+                axis=-1,
+            )
             y = cols @ w.reshape(k * k * cin, self.features)
         elif rewrite == "matmul_backward" and self.groups == 1 and self.stride == 1:
             y = _conv_matmul_backward(x, w, self.padding)
         else:
             pad = self.padding if isinstance(self.padding, str) else [(self.padding,) * 2] * 2
             y = jax.lax.conv_general_dilated(
-                x, w, (self.stride, self.stride), pad, feature_group_count=self.groups,
-                dimension_numbers=_DIMENSIONS)
+                x,
+                w,
+                (self.stride, self.stride),
+                pad,
+                feature_group_count=self.groups,
+                dimension_numbers=_DIMENSIONS,
+            )
         return y + b.astype(self.dtype)
 
 
@@ -143,8 +154,11 @@ def _pad_spatial(x, before: int, after: int):
 def _shift_and_add(x_padded, w, out_h: int, out_w: int):
     """sum_{i,j} x_padded[:, i:i+out_h, j:j+out_w, :] * w[i, j]: one fused elementwise loop."""
     k_h, k_w = w.shape[:2]
-    return sum(x_padded[:, i:i + out_h, j:j + out_w, :] * w[i, j]
-               for i in range(k_h) for j in range(k_w))
+    return sum(
+        x_padded[:, i : i + out_h, j : j + out_w, :] * w[i, j]
+        for i in range(k_h)
+        for j in range(k_w)
+    )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -190,8 +204,9 @@ _depthwise_shift_and_add.defvjp(_depthwise_forward, _depthwise_backward)
 def _xla_conv(x, w, padding):
     """Stride-1 convolution [B, H, W, I] * [k, k, I, O] -> [B, Ho, Wo, O] with `padding`."""
     before, after = _padding_pair(padding, w.shape[0])
-    return jax.lax.conv_general_dilated(x, w, (1, 1), [(before, after)] * 2,
-                                        dimension_numbers=_DIMENSIONS)
+    return jax.lax.conv_general_dilated(
+        x, w, (1, 1), [(before, after)] * 2, dimension_numbers=_DIMENSIONS
+    )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -213,14 +228,26 @@ def _conv_matmul_backward_pass(padding, residuals, dy):
     k = w.shape[0]
     before, after = _padding_pair(padding, k)
     dx = jax.lax.conv_general_dilated(
-        dy, jnp.flip(w, (0, 1)).swapaxes(2, 3), (1, 1),
-        [(k - 1 - before, k - 1 - after)] * 2, dimension_numbers=_DIMENSIONS)
+        dy,
+        jnp.flip(w, (0, 1)).swapaxes(2, 3),
+        (1, 1),
+        [(k - 1 - before, k - 1 - after)] * 2,
+        dimension_numbers=_DIMENSIONS,
+    )
     x_padded = _pad_spatial(x, before, after)
     out_h, out_w = dy.shape[1], dy.shape[2]
     dy_flat = dy.reshape(-1, dy.shape[-1])
-    dw = jnp.stack([
-        jnp.stack([x_padded[:, i:i + out_h, j:j + out_w].reshape(-1, x.shape[-1]).T @ dy_flat
-                   for j in range(k)]) for i in range(k)])
+    dw = jnp.stack(
+        [
+            jnp.stack(
+                [
+                    x_padded[:, i : i + out_h, j : j + out_w].reshape(-1, x.shape[-1]).T @ dy_flat
+                    for j in range(k)
+                ]
+            )
+            for i in range(k)
+        ]
+    )
     return dx, dw
 
 
@@ -235,5 +262,9 @@ class TorchDense(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        return nn.Dense(self.features, dtype=self.dtype, kernel_init=torch_kernel_init,
-                        bias_init=torch_bias_init(x.shape[-1]))(x)
+        return nn.Dense(
+            self.features,
+            dtype=self.dtype,
+            kernel_init=torch_kernel_init,
+            bias_init=torch_bias_init(x.shape[-1]),
+        )(x)

@@ -28,11 +28,12 @@ import functools
 import math
 from typing import Callable
 
-import gsc_jax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+
+import gsc_jax
 
 
 def _poly1_loss(logits, labels, *, epsilon: float, axis: int = -1, where=None):
@@ -43,8 +44,9 @@ def _poly1_loss(logits, labels, *, epsilon: float, axis: int = -1, where=None):
     valid = (labels >= -num_classes) & (labels < num_classes)
     ids = jnp.where(labels < 0, labels + num_classes, labels)
     one_hot = jax.nn.one_hot(ids, num_classes, axis=axis, dtype=logits.dtype)
-    loss = optax.losses.poly_loss_cross_entropy(logits, one_hot, epsilon=epsilon, axis=axis,
-                                                where=where)
+    loss = optax.losses.poly_loss_cross_entropy(
+        logits, one_hot, epsilon=epsilon, axis=axis, where=where
+    )
     return loss * jnp.where(valid, 1.0, jnp.nan).astype(loss.dtype)
 
 
@@ -70,23 +72,45 @@ class BaseLoss:
 
 REGISTRY = {
     "ce": BaseLoss(gsc_jax.cross_entropy, {}, "CE", "softmax cross-entropy"),
-    "entropy": BaseLoss(gsc_jax.entropy_regularized_cross_entropy, {"entropy_weight": 0.02},
-                        "CE+Entropy({entropy_weight:g})", "GSC paper Table 1"),
-    "focal": BaseLoss(gsc_jax.focal_loss, {"eta": 2.0}, "Focal({eta:g})",
-                      "Lin et al. 2017; GSC paper Table 1"),
-    "ls": BaseLoss(gsc_jax.label_smoothing_cross_entropy, {"alpha": 0.1}, "CE+LS({alpha:g})",
-                   "Szegedy et al. 2016; GSC paper Table 1"),
-    "ols": BaseLoss(gsc_jax.online_label_smoothing_loss, {}, "OLS", "Zhang et al. 2021",
-                    stateful=True),
-    "flsd53": BaseLoss(gsc_jax.adaptive_focal_loss,
-                       {"threshold": 0.2, "eta_below": 5.0, "eta_above": 3.0}, "FLSD-53",
-                       "Mukhoti et al. 2020"),
-    "mbls": BaseLoss(gsc_jax.margin_label_smoothing_loss, {"margin": 10.0, "alpha": 0.1},
-                     "MbLS({margin:g},{alpha:g})", "Liu et al. 2022"),
-    "mdca": BaseLoss(gsc_jax.mdca_loss, {"beta": 1.0}, "MDCA({beta:g})",
-                     "Hebbalaguppe et al. 2022"),
-    "mmce": BaseLoss(gsc_jax.mmce_loss, {"beta": 4.0, "weighted": True, "bandwidth": 0.4},
-                     "MMCE({beta:g})", "Kumar et al. 2018"),
+    "entropy": BaseLoss(
+        gsc_jax.entropy_regularized_cross_entropy,
+        {"entropy_weight": 0.02},
+        "CE+Entropy({entropy_weight:g})",
+        "GSC paper Table 1",
+    ),
+    "focal": BaseLoss(
+        gsc_jax.focal_loss, {"eta": 2.0}, "Focal({eta:g})", "Lin et al. 2017; GSC paper Table 1"
+    ),
+    "ls": BaseLoss(
+        gsc_jax.label_smoothing_cross_entropy,
+        {"alpha": 0.1},
+        "CE+LS({alpha:g})",
+        "Szegedy et al. 2016; GSC paper Table 1",
+    ),
+    "ols": BaseLoss(
+        gsc_jax.online_label_smoothing_loss, {}, "OLS", "Zhang et al. 2021", stateful=True
+    ),
+    "flsd53": BaseLoss(
+        gsc_jax.adaptive_focal_loss,
+        {"threshold": 0.2, "eta_below": 5.0, "eta_above": 3.0},
+        "FLSD-53",
+        "Mukhoti et al. 2020",
+    ),
+    "mbls": BaseLoss(
+        gsc_jax.margin_label_smoothing_loss,
+        {"margin": 10.0, "alpha": 0.1},
+        "MbLS({margin:g},{alpha:g})",
+        "Liu et al. 2022",
+    ),
+    "mdca": BaseLoss(
+        gsc_jax.mdca_loss, {"beta": 1.0}, "MDCA({beta:g})", "Hebbalaguppe et al. 2022"
+    ),
+    "mmce": BaseLoss(
+        gsc_jax.mmce_loss,
+        {"beta": 4.0, "weighted": True, "bandwidth": 0.4},
+        "MMCE({beta:g})",
+        "Kumar et al. 2018",
+    ),
     "dca": BaseLoss(gsc_jax.dca_loss, {"beta": 1.0}, "DCA({beta:g})", "Liang et al. 2020"),
     "poly1": BaseLoss(_poly1_loss, {"epsilon": 2.0}, "Poly-1({epsilon:g})", "Leng et al. 2022"),
 }
@@ -143,12 +167,21 @@ class LossSpec:
     def from_config(cls, loss: ml_collections.ConfigDict) -> "LossSpec":
         """The spec of `config.loss` (the chosen loss's hyper-parameters only)."""
         if loss.name not in REGISTRY:
-            raise ValueError(f"config.loss.name: unknown loss {loss.name!r}; choose one of "
-                             f"{', '.join(LOSS_NAMES)}.")
+            raise ValueError(
+                f"config.loss.name: unknown loss {loss.name!r}; choose one of "
+                f"{', '.join(LOSS_NAMES)}."
+            )
         params = tuple(sorted(dict(loss[loss.name]).items())) if loss.name in loss else ()
-        return cls(loss.name, params, float(loss.gsc.gamma), int(loss.gsc.top_c),
-                   float(loss.gsc.mu), loss.margin.name, float(loss.margin.scale),
-                   float(loss.margin.m))
+        return cls(
+            loss.name,
+            params,
+            float(loss.gsc.gamma),
+            int(loss.gsc.top_c),
+            float(loss.gsc.mu),
+            loss.margin.name,
+            float(loss.margin.scale),
+            float(loss.margin.m),
+        )
 
     @property
     def uses_gsc(self) -> bool:
@@ -170,8 +203,7 @@ class LossSpec:
             if self.gsc_mu:
                 out["gsc_mu"] = self.gsc_mu
         if self.margin != "none":
-            out.update(margin=self.margin, margin_scale=self.margin_scale,
-                       margin_m=self.margin_m)
+            out.update(margin=self.margin, margin_scale=self.margin_scale, margin_m=self.margin_m)
         return out
 
     @property
@@ -180,8 +212,10 @@ class LossSpec:
         params = {**REGISTRY[self.name].defaults, **dict(self.params)}
         base = REGISTRY[self.name].label.format(**params)
         if self.margin != "none":
-            margin = f"{MARGIN_TITLES.get(self.margin, self.margin)}({self.margin_scale:g}," \
-                     f"{self.margin_m:g})"
+            margin = (
+                f"{MARGIN_TITLES.get(self.margin, self.margin)}({self.margin_scale:g},"
+                f"{self.margin_m:g})"
+            )
             base = margin if self.name == "ce" else f"{margin}+{base}"
         if self.uses_gsc:
             mu = f",mu={self.gsc_mu:g}" if self.gsc_mu else ""
@@ -196,27 +230,40 @@ def validate(spec: LossSpec, num_classes: int) -> None:
     check of the `gsc_jax` function itself applies before any work starts.
     """
     if spec.name not in REGISTRY:
-        raise ValueError(f"config.loss.name: unknown loss {spec.name!r}; choose one of "
-                         f"{', '.join(LOSS_NAMES)}.")
+        raise ValueError(
+            f"config.loss.name: unknown loss {spec.name!r}; choose one of {', '.join(LOSS_NAMES)}."
+        )
     unknown = sorted(set(dict(spec.params)) - set(REGISTRY[spec.name].defaults))
     if unknown:
-        raise ValueError(f"config.loss.{spec.name}: unknown hyper-parameters {unknown}; "
-                         f"{spec.name} takes {sorted(REGISTRY[spec.name].defaults) or 'none'}.")
+        raise ValueError(
+            f"config.loss.{spec.name}: unknown hyper-parameters {unknown}; "
+            f"{spec.name} takes {sorted(REGISTRY[spec.name].defaults) or 'none'}."
+        )
     if not (spec.gsc_gamma >= 0 and math.isfinite(spec.gsc_gamma)):
-        raise ValueError(f"config.loss.gsc.gamma must be a finite number >= 0 (0 turns GSC "
-                         f"off), got {spec.gsc_gamma}.")
+        raise ValueError(
+            f"config.loss.gsc.gamma must be a finite number >= 0 (0 turns GSC "
+            f"off), got {spec.gsc_gamma}."
+        )
     if not 1 <= spec.gsc_top_c <= num_classes:
-        raise ValueError(f"config.loss.gsc.top_c must be in [1, num_classes={num_classes}], got "
-                         f"{spec.gsc_top_c}.")
+        raise ValueError(
+            f"config.loss.gsc.top_c must be in [1, num_classes={num_classes}], got "
+            f"{spec.gsc_top_c}."
+        )
     if spec.margin not in MARGINS:
-        raise ValueError(f"config.loss.margin.name: unknown margin {spec.margin!r}; choose one "
-                         f"of {', '.join(MARGINS)}.")
+        raise ValueError(
+            f"config.loss.margin.name: unknown margin {spec.margin!r}; choose one "
+            f"of {', '.join(MARGINS)}."
+        )
     if spec.margin != "none" and spec.uses_ols:
-        raise ValueError("config.loss.margin.name: a margin (arcface / cosface) cannot be "
-                         "combined with loss 'ols'.")
+        raise ValueError(
+            "config.loss.margin.name: a margin (arcface / cosface) cannot be "
+            "combined with loss 'ols'."
+        )
     if spec.margin != "none" and not (spec.margin_scale > 0 and 0 <= spec.margin_m < math.pi):
-        raise ValueError(f"config.loss.margin: need scale > 0 and 0 <= m < pi, got "
-                         f"{spec.margin_scale} and {spec.margin_m}.")
+        raise ValueError(
+            f"config.loss.margin: need scale > 0 and 0 <= m < pi, got "
+            f"{spec.margin_scale} and {spec.margin_m}."
+        )
     logits = jax.ShapeDtypeStruct((2, num_classes), jnp.float32)
     labels = jax.ShapeDtypeStruct((2,), jnp.int32)
     soft = jax.ShapeDtypeStruct((num_classes, num_classes), jnp.float32)
@@ -231,8 +278,9 @@ def _training_logits(spec: LossSpec, logits: jax.Array, labels: jax.Array) -> ja
     (`gsc_jax.arcface_logits` / `cosface_logits` of cos(theta) = logits / s); else `logits`."""
     if spec.margin == "none":
         return logits
-    return MARGINS[spec.margin](logits / spec.margin_scale, labels, scale=spec.margin_scale,
-                                margin=spec.margin_m)
+    return MARGINS[spec.margin](
+        logits / spec.margin_scale, labels, scale=spec.margin_scale, margin=spec.margin_m
+    )
 
 
 def _base_loss_fn(spec: LossSpec) -> Callable:
@@ -264,12 +312,15 @@ def make_loss_fn(spec: LossSpec) -> Callable:
     """
     base = _base_loss_fn(spec)  # gsc_jax.cross_entropy itself for 'ce': with_gsc fuses it
 
-    def loss_fn(logits: jax.Array, labels: jax.Array, soft_labels=None,
-                gamma=None) -> jax.Array:
+    def loss_fn(logits: jax.Array, labels: jax.Array, soft_labels=None, gamma=None) -> jax.Array:
         fn = base
         if spec.uses_gsc:
-            fn = gsc_jax.with_gsc(base, gamma=spec.gsc_gamma if gamma is None else gamma,
-                                  top_c=spec.gsc_top_c, mu=spec.gsc_mu)
+            fn = gsc_jax.with_gsc(
+                base,
+                gamma=spec.gsc_gamma if gamma is None else gamma,
+                top_c=spec.gsc_top_c,
+                mu=spec.gsc_mu,
+            )
         return _call(spec, fn, _training_logits(spec, logits, labels), labels, soft_labels)
 
     return loss_fn
@@ -313,14 +364,18 @@ def make_objective(spec: LossSpec, *, with_gsc_term: bool | None = None) -> Call
             parts["gsc_term"] = term_mean(frozen)
             return loss, parts
         base_mean = lambda z: jnp.mean(  # noqa: E731
-            _call(spec, base, margin_logits(z), labels, soft_labels))
+            _call(spec, base, margin_logits(z), labels, soft_labels)
+        )
         base_value, base_grad = jax.value_and_grad(base_mean)(frozen)
         term, term_grad = jax.value_and_grad(term_mean)(frozen)
         base_norm = _global_norm(base_grad)
         gsc_norm = gamma * _global_norm(term_grad)
-        parts.update(base_loss=base_value, gsc_term=term, gsc_weighted=gamma * term,
-                     gsc_grad_ratio=jnp.where(gsc_norm == 0, 0.0,
-                                              gsc_norm / jnp.maximum(base_norm, 1e-30)))
+        parts.update(
+            base_loss=base_value,
+            gsc_term=term,
+            gsc_weighted=gamma * term,
+            gsc_grad_ratio=jnp.where(gsc_norm == 0, 0.0, gsc_norm / jnp.maximum(base_norm, 1e-30)),
+        )
         return loss, parts
 
     return objective

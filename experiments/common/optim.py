@@ -54,9 +54,11 @@ def make_schedule(config, steps_per_epoch: int) -> Callable:
                 boundaries[step] = boundaries.get(step, 1.0) * s.factor
         return optax.piecewise_constant_schedule(lr, boundaries)
     if s.name == "cosine_per_epoch":
+
         def lr_fn(step):
             epoch = jnp.floor_divide(step, steps_per_epoch).astype(jnp.float32)
             return lr * 0.5 * (1.0 + jnp.cos(jnp.pi * epoch / epochs))
+
         return lr_fn
     if s.name == "onecycle_linear":
         knots = jnp.array([0.0, epochs * 2 // 5, epochs * 4 // 5, epochs], jnp.float32)

@@ -9,7 +9,9 @@ import os
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MULTIHOST_ENV = "GSC_JAX_MULTIHOST"
 
@@ -33,8 +35,9 @@ def maybe_initialize_distributed(multihost: bool) -> None:
     metrics.jsonl, summary.json and the plots, and all processes take part in checkpointing.
     """
     if multihost or os.environ.get(MULTIHOST_ENV) == "1":
-        jax.distributed.initialize(num_processes=_env_int("JAX_NUM_PROCESSES"),
-                                   process_id=_env_int("JAX_PROCESS_ID"))
+        jax.distributed.initialize(
+            num_processes=_env_int("JAX_NUM_PROCESSES"), process_id=_env_int("JAX_PROCESS_ID")
+        )
 
 
 def make_mesh() -> Mesh:

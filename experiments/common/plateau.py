@@ -29,12 +29,14 @@ class PlateauSpec(NamedTuple):
 
 
 def _plateau(spec: PlateauSpec) -> optax.GradientTransformationExtraArgs:
-    return optax.contrib.reduce_on_plateau(factor=spec.factor, patience=spec.patience + 1,
-                                           rtol=spec.rtol)
+    return optax.contrib.reduce_on_plateau(
+        factor=spec.factor, patience=spec.patience + 1, rtol=spec.rtol
+    )
 
 
-def scale_by_plateau(tx: optax.GradientTransformation,
-                     spec: PlateauSpec) -> optax.GradientTransformation:
+def scale_by_plateau(
+    tx: optax.GradientTransformation, spec: PlateauSpec
+) -> optax.GradientTransformation:
     """`tx` followed by multiplication with the plateau scale; state (tx state, plateau state)."""
     plateau = _plateau(spec)
 

@@ -88,11 +88,17 @@ def read_jsonl(path: str) -> list:
             records.append(json.loads(line))
         except json.JSONDecodeError as error:
             if position == len(lines) - 1:
-                logger.warning("%s:%d: dropped an incomplete last line (%s), as written by a run "
-                               "that was killed mid-write.", path, number, error.msg)
+                logger.warning(
+                    "%s:%d: dropped an incomplete last line (%s), as written by a run "
+                    "that was killed mid-write.",
+                    path,
+                    number,
+                    error.msg,
+                )
                 break
-            raise ValueError(f"{path}:{number}: not a JSON record ({error.msg}); repair or "
-                             "delete that line.") from error
+            raise ValueError(
+                f"{path}:{number}: not a JSON record ({error.msg}); repair or delete that line."
+            ) from error
     return records
 
 
@@ -115,6 +121,7 @@ def tensorflow_off_accelerators():
     """TensorFlow with its GPUs and TPUs hidden: it reads data and writes summaries only, and the
     accelerators belong to JAX."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
     tf.get_logger().setLevel("ERROR")
     try:
         tf.config.set_visible_devices([], "GPU")
@@ -131,6 +138,7 @@ class TensorBoardScalars:
     def __init__(self, logdir: str):
         tensorflow_off_accelerators()
         from clu import metric_writers  # pylint: disable=import-outside-toplevel
+
         self._writer = metric_writers.create_default_writer(logdir, asynchronous=False)
 
     def write(self, record: dict) -> None:
@@ -140,8 +148,11 @@ class TensorBoardScalars:
         for key, value in record.items():
             if key in ("epoch", "step") or isinstance(value, bool):
                 continue
-            if isinstance(value, list) and value and all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            if (
+                isinstance(value, list)
+                and value
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            ):
                 value = float(np.nanmean(value)) if not all(np.isnan(value)) else math.nan
             if isinstance(value, (int, float)) and math.isfinite(value):
                 scalars[key] = value
@@ -165,13 +176,18 @@ def plot_curves(records: list, path: str, title: str = "") -> None:
     has one line per evaluator (per member of a population: its mean).
     """
     epochs = [r["epoch"] for r in records]
-    names = sorted({k.split("/")[0] for r in records for k in r
-                    if "/" in k and not k.startswith("train/")})
-    panels = [("train", "loss", "train loss"), ("", "top1", "top-1"), ("", "nll", "NLL"),
-              ("", "ece", "ECE")]
+    names = sorted(
+        {k.split("/")[0] for r in records for k in r if "/" in k and not k.startswith("train/")}
+    )
+    panels = [
+        ("train", "loss", "train loss"),
+        ("", "top1", "top-1"),
+        ("", "nll", "NLL"),
+        ("", "ece", "ECE"),
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.5))
     for ax, (group, metric, label) in zip(axes, panels):
-        for name in ([group] if group else names):
+        for name in [group] if group else names:
             key = f"{name}/{metric}"
             values = [np.nan if r.get(key) is None else np.nanmean(r[key]) for r in records]
             if not all(np.isnan(values)):
@@ -230,8 +246,13 @@ def plot_loss_curves(runs: dict, path: str, eval_split: str = "val") -> None:
         epochs = [r["epoch"] for r in records]
         get = lambda key: [np.nan if r.get(key) is None else r[key] for r in records]  # noqa
         ax_loss.plot(epochs, get("train/loss"), color=color, label=f"{label} train loss")
-        ax_loss.plot(epochs, get(f"{eval_split}/nll"), color=color, ls="--",
-                     label=f"{label} {eval_split} NLL")
+        ax_loss.plot(
+            epochs,
+            get(f"{eval_split}/nll"),
+            color=color,
+            ls="--",
+            label=f"{label} {eval_split} NLL",
+        )
         ax_acc.plot(epochs, get(f"{eval_split}/top1"), color=color, marker="o", label=label)
     for ax, name in ((ax_loss, "loss"), (ax_acc, f"{eval_split} top-1")):
         ax.set_xlabel("epoch")
@@ -253,8 +274,15 @@ def plot_confusion(confusion: list, class_names, path: str, title: str = "") -> 
     ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, f"{100 * share[i, j]:.0f}", ha="center", va="center", fontsize=8,
-                    color="white" if share[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                f"{100 * share[i, j]:.0f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if share[i, j] > 0.5 else "black",
+            )
     ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(k), class_names, fontsize=8)
     ax.set_xlabel("predicted")

@@ -9,12 +9,13 @@ import os
 from typing import Any, Callable
 
 import flax
-import gsc_jax
 import jax
 import jax.numpy as jnp
 import optax
 
-from experiments.common import augment, losses
+import gsc_jax
+from experiments.common import augment
+from experiments.common import losses
 
 
 @flax.struct.dataclass
@@ -59,8 +60,15 @@ def logged_parts(spec: losses.LossSpec, num_classes: int) -> tuple:
     return tuple(parts)
 
 
-def init_state(model, tx, sample: jax.Array, key: jax.Array, num_classes: int,
-               spec: losses.LossSpec, task_state=None) -> TrainState:
+def init_state(
+    model,
+    tx,
+    sample: jax.Array,
+    key: jax.Array,
+    num_classes: int,
+    spec: losses.LossSpec,
+    task_state=None,
+) -> TrainState:
     """Initialises with `model.init(key, sample, train=False)`; sample is [1, ...] one input."""
     variables = model.init(key, sample, train=False)
     params = variables["params"]
@@ -88,8 +96,10 @@ def apply_model(model, state: TrainState, params, x: jax.Array, train: bool, rng
     variables = {"params": params}
     rngs = rngs if train else None
     if not state.batch_stats:
-        return (model.apply(variables, x, train=train, rngs=rngs).astype(jnp.float32),
-                state.batch_stats)
+        return (
+            model.apply(variables, x, train=train, rngs=rngs).astype(jnp.float32),
+            state.batch_stats,
+        )
     variables["batch_stats"] = state.batch_stats
     logits, new = model.apply(variables, x, train=train, mutable=["batch_stats"], rngs=rngs)
     return logits.astype(jnp.float32), (new["batch_stats"] if train else state.batch_stats)
@@ -105,8 +115,18 @@ def make_logits_fn(model, *, mean, std, compute_dtype) -> Callable:
     return logits_fn
 
 
-def make_train_step(*, model, tx, loss_spec: losses.LossSpec, lr_fn: Callable,
-                    steps_per_epoch: int, mean, std, compute_dtype, task=None) -> Callable:
+def make_train_step(
+    *,
+    model,
+    tx,
+    loss_spec: losses.LossSpec,
+    lr_fn: Callable,
+    steps_per_epoch: int,
+    mean,
+    std,
+    compute_dtype,
+    task=None,
+) -> Callable:
     """Builds `step(state, batch, dropout_key, gamma=None) -> (state, metrics)`: one step.
 
     On a batch {'image': uint8 [B, ...], 'label': int32 [B]} that the data source has drawn and
@@ -139,42 +159,59 @@ def make_train_step(*, model, tx, loss_spec: losses.LossSpec, lr_fn: Callable,
 
         def objective(params):
             logits, batch_stats = apply_model(model, state, params, x, train=True, rngs=rngs)
-            loss, parts = objective_fn(logits, targets(jax.lax.stop_gradient(logits), batch),
-                                       soft, gamma)
+            loss, parts = objective_fn(
+                logits, targets(jax.lax.stop_gradient(logits), batch), soft, gamma
+            )
             return loss, (parts, logits, batch_stats)
 
-        (loss, (parts, logits, batch_stats)), grads = jax.value_and_grad(
-            objective, has_aux=True)(state.params)
+        (loss, (parts, logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
+            state.params
+        )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         ols = state.ols
         if loss_spec.uses_ols:
             ols = gsc_jax.ols_update(ols, jax.lax.stop_gradient(logits), labels)
             last = i == steps_per_epoch - 1
-            ols = jax.tree.map(lambda a, b: jnp.where(last, a, b),
-                               gsc_jax.ols_finalize_epoch(ols), ols)
+            ols = jax.tree.map(
+                lambda a, b: jnp.where(last, a, b), gsc_jax.ols_finalize_epoch(ols), ols
+            )
         step_values = {**parts, "count": jnp.ones((), jnp.float32)}
         # jnp.where, not a product with 0: a NaN of the previous epoch must not carry over.
-        sums = {k: jnp.where(i > 0, state.epoch_sums[k] + step_values[k], step_values[k])
-                for k in state.epoch_sums}
-        first_bad = jnp.where((state.first_nonfinite_step == 0) & ~jnp.isfinite(loss),
-                              state.step + 1, state.first_nonfinite_step)
+        sums = {
+            k: jnp.where(i > 0, state.epoch_sums[k] + step_values[k], step_values[k])
+            for k in state.epoch_sums
+        }
+        first_bad = jnp.where(
+            (state.first_nonfinite_step == 0) & ~jnp.isfinite(loss),
+            state.step + 1,
+            state.first_nonfinite_step,
+        )
         task_state, finished_at = state.task_state, state.finished_at_step
         if update_task_state is not None:
-            task_state = update_task_state(task_state, jax.lax.stop_gradient(logits), batch,
-                                           state.step)
+            task_state = update_task_state(
+                task_state, jax.lax.stop_gradient(logits), batch, state.step
+            )
         if finished is not None:
-            finished_at = jnp.where((finished_at == 0) & finished(task_state), state.step + 1,
-                                    finished_at)
-        new_state = state.replace(step=state.step + 1,
-                                  params=optax.apply_updates(state.params, updates),
-                                  batch_stats=batch_stats, opt_state=opt_state, ols=ols,
-                                  epoch_sums=sums, first_nonfinite_step=first_bad,
-                                  task_state=task_state, finished_at_step=finished_at)
+            finished_at = jnp.where(
+                (finished_at == 0) & finished(task_state), state.step + 1, finished_at
+            )
+        new_state = state.replace(
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, updates),
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+            ols=ols,
+            epoch_sums=sums,
+            first_nonfinite_step=first_bad,
+            task_state=task_state,
+            finished_at_step=finished_at,
+        )
         if finished is not None:  # a finished run's state stays as it was, step aside
-            new_state = jax.tree.map(lambda new, old: jnp.where(state.finished_at_step > 0, old,
-                                                                new),
-                                     new_state.replace(step=state.step + 1),
-                                     state.replace(step=state.step + 1))
+            new_state = jax.tree.map(
+                lambda new, old: jnp.where(state.finished_at_step > 0, old, new),
+                new_state.replace(step=state.step + 1),
+                state.replace(step=state.step + 1),
+            )
         return new_state, {"loss": loss, "learning_rate": lr_fn(state.step)}
 
     return step
@@ -232,12 +269,17 @@ def check_memory(compiled, config) -> None:
         return
     if analysis is None:
         return
-    needed = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-              + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+    needed = (
+        analysis.argument_size_in_bytes
+        + analysis.output_size_in_bytes
+        + analysis.temp_size_in_bytes
+        - analysis.alias_size_in_bytes
+    )
     available = available_memory_bytes(jax.local_devices()[0])
     if available is not None and needed > available:
         raise ValueError(
             f"this config needs about {needed / 2**30:.1f} GiB per device for one train step "
             f"(XLA's memory analysis), more than the {available / 2**30:.1f} GiB a device has: "
             f"lower config.batch_size (now {config.batch_size}), or the model's or the input's "
-            "size (config.model.*, config.data.image_size), or use more devices.")
+            "size (config.model.*, config.data.image_size), or use more devices."
+        )

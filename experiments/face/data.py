@@ -17,7 +17,8 @@ import os
 
 import numpy as np
 
-from experiments.common.data import folders, stream
+from experiments.common.data import folders
+from experiments.common.data import stream
 from experiments.face import verification
 
 # The six sets of GSC paper Table 5, as insightface names their .bin files.
@@ -37,7 +38,8 @@ def identity_catalogue(data_dir: str, *, holdout_every: int = 50) -> stream.Cata
     if not data_dir or not os.path.isdir(data_dir):
         raise stream.MissingDataError(
             f"config.data.data_dir {data_dir!r} is not a directory; expected an identity folder "
-            "DIR/<identity>/*.jpg of aligned faces.")
+            "DIR/<identity>/*.jpg of aligned faces."
+        )
     names = folders.class_folders(data_dir)
     train_paths, train_labels, held_paths, held_labels = [], [], [], []
     for k, name in enumerate(names):
@@ -46,31 +48,42 @@ def identity_catalogue(data_dir: str, *, holdout_every: int = 50) -> stream.Cata
             held = len(files) > 1 and j % holdout_every == holdout_every - 1
             (held_paths if held else train_paths).append(path)
             (held_labels if held else train_labels).append(k)
-    empty = [n for n in names if not folders.image_files(os.path.join(data_dir, n),
-                                                         IMAGE_SUFFIXES)]
+    empty = [n for n in names if not folders.image_files(os.path.join(data_dir, n), IMAGE_SUFFIXES)]
     if empty:
         raise stream.MissingDataError(
             f"identity folders without images ({', '.join(IMAGE_SUFFIXES)}) in {data_dir!r}: "
-            f"{empty[:5]}; add images or remove those folders.")
+            f"{empty[:5]}; add images or remove those folders."
+        )
     if len(names) < 2 or not train_paths:
         raise stream.MissingDataError(
             f"config.data.data_dir {data_dir!r} needs at least two identity folders with images "
             f"({', '.join(IMAGE_SUFFIXES)}); found {len(names)} folders and "
-            f"{len(train_paths) + len(held_paths)} images.")
+            f"{len(train_paths) + len(held_paths)} images."
+        )
     if not held_paths:
         raise stream.MissingDataError(
             f"config.data.data_dir {data_dir!r}: no identity has {holdout_every} images, so "
             "nothing is held out for the identification metrics; lower "
-            "config.data.holdout_every.")
+            "config.data.holdout_every."
+        )
     split = lambda paths, labels: stream.FolderSplit(  # noqa: E731
-        tuple(paths), np.asarray(labels, np.int32))
-    return stream.Catalogue("folder", "identities", names, len(train_paths), len(held_paths),
-                            split(train_paths, train_labels), split(held_paths, held_labels),
-                            data_dir)
+        tuple(paths), np.asarray(labels, np.int32)
+    )
+    return stream.Catalogue(
+        "folder",
+        "identities",
+        names,
+        len(train_paths),
+        len(held_paths),
+        split(train_paths, train_labels),
+        split(held_paths, held_labels),
+        data_dir,
+    )
 
 
-def find_verification_sets(paths=(), val_dir: str | None = None,
-                           names=TABLE5_SETS) -> dict[str, str]:
+def find_verification_sets(
+    paths=(), val_dir: str | None = None, names=TABLE5_SETS
+) -> dict[str, str]:
     """{set name: path} from explicit paths (a .bin file, or a folder with pairs.txt) and from
     `val_dir`'s ``<name>.bin`` for each of `names` that exists there.
 
@@ -83,7 +96,8 @@ def find_verification_sets(paths=(), val_dir: str | None = None,
         if name in found:
             raise stream.MissingDataError(
                 f"two verification sets are named {name!r}: {found[name]!r} and {path!r}; "
-                "rename one of them (a set is named after its file or folder).")
+                "rename one of them (a set is named after its file or folder)."
+            )
         found[name] = path
 
     for path in paths:
@@ -93,12 +107,11 @@ def find_verification_sets(paths=(), val_dir: str | None = None,
             add(os.path.basename(os.path.normpath(path)), path)
         else:
             raise stream.MissingDataError(
-                f"verification set {path!r} is neither a .bin file nor a folder holding "
-                "pairs.txt.")
+                f"verification set {path!r} is neither a .bin file nor a folder holding pairs.txt."
+            )
     if val_dir:
         if not os.path.isdir(val_dir):
-            raise stream.MissingDataError(f"config.evals.*.val_dir {val_dir!r} is not a "
-                                          "directory.")
+            raise stream.MissingDataError(f"config.evals.*.val_dir {val_dir!r} is not a directory.")
         for name in names:
             path = os.path.join(val_dir, f"{name}.bin")
             if os.path.isfile(path) and name not in found:
@@ -110,5 +123,6 @@ def load_verification_set(name: str, path: str, image_size: int) -> verification
     """One verification set at `image_size` from a .bin file or a pairs.txt folder."""
     if path.endswith(".bin"):
         return verification.load_bin(path, image_size=image_size, name=name)
-    return verification.load_pairs(os.path.join(path, "pairs.txt"), path,
-                                   image_size=image_size, name=name)
+    return verification.load_pairs(
+        os.path.join(path, "pairs.txt"), path, image_size=image_size, name=name
+    )

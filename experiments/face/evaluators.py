@@ -14,8 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import augment, parallel, report
-from experiments.face import data, models, verification
+from experiments.common import augment
+from experiments.common import parallel
+from experiments.common import report
+from experiments.face import data
+from experiments.face import models
+from experiments.face import verification
 
 
 class Verification:
@@ -24,18 +28,23 @@ class Verification:
     def __init__(self, name: str, options, context):
         self.name, self.context = name, context
         config = context.config
-        found = data.find_verification_sets(tuple(options.get("sets", ())),
-                                            options.get("val_dir") or None)
+        found = data.find_verification_sets(
+            tuple(options.get("sets", ())), options.get("val_dir") or None
+        )
         if not found:
-            raise ValueError(f"config.evals.{name}: no verification set found; give 'sets' "
-                             "(.bin files or pairs.txt folders) or a 'val_dir' holding lfw.bin, "
-                             f"... ({', '.join(data.TABLE5_SETS)}).")
+            raise ValueError(
+                f"config.evals.{name}: no verification set found; give 'sets' "
+                "(.bin files or pairs.txt folders) or a 'val_dir' holding lfw.bin, "
+                f"... ({', '.join(data.TABLE5_SETS)})."
+            )
         self.num_folds = int(options.get("num_folds", 10))
         if self.num_folds < 2:
-            raise ValueError(f"config.evals.{name}.num_folds must be at least 2, got "
-                             f"{self.num_folds}.")
-        self.sets = [data.load_verification_set(n, p, config.data.image_size)
-                     for n, p in found.items()]
+            raise ValueError(
+                f"config.evals.{name}.num_folds must be at least 2, got {self.num_folds}."
+            )
+        self.sets = [
+            data.load_verification_set(n, p, config.data.image_size) for n, p in found.items()
+        ]
         mesh, model = context.mesh, context.model
         dtype = jnp.bfloat16 if config.bf16 else jnp.float32
         self._batch_sharded = parallel.batch_sharded(mesh)
@@ -52,23 +61,35 @@ class Verification:
 
     def results(self, state) -> dict:
         """{set name: `verification.evaluate` result} of the state."""
+
         def embed_fn(images):
             global_images = jax.make_array_from_callback(
-                images.shape, self._batch_sharded, lambda index: images[index])
+                images.shape, self._batch_sharded, lambda index: images[index]
+            )
             return np.asarray(jax.device_get(self._embed(state, global_images)))
 
-        return {s.name: verification.evaluate(
-            verification.embed_pairs(embed_fn, s.images,
-                                     batch_size=self.context.eval_batch_size),
-            s.issame, num_folds=self.num_folds) for s in self.sets}
+        return {
+            s.name: verification.evaluate(
+                verification.embed_pairs(
+                    embed_fn, s.images, batch_size=self.context.eval_batch_size
+                ),
+                s.issame,
+                num_folds=self.num_folds,
+            )
+            for s in self.sets
+        }
 
     def run(self, state) -> tuple:
         results = self.results(state)
         scalars = {}
         for set_name, r in results.items():
-            scalars.update({f"{set_name}/accuracy": float(r["accuracy"]),
-                            f"{set_name}/accuracy_std": float(r["accuracy_std"]),
-                            f"{set_name}/tar_at_far": float(r["tar"])})
+            scalars.update(
+                {
+                    f"{set_name}/accuracy": float(r["accuracy"]),
+                    f"{set_name}/accuracy_std": float(r["accuracy_std"]),
+                    f"{set_name}/tar_at_far": float(r["tar"]),
+                }
+            )
         self._latest = results
         return scalars, {"pairs": {s.name: int(len(s.issame)) for s in self.sets}}
 

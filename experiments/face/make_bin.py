@@ -12,7 +12,8 @@ import pathlib
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import app
+from absl import flags
 
 from experiments.face import verification
 
@@ -37,13 +38,15 @@ def list_identity_folder(image_dir) -> tuple[list[pathlib.Path], np.ndarray]:
     files, labels = [], []
     identities = sorted(p for p in root.iterdir() if p.is_dir())
     for label, identity in enumerate(identities):
-        images = sorted(p for p in identity.iterdir()
-                        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        images = sorted(
+            p for p in identity.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
         files += images
         labels += [label] * len(images)
     if not files:
-        raise ValueError(f"--image_dir {root} holds no images <identity>/*"
-                         f"{'|'.join(IMAGE_SUFFIXES)}.")
+        raise ValueError(
+            f"--image_dir {root} holds no images <identity>/*{'|'.join(IMAGE_SUFFIXES)}."
+        )
     return files, np.asarray(labels, np.int64)
 
 
@@ -53,8 +56,12 @@ def make_bin(image_dir, out, *, num_pairs: int, seed: int) -> dict:
     index, issame = verification.sample_pairs(labels, num_pairs, seed=seed)
     encoded = [files[i].read_bytes() for i in index.reshape(-1)]
     verification.write_bin(out, encoded, issame)
-    return {"identities": int(len(np.unique(labels))), "images": len(files),
-            "pairs": int(len(issame)), "same_pairs": int(issame.sum())}
+    return {
+        "identities": int(len(np.unique(labels))),
+        "images": len(files),
+        "pairs": int(len(issame)),
+        "same_pairs": int(issame.sum()),
+    }
 
 
 def main(argv):

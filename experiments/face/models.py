@@ -104,22 +104,37 @@ class IResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = functools.partial(nn.Conv, use_bias=False, padding=((1, 1), (1, 1)),
-                                 dtype=self.dtype, kernel_init=conv_init)
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                                 epsilon=1e-5, dtype=self.dtype)
+        conv = functools.partial(
+            nn.Conv,
+            use_bias=False,
+            padding=((1, 1), (1, 1)),
+            dtype=self.dtype,
+            kernel_init=conv_init,
+        )
+        norm = functools.partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            dtype=self.dtype,
+        )
         x = x.astype(self.dtype)
-        x = PReLU(name="stem_prelu")(norm(name="stem_bn")(conv(self.width, (3, 3),
-                                                                name="stem_conv")(x)))
+        x = PReLU(name="stem_prelu")(
+            norm(name="stem_bn")(conv(self.width, (3, 3), name="stem_conv")(x))
+        )
         for stage, depth in enumerate(self.depths):
             for i in range(depth):
                 x = IBasicBlock(self.width * 2**stage, 2 if i == 0 else 1, conv, norm)(x)
         x = norm(name="head_bn")(x)
         x = x.reshape(x.shape[0], -1)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        x = nn.Dense(self.embedding_size, dtype=self.dtype, name="fc",
-                     kernel_init=layers.torch_kernel_init,
-                     bias_init=layers.torch_bias_init(x.shape[-1]))(x)
+        x = nn.Dense(
+            self.embedding_size,
+            dtype=self.dtype,
+            name="fc",
+            kernel_init=layers.torch_kernel_init,
+            bias_init=layers.torch_bias_init(x.shape[-1]),
+        )(x)
         x = norm(use_scale=False, name="features")(x)
         return x.astype(jnp.float32)
 
@@ -164,8 +179,9 @@ class CosineHead(nn.Module):
         embeddings = l2_normalize(embeddings)
         if self.class_sharding is None:
             return self.scale * (embeddings @ weight)
-        replicated = jax.sharding.NamedSharding(self.class_sharding.mesh,
-                                                jax.sharding.PartitionSpec())
+        replicated = jax.sharding.NamedSharding(
+            self.class_sharding.mesh, jax.sharding.PartitionSpec()
+        )
         embeddings = jax.lax.with_sharding_constraint(embeddings, replicated)
         weight = jax.lax.with_sharding_constraint(weight, self.class_sharding)
         cosines = jax.lax.with_sharding_constraint(embeddings @ weight, self.class_sharding)
@@ -190,8 +206,9 @@ class FaceModel(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
-        self.backbone = IResNet(self.depths, self.width, self.embedding_size, self.dropout,
-                                self.dtype)
+        self.backbone = IResNet(
+            self.depths, self.width, self.embedding_size, self.dropout, self.dtype
+        )
         self.head = CosineHead(self.num_classes, self.scale, self.class_sharding)
 
     def __call__(self, x, train: bool):
@@ -201,11 +218,28 @@ class FaceModel(nn.Module):
         return l2_normalize(self.backbone(x, train))
 
 
-def create_model(name: str, num_classes: int, *, width: int = 64, embedding_size: int = 512,
-                 dropout: float = 0.0, scale: float = 64.0, bf16: bool = False,
-                 class_sharding=None, depths: Sequence[int] | None = None) -> FaceModel:
+def create_model(
+    name: str,
+    num_classes: int,
+    *,
+    width: int = 64,
+    embedding_size: int = 512,
+    dropout: float = 0.0,
+    scale: float = 64.0,
+    bf16: bool = False,
+    class_sharding=None,
+    depths: Sequence[int] | None = None,
+) -> FaceModel:
     """FaceModel by backbone name (MODELS); `depths` overrides the name's (small test models)."""
     if name not in CONFIGS:
         raise ValueError(f"unknown --model {name!r}; choose one of {', '.join(MODELS)}.")
-    return FaceModel(num_classes, tuple(depths or CONFIGS[name]), width, embedding_size,
-                     dropout, scale, class_sharding, jnp.bfloat16 if bf16 else jnp.float32)
+    return FaceModel(
+        num_classes,
+        tuple(depths or CONFIGS[name]),
+        width,
+        embedding_size,
+        dropout,
+        scale,
+        class_sharding,
+        jnp.bfloat16 if bf16 else jnp.float32,
+    )

@@ -10,33 +10,50 @@ identities when there is more than one (`models.CosineHead`, model parallel as p
 """
 
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from experiments.common import config as cfg
 from experiments.common import parallel
 from experiments.common.data import stream
-from experiments.face import data, models
+from experiments.face import data
+from experiments.face import models
 
 SHARD_HEAD = ("auto", "yes", "no")
 
 
 def validate(config) -> None:
     if not config.data.data_dir:
-        raise ValueError("config.data.data_dir is required: an identity folder "
-                         "DIR/<identity>/*.jpg.")
-    cfg.check(config, "model.name", cfg.one_of(*models.MODELS),
-              f"one of {', '.join(models.MODELS)}")
+        raise ValueError(
+            "config.data.data_dir is required: an identity folder DIR/<identity>/*.jpg."
+        )
+    cfg.check(
+        config, "model.name", cfg.one_of(*models.MODELS), f"one of {', '.join(models.MODELS)}"
+    )
     if config.loss.margin.name not in ("arcface", "cosface"):
-        raise ValueError(f"config.loss.margin.name must be arcface or cosface, got "
-                         f"{config.loss.margin.name!r}.")
+        raise ValueError(
+            f"config.loss.margin.name must be arcface or cosface, got {config.loss.margin.name!r}."
+        )
     for path in ("model.width", "model.embedding_size"):
         cfg.check(config, path, lambda n: isinstance(n, int) and n > 0, "a positive integer")
-    cfg.check(config, "data.workers", lambda n: isinstance(n, int) and n >= 0,
-              "an integer >= 0 (0 = tf.data autotune)")
-    cfg.check(config, "data.image_size", lambda s: isinstance(s, int) and s >= 16 and s % 16 == 0,
-              "a positive multiple of 16 (four stride-2 stages)")
-    cfg.check(config, "model.depths", lambda d: d == () or (len(d) == 4 and min(d) >= 1),
-              "() (the model's) or four positive block counts")
+    cfg.check(
+        config,
+        "data.workers",
+        lambda n: isinstance(n, int) and n >= 0,
+        "an integer >= 0 (0 = tf.data autotune)",
+    )
+    cfg.check(
+        config,
+        "data.image_size",
+        lambda s: isinstance(s, int) and s >= 16 and s % 16 == 0,
+        "a positive multiple of 16 (four stride-2 stages)",
+    )
+    cfg.check(
+        config,
+        "model.depths",
+        lambda d: d == () or (len(d) == 4 and min(d) >= 1),
+        "() (the model's) or four positive block counts",
+    )
     cfg.check(config, "model.dropout", lambda p: 0 <= p < 1, "in [0, 1)")
     cfg.check(config, "model.shard_head", cfg.one_of(*SHARD_HEAD), " or ".join(SHARD_HEAD))
 
@@ -44,9 +61,13 @@ def validate(config) -> None:
 def make_source(config) -> stream.StreamSource:
     d = config.data
     train, evaluate = stream.resize_decoders(d.image_size)
-    return stream.StreamSource(data.identity_catalogue(d.data_dir,
-                                                       holdout_every=d.holdout_every),
-                               train, evaluate, d.image_size, d.workers)
+    return stream.StreamSource(
+        data.identity_catalogue(d.data_dir, holdout_every=d.holdout_every),
+        train,
+        evaluate,
+        d.image_size,
+        d.workers,
+    )
 
 
 def class_sharding(config, mesh) -> NamedSharding | None:
@@ -58,9 +79,16 @@ def class_sharding(config, mesh) -> NamedSharding | None:
 def make_model(config, num_classes: int, mesh):
     m = config.model
     return models.create_model(
-        m.name, num_classes, width=m.width, embedding_size=m.embedding_size, dropout=m.dropout,
-        scale=config.loss.margin.scale, bf16=config.bf16,
-        class_sharding=class_sharding(config, mesh), depths=tuple(m.depths) or None)
+        m.name,
+        num_classes,
+        width=m.width,
+        embedding_size=m.embedding_size,
+        dropout=m.dropout,
+        scale=config.loss.margin.scale,
+        bf16=config.bf16,
+        class_sharding=class_sharding(config, mesh),
+        depths=tuple(m.depths) or None,
+    )
 
 
 def state_sharding(config, mesh, abstract_state):
@@ -75,8 +103,12 @@ def state_sharding(config, mesh, abstract_state):
 
     def place(path, leaf):
         keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
-        is_head = ("head" in keys and keys[-1] == "kernel" and leaf.ndim == 2
-                   and leaf.shape[-1] == num_padded)
+        is_head = (
+            "head" in keys
+            and keys[-1] == "kernel"
+            and leaf.ndim == 2
+            and leaf.shape[-1] == num_padded
+        )
         return head if is_head else replicated
 
     return jax.tree_util.tree_map_with_path(place, abstract_state)
@@ -84,8 +116,11 @@ def state_sharding(config, mesh, abstract_state):
 
 def identity(config, source, mesh) -> dict:
     """The classifier's column count (padded to the devices): a resume must have the same."""
-    return {"classifier_columns": models.padded_num_classes(source.num_classes,
-                                                            class_sharding(config, mesh))}
+    return {
+        "classifier_columns": models.padded_num_classes(
+            source.num_classes, class_sharding(config, mesh)
+        )
+    }
 
 
 def info(config) -> dict:

@@ -56,6 +56,7 @@ class VerificationSet:
       images: uint8 [2P, S, S, 3], RGB; pair p is (images[2p], images[2p + 1]).
       issame: bool [P]; True when the two images of the pair show the same identity.
     """
+
     name: str
     images: np.ndarray
     issame: np.ndarray
@@ -65,19 +66,25 @@ class VerificationSet:
             raise TypeError(f"name must be a str, got {type(self.name).__name__}.")
         images, issame = self.images, self.issame
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-            raise ValueError(f"images must be a uint8 numpy array, got "
-                             f"{getattr(images, 'dtype', type(images).__name__)}.")
+            raise ValueError(
+                f"images must be a uint8 numpy array, got "
+                f"{getattr(images, 'dtype', type(images).__name__)}."
+            )
         if images.ndim != 4 or images.shape[1] != images.shape[2] or images.shape[3] != 3:
             raise ValueError(f"images must have shape [2P, S, S, 3], got {images.shape}.")
         if not isinstance(issame, np.ndarray) or issame.dtype != bool or issame.ndim != 1:
-            raise ValueError(f"issame must be a 1-D bool numpy array, got "
-                             f"{getattr(issame, 'dtype', type(issame).__name__)} of shape "
-                             f"{getattr(issame, 'shape', None)}.")
+            raise ValueError(
+                f"issame must be a 1-D bool numpy array, got "
+                f"{getattr(issame, 'dtype', type(issame).__name__)} of shape "
+                f"{getattr(issame, 'shape', None)}."
+            )
         if issame.shape[0] == 0:
             raise ValueError("a verification set needs at least one pair, got issame of length 0.")
         if images.shape[0] != 2 * issame.shape[0]:
-            raise ValueError(f"images must hold two images per pair: {issame.shape[0]} pairs need "
-                             f"{2 * issame.shape[0]} images, got {images.shape[0]}.")
+            raise ValueError(
+                f"images must hold two images per pair: {issame.shape[0]} pairs need "
+                f"{2 * issame.shape[0]} images, got {images.shape[0]}."
+            )
 
     @property
     def num_pairs(self) -> int:
@@ -112,8 +119,10 @@ class _Refused(Exception):
 
 
 #: What a .bin may hold, quoted when a file asks for anything else.
-_ALLOWED = ("a verification .bin may only hold byte strings, bools and numpy uint8 / bool arrays "
-            "(a pickle of (images, issame))")
+_ALLOWED = (
+    "a verification .bin may only hold byte strings, bools and numpy uint8 / bool arrays "
+    "(a pickle of (images, issame))"
+)
 #: numpy dtypes of the arrays and scalars a .bin may hold: raw bytes, never pointers.
 _DTYPE_CODES = re.compile(r"[ui]1|b1|S[1-9][0-9]{0,8}")
 _LATIN1 = ("latin1", "latin-1")
@@ -124,6 +133,7 @@ _PLAIN = (bytes, str, int, type(None))
 @dataclasses.dataclass(frozen=True)
 class _Global:
     """A name the file referenced (GLOBAL / STACK_GLOBAL); only `_REDUCERS` gives it a meaning."""
+
     module: str
     name: str
     kind = "a global"
@@ -132,6 +142,7 @@ class _Global:
 @dataclasses.dataclass(eq=False)
 class _DType:
     """numpy.dtype(code) as declared by the file; `code` matches `_DTYPE_CODES`."""
+
     code: str
     built: bool = False
     kind = "a numpy dtype"
@@ -140,6 +151,7 @@ class _DType:
 @dataclasses.dataclass(eq=False)
 class _PendingArray:
     """numpy's `_reconstruct(ndarray, (0,), b'b')`, waiting for the BUILD that fills `array`."""
+
     array: np.ndarray | None = None
     kind = "an unfinished numpy array"
 
@@ -173,8 +185,10 @@ def _reduce_bytes(args) -> bytes:
         return bytes(args[0])
     if len(args) == 2 and isinstance(args[0], str) and args[1] in _LATIN1:
         return _latin1(args[0])
-    raise _Refused(f"bytes / bytearray may only copy a byte string, not take the arguments "
-                   f"({', '.join(_shown(a) for a in args[:3])})")
+    raise _Refused(
+        f"bytes / bytearray may only copy a byte string, not take the arguments "
+        f"({', '.join(_shown(a) for a in args[:3])})"
+    )
 
 
 def _reduce_dtype(args) -> _DType:
@@ -183,15 +197,21 @@ def _reduce_dtype(args) -> _DType:
         raise _Refused("numpy.dtype must be called as (code, align, copy)")
     code = args[0].decode("latin-1") if isinstance(args[0], bytes) else args[0]  # Python 2
     if not isinstance(code, str) or not _DTYPE_CODES.fullmatch(code):
-        raise _Refused(f"numpy dtype {_shown(code)} is not allowed; arrays may only be uint8, "
-                       "int8, bool or fixed-length bytes")
+        raise _Refused(
+            f"numpy dtype {_shown(code)} is not allowed; arrays may only be uint8, "
+            "int8, bool or fixed-length bytes"
+        )
     return _DType(code)
 
 
 def _reduce_reconstruct(args) -> _PendingArray:
     """numpy's _reconstruct(ndarray, (0,), b'b'): the empty array a BUILD then fills."""
-    if (len(args) == 3 and args[0] == _Global("numpy", "ndarray") and args[1] == (0,)
-            and args[2] in (b"b", "b")):
+    if (
+        len(args) == 3
+        and args[0] == _Global("numpy", "ndarray")
+        and args[1] == (0,)
+        and args[2] in (b"b", "b")
+    ):
         return _PendingArray()
     raise _Refused("numpy's _reconstruct may only start a plain numpy.ndarray")
 
@@ -206,16 +226,22 @@ def _array(raw, code: str, shape, fortran) -> np.ndarray:
     """The array numpy would rebuild from `raw`, which must hold exactly its bytes."""
     if not isinstance(raw, (bytes, bytearray)):
         raise _Refused(f"a numpy array's data must be a byte string, found {_describe(raw)}")
-    if (not isinstance(shape, tuple) or len(shape) > 2
-            or not all(isinstance(d, int) and 0 <= d <= max(len(raw), 1) for d in shape)):
-        raise _Refused(f"a numpy array's shape must be at most 2 sizes that fit its data, got "
-                       f"{_shown(shape)}")
+    if (
+        not isinstance(shape, tuple)
+        or len(shape) > 2
+        or not all(isinstance(d, int) and 0 <= d <= max(len(raw), 1) for d in shape)
+    ):
+        raise _Refused(
+            f"a numpy array's shape must be at most 2 sizes that fit its data, got {_shown(shape)}"
+        )
     if not isinstance(fortran, int) or fortran not in (0, 1):
         raise _Refused("a numpy array's memory order must be a bool")
     needed = math.prod(shape) * (int(code[1:]) if code[0] == "S" else 1)
     if needed != len(raw):
-        raise _Refused(f"a numpy array of shape {shape} and dtype {code} needs {needed} bytes, "
-                       f"its data holds {len(raw)}")
+        raise _Refused(
+            f"a numpy array of shape {shape} and dtype {code} needs {needed} bytes, "
+            f"its data holds {len(raw)}"
+        )
     if code == "b1":  # any nonzero byte is True, as numpy's bool conversion has it
         flat = np.frombuffer(raw, np.uint8) != 0
     else:
@@ -239,31 +265,41 @@ def _reduce_scalar(args):
         return raw != b"\x00"
     if code[0] == "S" and len(raw) == int(code[1:]):
         return raw.rstrip(b"\x00")
-    raise _Refused(f"a numpy scalar may only be a bool or bytes, got dtype {code} with "
-                   f"{len(raw)} bytes")
+    raise _Refused(
+        f"a numpy scalar may only be a bool or bytes, got dtype {code} with {len(raw)} bytes"
+    )
 
 
 #: The globals a .bin may name (numpy 1 wrote numpy.core, numpy 2 writes numpy._core), each with
 #: the function that evaluates a call of it; numpy.ndarray is only an argument of _reconstruct.
 _REDUCERS = {
-    **{(f"{core}.multiarray", "_reconstruct"): _reduce_reconstruct
-       for core in ("numpy.core", "numpy._core")},
-    **{(f"{core}.numeric", "_frombuffer"): _reduce_frombuffer
-       for core in ("numpy.core", "numpy._core")},
+    **{
+        (f"{core}.multiarray", "_reconstruct"): _reduce_reconstruct
+        for core in ("numpy.core", "numpy._core")
+    },
+    **{
+        (f"{core}.numeric", "_frombuffer"): _reduce_frombuffer
+        for core in ("numpy.core", "numpy._core")
+    },
     **{(f"{core}.multiarray", "scalar"): _reduce_scalar for core in ("numpy.core", "numpy._core")},
     ("numpy", "dtype"): _reduce_dtype,
     ("numpy", "ndarray"): None,
     ("_codecs", "encode"): _reduce_codecs_encode,
-    **{(module, name): _reduce_bytes
-       for module in ("builtins", "__builtin__") for name in ("bytes", "bytearray")},
+    **{
+        (module, name): _reduce_bytes
+        for module in ("builtins", "__builtin__")
+        for name in ("bytes", "bytearray")
+    },
 }
 
 
 def _build_dtype(dtype: _DType, state) -> None:
     """Checks a dtype's BUILD state (byte order, sizes, flags) is plain; it is never applied."""
     if not isinstance(state, tuple) or not all(isinstance(x, _PLAIN) for x in state):
-        raise _Refused("a numpy dtype's state may only hold numbers and strings (no fields, "
-                       "sub-arrays or metadata)")
+        raise _Refused(
+            "a numpy dtype's state may only hold numbers and strings (no fields, "
+            "sub-arrays or metadata)"
+        )
     if len(state) > 1 and state[1] not in ("|", b"|"):
         raise _Refused(f"a one-byte numpy dtype has byte order '|', got {_shown(state[1])}")
     dtype.built = True
@@ -324,8 +360,10 @@ class _InertMachine:
     def charge(self, value):
         self.budget -= value.nbytes if isinstance(value, np.ndarray) else len(value)
         if self.budget < 0:
-            raise _Refused(f"the pickle would create more than twice the file's {self.size} bytes "
-                           "(memo references re-creating the same value)")
+            raise _Refused(
+                f"the pickle would create more than twice the file's {self.size} bytes "
+                "(memo references re-creating the same value)"
+            )
 
     # -- opcodes --------------------------------------------------------------------------------
 
@@ -336,8 +374,9 @@ class _InertMachine:
     def op_frame(self, length, pos):
         left = self.size - pos - 9  # the FRAME opcode and its 8-byte length
         if length > left:
-            raise _Refused(f"a frame of {length} bytes is declared, the file has {left} left "
-                           "(truncated?)")
+            raise _Refused(
+                f"a frame of {length} bytes is declared, the file has {left} left (truncated?)"
+            )
 
     def op_mark(self, arg, pos):
         self.marks.append(len(self.stack))
@@ -404,11 +443,16 @@ class _InertMachine:
         args, func = self.pop(), self.pop()
         reducer = _REDUCERS.get((func.module, func.name)) if isinstance(func, _Global) else None
         if reducer is None or not isinstance(args, tuple):
-            raise _Refused(f"only numpy arrays and byte strings may be rebuilt, not by calling "
-                           f"{_describe(func)}")
+            raise _Refused(
+                f"only numpy arrays and byte strings may be rebuilt, not by calling "
+                f"{_describe(func)}"
+            )
         value = reducer(args)
-        if isinstance(value, bytes) and not any(value is a for a in args) or (
-                isinstance(value, np.ndarray) and value.dtype == bool):
+        if (
+            isinstance(value, bytes)
+            and not any(value is a for a in args)
+            or (isinstance(value, np.ndarray) and value.dtype == bool)
+        ):
             self.charge(value)  # new memory; arrays of other dtypes are views of the file's bytes
         self.push(value)
 
@@ -421,8 +465,9 @@ class _InertMachine:
             if target.array.dtype == bool:  # new memory; the other dtypes view the file's bytes
                 self.charge(target.array)
         else:
-            raise _Refused(f"BUILD may only set up a new numpy array or dtype, not "
-                           f"{_describe(target)}")
+            raise _Refused(
+                f"BUILD may only set up a new numpy array or dtype, not {_describe(target)}"
+            )
 
     def step(self, name: str, arg, pos: int):
         """Runs one opcode; `_Refused` for any opcode outside `_OPCODES` and for any misuse."""
@@ -447,10 +492,26 @@ _OPCODES = {
     **_opcodes("op_proto", "PROTO"),
     **_opcodes("op_frame", "FRAME"),
     **_opcodes("op_mark", "MARK"),
-    **_opcodes("op_value", "NONE", "INT", "BININT", "BININT1", "BININT2", "LONG1",
-               "STRING", "BINSTRING", "SHORT_BINSTRING", "SHORT_BINBYTES", "BINBYTES",
-               "BINBYTES8", "BYTEARRAY8", "UNICODE", "SHORT_BINUNICODE", "BINUNICODE",
-               "BINUNICODE8"),
+    **_opcodes(
+        "op_value",
+        "NONE",
+        "INT",
+        "BININT",
+        "BININT1",
+        "BININT2",
+        "LONG1",
+        "STRING",
+        "BINSTRING",
+        "SHORT_BINSTRING",
+        "SHORT_BINBYTES",
+        "BINBYTES",
+        "BINBYTES8",
+        "BYTEARRAY8",
+        "UNICODE",
+        "SHORT_BINUNICODE",
+        "BINUNICODE",
+        "BINUNICODE8",
+    ),
     **_opcodes("op_bool", "NEWTRUE", "NEWFALSE"),
     **_opcodes("op_empty", "EMPTY_TUPLE", "EMPTY_LIST", "EMPTY_DICT"),
     **_opcodes("op_tuple", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3"),
@@ -483,9 +544,10 @@ class _OpcodeReader:
     def take(self, size: int, what: str) -> bytes:
         left = len(self.data) - self.pos
         if size > left:
-            raise _Refused(f"{what} of {size} bytes is declared, the file has {left} left "
-                           "(truncated?)")
-        chunk = self.data[self.pos:self.pos + size]
+            raise _Refused(
+                f"{what} of {size} bytes is declared, the file has {left} left (truncated?)"
+            )
+        chunk = self.data[self.pos : self.pos + size]
         self.pos += size
         return chunk
 
@@ -502,7 +564,7 @@ class _OpcodeReader:
         end = self.data.find(b"\n", self.pos)
         if end < 0:
             raise _Refused("a text argument has no end of line (truncated?)")
-        line, self.pos = self.data[self.pos:end], end + 1
+        line, self.pos = self.data[self.pos : end], end + 1
         return line
 
     def int_line(self):
@@ -550,9 +612,17 @@ class _OpcodeReader:
             return self.text(self.line(), "raw-unicode-escape")
         if name == "GLOBAL":
             return self.text(self.line()), self.text(self.line())
-        sizes = {"SHORT_BINSTRING": 1, "SHORT_BINBYTES": 1, "SHORT_BINUNICODE": 1,
-                 "BINSTRING": 4, "BINBYTES": 4, "BINUNICODE": 4,
-                 "BINBYTES8": 8, "BINUNICODE8": 8, "BYTEARRAY8": 8}
+        sizes = {
+            "SHORT_BINSTRING": 1,
+            "SHORT_BINBYTES": 1,
+            "SHORT_BINUNICODE": 1,
+            "BINSTRING": 4,
+            "BINBYTES": 4,
+            "BINUNICODE": 4,
+            "BINBYTES8": 8,
+            "BINUNICODE8": 8,
+            "BYTEARRAY8": 8,
+        }
         if name in sizes:
             data = self.sized(sizes[name], f"a {name} argument", signed=name == "BINSTRING")
             if name.endswith("UNICODE") or name.endswith("UNICODE8"):
@@ -564,13 +634,15 @@ class _OpcodeReader:
         """Yields (name, argument, position) up to and including STOP."""
         while True:
             pos = self.start = self.pos
-            code = self.data[pos:pos + 1]
+            code = self.data[pos : pos + 1]
             if not code:
                 raise _Refused("the pickle ends before its STOP opcode (truncated?)")
             name = self._NAMES.get(code)
             if name is None:
-                raise _Refused(f"byte 0x{code.hex()} is not a pickle opcode; this is not a .bin "
-                               "pickle, or a corrupt one")
+                raise _Refused(
+                    f"byte 0x{code.hex()} is not a pickle opcode; this is not a .bin "
+                    "pickle, or a corrupt one"
+                )
             self.pos += 1
             if name not in _OPCODES and name != "STOP":
                 raise _Refused(f"the pickle opcode {name} is not allowed: {_ALLOWED}")
@@ -634,27 +706,34 @@ def _check_bin_structure(obj, path) -> tuple[list[bytes], np.ndarray]:
         raise BinFileError(f"{where}, found {_describe(obj)}.")
     bins, issame_list = (_finished(x) for x in obj)
     if not isinstance(bins, (list, tuple, np.ndarray)):
-        raise BinFileError(f"{where}; images must be a sequence of byte strings, found "
-                           f"{_describe(bins)}.")
+        raise BinFileError(
+            f"{where}; images must be a sequence of byte strings, found {_describe(bins)}."
+        )
     if isinstance(issame_list, np.ndarray):
         if issame_list.dtype != bool or issame_list.ndim != 1:
-            raise BinFileError(f"{where}; issame must be a sequence of bools, found "
-                               f"{_describe(issame_list)}.")
+            raise BinFileError(
+                f"{where}; issame must be a sequence of bools, found {_describe(issame_list)}."
+            )
         issame = issame_list.copy()
     elif isinstance(issame_list, (list, tuple)):
         bad = [i for i, x in enumerate(issame_list) if not isinstance(x, (bool, np.bool_))]
         if bad:
-            raise BinFileError(f"{where}; issame must be a sequence of bools, found "
-                               f"{_describe(issame_list[bad[0]])} at index {bad[0]}.")
+            raise BinFileError(
+                f"{where}; issame must be a sequence of bools, found "
+                f"{_describe(issame_list[bad[0]])} at index {bad[0]}."
+            )
         issame = np.asarray(issame_list, dtype=bool).reshape(-1)
     else:
-        raise BinFileError(f"{where}; issame must be a sequence of bools, found "
-                           f"{_describe(issame_list)}.")
+        raise BinFileError(
+            f"{where}; issame must be a sequence of bools, found {_describe(issame_list)}."
+        )
     if len(issame) == 0:
         raise BinFileError(f"{path}: the file holds no pairs (issame is empty).")
     if len(bins) != 2 * len(issame):
-        raise BinFileError(f"{path}: {len(issame)} pairs need {2 * len(issame)} images, the file "
-                           f"holds {len(bins)}.")
+        raise BinFileError(
+            f"{path}: {len(issame)} pairs need {2 * len(issame)} images, the file "
+            f"holds {len(bins)}."
+        )
     encoded, converted = [], {}  # an array referenced many times is copied once
     for i, item in enumerate(bins):
         item = _finished(item)
@@ -662,8 +741,9 @@ def _check_bin_structure(obj, path) -> tuple[list[bytes], np.ndarray]:
         if data is None:
             data = converted[id(item)] = _as_bytes(item)
         if data is None:
-            raise BinFileError(f"{where}; image {i} must be a byte string, found "
-                               f"{_describe(item)}.")
+            raise BinFileError(
+                f"{where}; image {i} must be a byte string, found {_describe(item)}."
+            )
         encoded.append(data)
     return encoded, issame
 
@@ -680,19 +760,24 @@ def _decode(data: bytes, image_size: int, where: str) -> np.ndarray:
         raise ValueError(f"{where}: cannot decode the image ({e}).") from e
 
 
-def _decode_all(encoded: Sequence[bytes], image_size: int, name: str, wheres: Sequence[str],
-                progress: bool) -> np.ndarray:
+def _decode_all(
+    encoded: Sequence[bytes], image_size: int, name: str, wheres: Sequence[str], progress: bool
+) -> np.ndarray:
     images = np.empty((len(encoded), image_size, image_size, 3), np.uint8)
     show = progress and len(encoded) >= PROGRESS_MIN_IMAGES
-    for i, data in enumerate(tqdm(encoded, desc=f"decoding {name}", unit="img",
-                                  disable=not show, leave=False)):
+    for i, data in enumerate(
+        tqdm(encoded, desc=f"decoding {name}", unit="img", disable=not show, leave=False)
+    ):
         images[i] = _decode(data, image_size, wheres[i])
     return images
 
 
 def _check_image_size(image_size) -> None:
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) \
-            or image_size < 1:
+    if (
+        isinstance(image_size, bool)
+        or not isinstance(image_size, (int, np.integer))
+        or image_size < 1
+    ):
         raise ValueError(f"image_size must be a positive int, got {image_size!r}.")
 
 
@@ -716,8 +801,9 @@ def read_bin(path) -> tuple[list[bytes], np.ndarray]:
     return _check_bin_structure(_unpickle_inert(path.read_bytes(), path), path)
 
 
-def load_bin(path, *, image_size: int = 112, name: str | None = None,
-             progress: bool = True) -> VerificationSet:
+def load_bin(
+    path, *, image_size: int = 112, name: str | None = None, progress: bool = True
+) -> VerificationSet:
     """Reads an insightface validation .bin (lfw.bin, cfp_fp.bin, agedb_30.bin, calfw.bin, ...).
 
     Args:
@@ -756,8 +842,9 @@ def write_bin(path, encoded_images: Sequence, issame: Sequence) -> None:
     issame = list(issame)
     bad = [i for i, x in enumerate(issame) if not isinstance(x, (bool, np.bool_))]
     if bad:
-        raise ValueError(f"issame must hold bools, got {type(issame[bad[0]]).__name__} at "
-                         f"index {bad[0]}.")
+        raise ValueError(
+            f"issame must hold bools, got {type(issame[bad[0]]).__name__} at index {bad[0]}."
+        )
     if not issame:
         raise ValueError("issame must hold at least one pair, got an empty sequence.")
     encoded = []
@@ -767,8 +854,9 @@ def write_bin(path, encoded_images: Sequence, issame: Sequence) -> None:
             raise ValueError(f"encoded_images[{i}] must be bytes, got {_describe(item)}.")
         encoded.append(data)
     if len(encoded) != 2 * len(issame):
-        raise ValueError(f"{len(issame)} pairs need {2 * len(issame)} encoded_images, got "
-                         f"{len(encoded)}.")
+        raise ValueError(
+            f"{len(issame)} pairs need {2 * len(issame)} encoded_images, got {len(encoded)}."
+        )
     path = pathlib.Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -783,6 +871,7 @@ def write_bin(path, encoded_images: Sequence, issame: Sequence) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # LFW-style image folder + pairs.txt.
+
 
 def _parse_pairs(pairs_path: pathlib.Path, image_root: pathlib.Path, extension: str):
     """[(path_a, path_b, issame)] of a pairs.txt; ValueError naming the line for any problem."""
@@ -806,13 +895,16 @@ def _parse_pairs(pairs_path: pathlib.Path, image_root: pathlib.Path, extension: 
         elif len(tokens) == 4:
             names, indices, issame = (tokens[0], tokens[2]), (tokens[1], tokens[3]), False
         else:
-            raise ValueError(f"{where}: expected 'name i j' or 'name1 i name2 j', got "
-                             f"{len(tokens)} fields: {' '.join(tokens)!r}.")
+            raise ValueError(
+                f"{where}: expected 'name i j' or 'name1 i name2 j', got "
+                f"{len(tokens)} fields: {' '.join(tokens)!r}."
+            )
         paths = []
         for person, index in zip(names, indices):
             if not index.isdigit() or int(index) < 1:
-                raise ValueError(f"{where}: the image number must be a positive integer, got "
-                                 f"{index!r}.")
+                raise ValueError(
+                    f"{where}: the image number must be a positive integer, got {index!r}."
+                )
             path = image_root / person / f"{person}_{int(index):04d}.{extension}"
             if not path.is_file():
                 raise ValueError(f"{where}: missing image {path}.")
@@ -821,14 +913,23 @@ def _parse_pairs(pairs_path: pathlib.Path, image_root: pathlib.Path, extension: 
     if not pairs:
         raise ValueError(f"{pairs_path}: no pairs after the header line.")
     if expected is not None and len(pairs) != expected:
-        raise ValueError(f"{pairs_path}, line {first_number}: the header "
-                         f"{' '.join(first)!r} announces {expected} pairs, the file lists "
-                         f"{len(pairs)}.")
+        raise ValueError(
+            f"{pairs_path}, line {first_number}: the header "
+            f"{' '.join(first)!r} announces {expected} pairs, the file lists "
+            f"{len(pairs)}."
+        )
     return pairs
 
 
-def load_pairs(pairs_path, image_root, *, image_size: int = 112, name: str | None = None,
-               extension: str = "jpg", progress: bool = True) -> VerificationSet:
+def load_pairs(
+    pairs_path,
+    image_root,
+    *,
+    image_size: int = 112,
+    name: str | None = None,
+    extension: str = "jpg",
+    progress: bool = True,
+) -> VerificationSet:
     """Reads an image folder with an LFW-style pairs.txt (Huang et al. 2007, LFW README).
 
     The file has an optional header line, "<folds> <pairs per fold>" (LFW's "10 300": ten folds,
@@ -916,10 +1017,15 @@ def sample_pairs(labels, num_pairs: int, *, seed: int) -> tuple[np.ndarray, np.n
     """
     labels = np.asarray(labels)
     if labels.ndim != 1 or not (np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool):
-        raise ValueError(f"labels must be a 1-D integer array, got {labels.dtype} of shape "
-                         f"{labels.shape}.")
-    if isinstance(num_pairs, bool) or not isinstance(num_pairs, (int, np.integer)) \
-            or num_pairs < 2 or num_pairs % 2:
+        raise ValueError(
+            f"labels must be a 1-D integer array, got {labels.dtype} of shape {labels.shape}."
+        )
+    if (
+        isinstance(num_pairs, bool)
+        or not isinstance(num_pairs, (int, np.integer))
+        or num_pairs < 2
+        or num_pairs % 2
+    ):
         raise ValueError(f"num_pairs must be an even int >= 2, got {num_pairs!r}.")
     half = int(num_pairs) // 2
     classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
@@ -929,13 +1035,17 @@ def sample_pairs(labels, num_pairs: int, *, seed: int) -> tuple[np.ndarray, np.n
     n = labels.shape[0]
     total_diff = n * (n - 1) // 2 - total_same
     if total_same < half:
-        raise ValueError(f"labels allow {total_same} distinct same-identity pairs (identities "
-                         f"with two or more images: {int(np.sum(counts >= 2))}), {half} needed "
-                         f"for num_pairs={num_pairs}.")
+        raise ValueError(
+            f"labels allow {total_same} distinct same-identity pairs (identities "
+            f"with two or more images: {int(np.sum(counts >= 2))}), {half} needed "
+            f"for num_pairs={num_pairs}."
+        )
     if total_diff < half:
-        raise ValueError(f"labels allow {total_diff} distinct different-identity pairs "
-                         f"(identities: {len(classes)}), {half} needed for "
-                         f"num_pairs={num_pairs}.")
+        raise ValueError(
+            f"labels allow {total_diff} distinct different-identity pairs "
+            f"(identities: {len(classes)}), {half} needed for "
+            f"num_pairs={num_pairs}."
+        )
     rng = np.random.default_rng(seed)
     order = np.argsort(inverse, kind="stable")  # image indices grouped by identity
     stops = np.cumsum(counts)
@@ -991,6 +1101,7 @@ def sample_pairs(labels, num_pairs: int, *, seed: int) -> tuple[np.ndarray, np.n
 # ---------------------------------------------------------------------------------------------
 # Embeddings.
 
+
 def _l2_normalize(x: np.ndarray, what: str) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     zero = np.flatnonzero(norms[:, 0] == 0)
@@ -999,8 +1110,13 @@ def _l2_normalize(x: np.ndarray, what: str) -> np.ndarray:
     return x / norms
 
 
-def embed_pairs(embed_fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, *,
-                batch_size: int, progress: bool = True) -> np.ndarray:
+def embed_pairs(
+    embed_fn: Callable[[np.ndarray], np.ndarray],
+    images: np.ndarray,
+    *,
+    batch_size: int,
+    progress: bool = True,
+) -> np.ndarray:
     """The flip-test embedding of every image: normalize(f(x) + f(flip(x))).
 
     insightface's verification test embeds each image and its horizontal mirror and L2-normalises
@@ -1022,18 +1138,26 @@ def embed_pairs(embed_fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray
         values, or a zero sum.
     """
     images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 \
-            or images.shape[0] == 0:
-        raise ValueError(f"images must be uint8 [N, S, S, 3] with N >= 1, got {images.dtype} "
-                         f"{images.shape}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-            or batch_size < 1:
+    if (
+        images.dtype != np.uint8
+        or images.ndim != 4
+        or images.shape[-1] != 3
+        or images.shape[0] == 0
+    ):
+        raise ValueError(
+            f"images must be uint8 [N, S, S, 3] with N >= 1, got {images.dtype} {images.shape}."
+        )
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 1
+    ):
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
     n = images.shape[0]
     out = None
     starts = range(0, n, batch_size)
     for start in tqdm(starts, desc="embedding", unit="batch", disable=not progress, leave=False):
-        batch = images[start:start + batch_size]
+        batch = images[start : start + batch_size]
         count = batch.shape[0]
         if count < batch_size:
             pad = np.repeat(images[:1], batch_size - count, axis=0)
@@ -1042,20 +1166,23 @@ def embed_pairs(embed_fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray
         for x in (batch, np.ascontiguousarray(batch[:, :, ::-1])):
             e = np.asarray(embed_fn(x))
             if e.ndim != 2 or e.shape[0] != batch_size:
-                raise ValueError(f"embed_fn must return [batch_size={batch_size}, D], got shape "
-                                 f"{e.shape}.")
+                raise ValueError(
+                    f"embed_fn must return [batch_size={batch_size}, D], got shape {e.shape}."
+                )
             if not np.all(np.isfinite(e)):
-                raise ValueError(f"embed_fn returned non-finite values for images "
-                                 f"{start}..{start + count - 1}.")
+                raise ValueError(
+                    f"embed_fn returned non-finite values for images {start}..{start + count - 1}."
+                )
             total = total + e.astype(np.float64)
         if out is None:
             out = np.empty((n, total.shape[1]), np.float32)
-        out[start:start + count] = _l2_normalize(total[:count], "the flip-summed embedding")
+        out[start : start + count] = _l2_normalize(total[:count], "the flip-summed embedding")
     return out
 
 
 # ---------------------------------------------------------------------------------------------
 # The protocol.
+
 
 def fold_bounds(num_pairs: int, num_folds: int) -> list[tuple[int, int]]:
     """[(start, stop)] of `num_folds` contiguous folds over the pairs in order.
@@ -1064,7 +1191,7 @@ def fold_bounds(num_pairs: int, num_folds: int) -> list[tuple[int, int]]:
     pair more than the others.
     """
     sizes = np.full(num_folds, num_pairs // num_folds)
-    sizes[:num_pairs % num_folds] += 1
+    sizes[: num_pairs % num_folds] += 1
     stops = np.cumsum(sizes)
     return [(int(b - s), int(b)) for s, b in zip(sizes, stops)]
 
@@ -1093,8 +1220,14 @@ def roc_curve(dist: np.ndarray, issame: np.ndarray):
     return fpr, tpr, np.r_[-np.inf, d[last]]
 
 
-def evaluate(embeddings, issame, *, num_folds: int = 10, far_target: float = 1e-3,
-             thresholds: np.ndarray | None = None) -> dict:
+def evaluate(
+    embeddings,
+    issame,
+    *,
+    num_folds: int = 10,
+    far_target: float = 1e-3,
+    thresholds: np.ndarray | None = None,
+) -> dict:
     """The standard verification protocol (LFW's 10-fold "unrestricted" accuracy, TAR@FAR, ROC).
 
     With e_i the L2-normalised embeddings and d_p = ||e_{2p} - e_{2p+1}||^2 in [0, 4], a pair is
@@ -1141,8 +1274,10 @@ def evaluate(embeddings, issame, *, num_folds: int = 10, far_target: float = 1e-
     e = np.asarray(embeddings)
     if e.ndim != 2 or e.shape[0] < 2 or e.shape[0] % 2 or e.shape[1] < 1:
         raise ValueError(f"embeddings must have shape [2P, D] with P, D >= 1, got {e.shape}.")
-    if not (np.issubdtype(e.dtype, np.floating) or np.issubdtype(e.dtype, np.integer)) \
-            or e.dtype == bool:
+    if (
+        not (np.issubdtype(e.dtype, np.floating) or np.issubdtype(e.dtype, np.integer))
+        or e.dtype == bool
+    ):
         raise ValueError(f"embeddings must be a real float array, got {e.dtype}.")
     e = e.astype(np.float64)
     if not np.all(np.isfinite(e)):
@@ -1155,18 +1290,27 @@ def evaluate(embeddings, issame, *, num_folds: int = 10, far_target: float = 1e-
         same = same.astype(bool)
     num_pairs = e.shape[0] // 2
     if same.shape != (num_pairs,):
-        raise ValueError(f"issame must have shape [P] = ({num_pairs},) for {e.shape[0]} "
-                         f"embeddings, got {same.shape}.")
+        raise ValueError(
+            f"issame must have shape [P] = ({num_pairs},) for {e.shape[0]} "
+            f"embeddings, got {same.shape}."
+        )
     if not same.any() or same.all():
         raise ValueError("issame must hold at least one same pair and one different pair.")
-    if isinstance(num_folds, bool) or not isinstance(num_folds, (int, np.integer)) \
-            or not 2 <= num_folds <= num_pairs:
+    if (
+        isinstance(num_folds, bool)
+        or not isinstance(num_folds, (int, np.integer))
+        or not 2 <= num_folds <= num_pairs
+    ):
         raise ValueError(f"num_folds must be an int in [2, P={num_pairs}], got {num_folds!r}.")
     if not 0 < far_target <= 1:
         raise ValueError(f"far_target must be in (0, 1], got {far_target!r}.")
     grid = THRESHOLDS if thresholds is None else np.asarray(thresholds, np.float64)
-    if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)) \
-            or np.any(np.diff(grid) <= 0):
+    if (
+        grid.ndim != 1
+        or grid.size == 0
+        or not np.all(np.isfinite(grid))
+        or np.any(np.diff(grid) <= 0)
+    ):
         raise ValueError("thresholds must be a non-empty, finite, increasing 1-D array.")
 
     dist = pair_distances(_l2_normalize(e, "embeddings"))

@@ -40,11 +40,15 @@ def ten_crop(images: jax.Array, crop: int) -> jax.Array:
     """
     size = images.shape[1]
     if images.shape[2] != size or not 0 < crop <= size:
-        raise ValueError(f"ten_crop needs square images of side >= crop={crop}, got "
-                         f"{images.shape[1:3]}.")
+        raise ValueError(
+            f"ten_crop needs square images of side >= crop={crop}, got {images.shape[1:3]}."
+        )
     offsets = five_crop_offsets(size, crop)
-    views = [im[:, t:t + crop, l:l + crop] for im in (images, images[:, :, ::-1])
-             for t, l in offsets]
+    views = [
+        im[:, top : top + crop, left : left + crop]
+        for im in (images, images[:, :, ::-1])
+        for top, left in offsets
+    ]
     return jnp.stack(views, axis=1)
 
 
@@ -52,8 +56,9 @@ def _uniform(key, shape, low, high):
     return jax.random.uniform(key, shape, jnp.float32, low, high)
 
 
-def random_resized_crop_box(key: jax.Array, size: int, scale=(0.8, 1.2),
-                            ratio=(3.0 / 4.0, 4.0 / 3.0), attempts: int = 10) -> jax.Array:
+def random_resized_crop_box(
+    key: jax.Array, size: int, scale=(0.8, 1.2), ratio=(3.0 / 4.0, 4.0 / 3.0), attempts: int = 10
+) -> jax.Array:
     """torchvision RandomResizedCrop.get_params for a square `size` image: float32 [4] (i, j, h, w).
 
     Up to ten (area, log-aspect) draws; the first whose box fits in the image is taken at a uniform
@@ -73,8 +78,9 @@ def random_resized_crop_box(key: jax.Array, size: int, scale=(0.8, 1.2),
     return jnp.stack([i, j, h, w])
 
 
-def _warp_one(key: jax.Array, image: jax.Array, scale: tuple, ratio: tuple, translate: float,
-              degrees: float) -> jax.Array:
+def _warp_one(
+    key: jax.Array, image: jax.Array, scale: tuple, ratio: tuple, translate: float, degrees: float
+) -> jax.Array:
     """The geometric part of the train pipeline for one [H, H, C] image, as one resampling.
 
     Output pixel (y, x) is traced back through the inverse of each step: rotation about the centre
@@ -94,8 +100,9 @@ def _warp_one(key: jax.Array, image: jax.Array, scale: tuple, ratio: tuple, tran
     angle = jnp.deg2rad(_uniform(k_rot, (), -degrees, degrees))
     angle = jnp.where(jax.random.bernoulli(k_rot_on, 0.5), angle, 0.0)
 
-    y, x = jnp.meshgrid(jnp.arange(size, dtype=jnp.float32), jnp.arange(size, dtype=jnp.float32),
-                        indexing="ij")
+    y, x = jnp.meshgrid(
+        jnp.arange(size, dtype=jnp.float32), jnp.arange(size, dtype=jnp.float32), indexing="ij"
+    )
     c = (size - 1) / 2.0
     cos, sin = jnp.cos(angle), jnp.sin(angle)
     y, x = c + cos * (y - c) - sin * (x - c), c + sin * (y - c) + cos * (x - c)
@@ -105,14 +112,22 @@ def _warp_one(key: jax.Array, image: jax.Array, scale: tuple, ratio: tuple, tran
     inside &= (y > -0.5) & (y < size - 0.5) & (x > -0.5) & (x < size - 0.5)
     src_y = i + (y + 0.5) * h / size - 0.5
     src_x = j + (x + 0.5) * w / size - 0.5
-    channels = [ndimage.map_coordinates(image[..., ch], [src_y, src_x], order=1, mode="nearest")
-                for ch in range(image.shape[-1])]
+    channels = [
+        ndimage.map_coordinates(image[..., ch], [src_y, src_x], order=1, mode="nearest")
+        for ch in range(image.shape[-1])
+    ]
     return jnp.where(inside[..., None], jnp.stack(channels, -1), 0.0)
 
 
-def random_geometry(key: jax.Array, images: jax.Array, *, scale=(0.8, 1.2),
-                    ratio=(3.0 / 4.0, 4.0 / 3.0), translate: float = 0.2,
-                    degrees: float = 10.0) -> jax.Array:
+def random_geometry(
+    key: jax.Array,
+    images: jax.Array,
+    *,
+    scale=(0.8, 1.2),
+    ratio=(3.0 / 4.0, 4.0 / 3.0),
+    translate: float = 0.2,
+    degrees: float = 10.0,
+) -> jax.Array:
     """The train pipeline's geometric steps on uint8 [B, H, H, C]; returns float32 [B, H, H, C].
 
     RandomResizedCrop(H, scale, ratio), RandomApply(RandomAffine(translate), 0.5),
@@ -120,11 +135,18 @@ def random_geometry(key: jax.Array, images: jax.Array, *, scale=(0.8, 1.2),
     """
     keys = jax.random.split(key, images.shape[0])
     return jax.vmap(lambda k, im: _warp_one(k, im, scale, ratio, translate, degrees))(
-        keys, images.astype(jnp.float32))
+        keys, images.astype(jnp.float32)
+    )
 
 
-def random_erasing(key: jax.Array, views: jax.Array, p: float = 0.5, scale=(0.02, 0.33),
-                   ratio=(0.3, 3.3), attempts: int = 10) -> jax.Array:
+def random_erasing(
+    key: jax.Array,
+    views: jax.Array,
+    p: float = 0.5,
+    scale=(0.02, 0.33),
+    ratio=(0.3, 3.3),
+    attempts: int = 10,
+) -> jax.Array:
     """torchvision RandomErasing(p, scale, ratio, value=0) applied to every view independently.
 
     With probability p, up to ten (area, log-aspect) draws; the first rectangle strictly smaller
@@ -153,15 +175,20 @@ def random_erasing(key: jax.Array, views: jax.Array, p: float = 0.5, scale=(0.02
     left = jnp.floor(jax.random.uniform(k_j, (n,)) * (s_w - w + 1))
     rows = jnp.arange(s_h, dtype=jnp.float32)[None, :, None]
     cols = jnp.arange(s_w, dtype=jnp.float32)[None, None, :]
-    box = ((rows >= top[:, None, None]) & (rows < (top + h)[:, None, None])
-           & (cols >= left[:, None, None]) & (cols < (left + w)[:, None, None])
-           & on[:, None, None])
+    box = (
+        (rows >= top[:, None, None])
+        & (rows < (top + h)[:, None, None])
+        & (cols >= left[:, None, None])
+        & (cols < (left + w)[:, None, None])
+        & on[:, None, None]
+    )
     box = box.reshape(*lead, s_h, s_w, 1)
     return jnp.where(box, jnp.zeros((), views.dtype), views)
 
 
-def train_views(key: jax.Array, images: jax.Array, *, crop: int = 40,
-                num_crops: int = NUM_TEN_CROPS) -> jax.Array:
+def train_views(
+    key: jax.Array, images: jax.Array, *, crop: int = 40, num_crops: int = NUM_TEN_CROPS
+) -> jax.Array:
     """The training views of a batch: geometry, TenCrop(crop), random erasing per crop.
 
     Args:

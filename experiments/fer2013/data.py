@@ -27,7 +27,9 @@ from typing import NamedTuple
 import numpy as np
 
 from experiments.common.data import DataError
-from experiments.common.data.folders import IMAGE_SUFFIXES, class_folders, image_files
+from experiments.common.data.folders import IMAGE_SUFFIXES
+from experiments.common.data.folders import class_folders
+from experiments.common.data.folders import image_files
 
 EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 USAGES = ("Training", "PublicTest", "PrivateTest")
@@ -35,8 +37,10 @@ FOLDER_USAGE = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
 VAL_USAGES = ("PrivateTest", "PublicTest")
 DEFAULT_VAL_USAGE = "PrivateTest"  # usef-kh/fer: val = PrivateTest, test = PublicTest
 CSV_COLUMNS = ("emotion", "pixels", "Usage")
-FOLDER_LAYOUT = ("expected DIR/train/<emotion>/<image>, DIR/val/<emotion>/<image> and "
-                 f"DIR/test/<emotion>/<image> with <emotion> in {', '.join(EMOTIONS)}")
+FOLDER_LAYOUT = (
+    "expected DIR/train/<emotion>/<image>, DIR/val/<emotion>/<image> and "
+    f"DIR/test/<emotion>/<image> with <emotion> in {', '.join(EMOTIONS)}"
+)
 
 
 class FerSplits(NamedTuple):
@@ -54,8 +58,11 @@ class FerSplits(NamedTuple):
 
     def usage(self, name: str) -> tuple:
         """The (images, labels) of usage `name` (one of USAGES)."""
-        return {"Training": self.training, "PublicTest": self.public_test,
-                "PrivateTest": self.private_test}[name]
+        return {
+            "Training": self.training,
+            "PublicTest": self.public_test,
+            "PrivateTest": self.private_test,
+        }[name]
 
 
 class FerDataset(NamedTuple):
@@ -111,8 +118,10 @@ def _emotion_folders(split_dir: str) -> dict:
 def _list_folder(data_dir: str) -> dict:
     """{usage: [(path, label), ...]} of an image folder; raises DataError on a bad layout."""
     if not os.path.isdir(data_dir):
-        raise DataError(f"--data_dir {data_dir!r} is not a directory; {FOLDER_LAYOUT} (or pass "
-                        "the Kaggle fer2013.csv with --csv).")
+        raise DataError(
+            f"--data_dir {data_dir!r} is not a directory; {FOLDER_LAYOUT} (or pass "
+            "the Kaggle fer2013.csv with --csv)."
+        )
     listing = {}
     for split, usage in FOLDER_USAGE.items():
         split_dir = os.path.join(data_dir, split)
@@ -143,10 +152,14 @@ def _stack_faces(images: list, names: list, where: str) -> np.ndarray:
     """Stacks [S, S] faces as uint8 [N, S, S, 1]; raises DataError unless all are one size."""
     shapes = {im.shape for im in images}
     if len(shapes) != 1 or any(h != w for h, w in shapes):
-        bad = next(n for n, im in zip(names, images) if im.shape != images[0].shape
-                   or im.shape[0] != im.shape[1])
-        raise DataError(f"faces in {where} must all be one square size (48x48 in FER2013); "
-                        f"{bad} is {shapes}.")
+        bad = next(
+            n
+            for n, im in zip(names, images)
+            if im.shape != images[0].shape or im.shape[0] != im.shape[1]
+        )
+        raise DataError(
+            f"faces in {where} must all be one square size (48x48 in FER2013); {bad} is {shapes}."
+        )
     return np.stack(images)[..., None]
 
 
@@ -185,8 +198,9 @@ def _csv_rows(f, path: str):
         except StopIteration:
             return
         except csv.Error as e:
-            raise DataError(f"{path}:{reader.line_num}: not a CSV row ({_clipped(str(e))}).") \
-                from None
+            raise DataError(
+                f"{path}:{reader.line_num}: not a CSV row ({_clipped(str(e))})."
+            ) from None
         if fields:
             yield reader.line_num, fields
 
@@ -197,16 +211,20 @@ def _decoded_lines(lines, path: str):
         try:
             yield line.decode("utf-8-sig" if number == 1 else "utf-8")
         except UnicodeDecodeError as e:
-            raise DataError(f"{path}:{number}: not UTF-8 text ({e.reason} at byte {e.start} of "
-                            "the line); pass the Kaggle fer2013.csv.") from None
+            raise DataError(
+                f"{path}:{number}: not UTF-8 text ({e.reason} at byte {e.start} of "
+                "the line); pass the Kaggle fer2013.csv."
+            ) from None
 
 
 def _csv_columns(header: list, path: str) -> dict:
     """{column: index} of CSV_COLUMNS in the header row; DataError if one is missing or doubled."""
     missing = [c for c in CSV_COLUMNS if c not in header]
     if missing:
-        raise DataError(f"{path}:1: the header lacks the columns {missing}; it must name "
-                        f"{', '.join(CSV_COLUMNS)} (found {_clipped(repr(header))}).")
+        raise DataError(
+            f"{path}:1: the header lacks the columns {missing}; it must name "
+            f"{', '.join(CSV_COLUMNS)} (found {_clipped(repr(header))})."
+        )
     doubled = [c for c in CSV_COLUMNS if header.count(c) > 1]
     if doubled:
         raise DataError(f"{path}:1: the header names the columns {doubled} more than once.")
@@ -216,22 +234,29 @@ def _csv_columns(header: list, path: str) -> dict:
 def _parse_row(fields: list, columns: dict, width: int, where: str) -> tuple:
     """(usage, label, int64 pixels) of one CSV row; DataError naming `where` for any problem."""
     if len(fields) != width:
-        raise DataError(f"{where}: {len(fields)} fields; every row needs the header's {width} "
-                        f"({', '.join(CSV_COLUMNS)} and the others it names).")
+        raise DataError(
+            f"{where}: {len(fields)} fields; every row needs the header's {width} "
+            f"({', '.join(CSV_COLUMNS)} and the others it names)."
+        )
     usage = fields[columns["Usage"]].strip()
     if usage not in USAGES:
-        raise DataError(f"{where}: Usage {_clipped(repr(usage), 60)} is not one of "
-                        f"{', '.join(USAGES)}.")
+        raise DataError(
+            f"{where}: Usage {_clipped(repr(usage), 60)} is not one of {', '.join(USAGES)}."
+        )
     try:
         label = int(fields[columns["emotion"]])
         pixels = np.array(fields[columns["pixels"]].split(), dtype=np.int64)
     except (ValueError, OverflowError) as e:  # OverflowError: a pixel beyond int64
-        raise DataError(f"{where}: emotion must be an integer and pixels integers separated by "
-                        f"spaces ({_clipped(str(e))}).") from e
+        raise DataError(
+            f"{where}: emotion must be an integer and pixels integers separated by "
+            f"spaces ({_clipped(str(e))})."
+        ) from e
     if not 0 <= label < len(EMOTIONS):
-        raise DataError(f"{where}: emotion {_clipped(str(label), 20)} is outside "
-                        f"0..{len(EMOTIONS) - 1} "
-                        f"({', '.join(f'{k}={e}' for k, e in enumerate(EMOTIONS))}).")
+        raise DataError(
+            f"{where}: emotion {_clipped(str(label), 20)} is outside "
+            f"0..{len(EMOTIONS) - 1} "
+            f"({', '.join(f'{k}={e}' for k, e in enumerate(EMOTIONS))})."
+        )
     if pixels.size and (pixels.min() < 0 or pixels.max() > 255):
         raise DataError(f"{where}: pixel values must be in 0..255.")
     return usage, label, pixels
@@ -246,18 +271,24 @@ def load_csv(path: str) -> FerSplits:
     names the file and the line.
     """
     if not os.path.isfile(path):
-        raise DataError(f"--csv {path!r} is not a file; pass the Kaggle fer2013.csv "
-                        f"(columns {', '.join(CSV_COLUMNS)}).")
+        raise DataError(
+            f"--csv {path!r} is not a file; pass the Kaggle fer2013.csv "
+            f"(columns {', '.join(CSV_COLUMNS)})."
+        )
     rows = {usage: ([], []) for usage in USAGES}
     with open(path, "rb") as f:
         records = _csv_rows(f, path)
         line, header = next(records, (1, None))
         if header is None:
-            raise DataError(f"{path}:1: the file is empty; the Kaggle fer2013.csv starts with the "
-                            f"header {','.join(CSV_COLUMNS)}.")
+            raise DataError(
+                f"{path}:1: the file is empty; the Kaggle fer2013.csv starts with the "
+                f"header {','.join(CSV_COLUMNS)}."
+            )
         if line != 1:
-            raise DataError(f"{path}:1: the first line is empty; it must be the header naming "
-                            f"{', '.join(CSV_COLUMNS)}.")
+            raise DataError(
+                f"{path}:1: the first line is empty; it must be the header naming "
+                f"{', '.join(CSV_COLUMNS)}."
+            )
         columns = _csv_columns(header, path)
         side = None
         for line, fields in records:
@@ -266,16 +297,20 @@ def load_csv(path: str) -> FerSplits:
             if side is None:
                 side = math.isqrt(pixels.size)
             if pixels.size != side * side or side == 0:
-                raise DataError(f"{where}: {pixels.size} pixels; every row needs the same "
-                                "square count (2304 = 48x48 in FER2013).")
+                raise DataError(
+                    f"{where}: {pixels.size} pixels; every row needs the same "
+                    "square count (2304 = 48x48 in FER2013)."
+                )
             rows[usage][0].append(pixels.astype(np.uint8).reshape(side, side, 1))
             rows[usage][1].append(label)
     splits = []
     for usage in USAGES:
         images, labels = rows[usage]
         if not images:
-            raise DataError(f"{path!r} has no rows with Usage {usage!r}; FER2013 has Training, "
-                            "PublicTest and PrivateTest rows.")
+            raise DataError(
+                f"{path!r} has no rows with Usage {usage!r}; FER2013 has Training, "
+                "PublicTest and PrivateTest rows."
+            )
         splits.append(canonical_order(np.stack(images), np.array(labels, np.int32)))
     return FerSplits(*splits, source=os.path.abspath(path))
 
@@ -283,21 +318,31 @@ def load_csv(path: str) -> FerSplits:
 def load(data_dir: str | None = None, csv_path: str | None = None) -> FerSplits:
     """Reads FER2013 from exactly one of an image folder (`data_dir`) or the CSV (`csv_path`)."""
     if bool(data_dir) == bool(csv_path):
-        raise DataError("pass exactly one of --data_dir (image folder DIR/{train,val,test}/"
-                        "<emotion>/*) and --csv (the Kaggle fer2013.csv).")
+        raise DataError(
+            "pass exactly one of --data_dir (image folder DIR/{train,val,test}/"
+            "<emotion>/*) and --csv (the Kaggle fer2013.csv)."
+        )
     return load_folder(data_dir) if data_dir else load_csv(csv_path)
 
 
 def check_val_usage(val_usage: str) -> str:
     """Returns the test usage paired with `val_usage`; raises ValueError for anything else."""
     if val_usage not in VAL_USAGES:
-        raise ValueError(f"--val_usage must be one of {', '.join(VAL_USAGES)} (the other one is "
-                         f"the test set), got {val_usage!r}.")
+        raise ValueError(
+            f"--val_usage must be one of {', '.join(VAL_USAGES)} (the other one is "
+            f"the test set), got {val_usage!r}."
+        )
     return VAL_USAGES[1 - VAL_USAGES.index(val_usage)]
 
 
 def make_dataset(splits: FerSplits, val_usage: str = DEFAULT_VAL_USAGE) -> FerDataset:
     """Assigns the usages: Training trains, `val_usage` validates, the other test usage tests."""
     test_usage = check_val_usage(val_usage)
-    return FerDataset(*splits.training, *splits.usage(val_usage), *splits.usage(test_usage),
-                      EMOTIONS, val_usage, test_usage)
+    return FerDataset(
+        *splits.training,
+        *splits.usage(val_usage),
+        *splits.usage(test_usage),
+        EMOTIONS,
+        val_usage,
+        test_usage,
+    )

@@ -14,7 +14,8 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
-from experiments.common.layers import TorchConv, TorchDense
+from experiments.common.layers import TorchConv
+from experiments.common.layers import TorchDense
 
 STAGE_MULTIPLIERS = (1, 2, 4, 8)
 
@@ -44,10 +45,16 @@ class VGG(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        conv = functools.partial(TorchConv, kernel=3, padding=1, cpu_conv=self.cpu_conv,
-                                 dtype=self.dtype)
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                                 epsilon=1e-5, dtype=self.dtype)
+        conv = functools.partial(
+            TorchConv, kernel=3, padding=1, cpu_conv=self.cpu_conv, dtype=self.dtype
+        )
+        norm = functools.partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            dtype=self.dtype,
+        )
         for multiplier in STAGE_MULTIPLIERS:
             for _ in range(2):
                 x = nn.relu(norm()(conv(self.width * multiplier)(x)))
@@ -59,8 +66,9 @@ class VGG(nn.Module):
         return TorchDense(self.num_classes, dtype=self.dtype)(x)
 
 
-def multiply_adds(crop: int = 40, width: int = 64, hidden: int = 4096, num_classes: int = 7,
-                  channels: int = 1) -> int:
+def multiply_adds(
+    crop: int = 40, width: int = 64, hidden: int = 4096, num_classes: int = 7, channels: int = 1
+) -> int:
     """Multiply-adds of one forward pass on a crop x crop image (convolutions and linear layers)."""
     total, side, cin = 0, crop, channels
     for multiplier in STAGE_MULTIPLIERS:

@@ -86,10 +86,16 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = functools.partial(nn.Conv, use_bias=False, padding="SAME", dtype=self.dtype,
-                                 kernel_init=conv_init)
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                                 epsilon=1e-5, dtype=self.dtype)
+        conv = functools.partial(
+            nn.Conv, use_bias=False, padding="SAME", dtype=self.dtype, kernel_init=conv_init
+        )
+        norm = functools.partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            dtype=self.dtype,
+        )
         block = BasicBlock if self.block == "basic" else BottleneckBlock
         x = x.astype(self.dtype)
         x = conv(self.width, (7, 7), 2, padding=[(3, 3), (3, 3)], name="stem_conv")(x)
@@ -100,8 +106,7 @@ class ResNet(nn.Module):
                 stride = 2 if stage > 0 and i == 0 else 1
                 x = block(self.width * 2**stage, stride, conv, norm)(x)
         x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=dense_init,
-                     name="head")(x)
+        x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=dense_init, name="head")(x)
         return x.astype(jnp.float32)
 
 

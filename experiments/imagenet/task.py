@@ -17,7 +17,8 @@ import numpy as np
 from experiments.common import checkpoint
 from experiments.common import config as cfg
 from experiments.common.data import stream
-from experiments.imagenet import decoders, models
+from experiments.imagenet import decoders
+from experiments.imagenet import models
 
 DATASETS = ("folder", "imagenet2012", "oxford_flowers102")
 
@@ -25,21 +26,34 @@ DATASETS = ("folder", "imagenet2012", "oxford_flowers102")
 def validate(config) -> None:
     cfg.check(config, "data.dataset", cfg.one_of(*DATASETS), f"one of {', '.join(DATASETS)}")
     if config.data.dataset == "folder" and not config.data.data_dir:
-        raise ValueError("config.data.dataset 'folder' needs config.data.data_dir DIR "
-                         "(DIR/train/<class>/*, DIR/val/<class>/*).")
-    cfg.check(config, "data.train_crop", cfg.one_of(*decoders.TRAIN_CROPS),
-              f"one of {', '.join(decoders.TRAIN_CROPS)}")
-    cfg.check(config, "data.eval_crop", cfg.one_of(*decoders.EVAL_CROPS),
-              f"one of {', '.join(decoders.EVAL_CROPS)}")
-    cfg.check(config, "data.image_size", lambda s: isinstance(s, int) and s >= 8,
-              "an integer >= 8")
+        raise ValueError(
+            "config.data.dataset 'folder' needs config.data.data_dir DIR "
+            "(DIR/train/<class>/*, DIR/val/<class>/*)."
+        )
+    cfg.check(
+        config,
+        "data.train_crop",
+        cfg.one_of(*decoders.TRAIN_CROPS),
+        f"one of {', '.join(decoders.TRAIN_CROPS)}",
+    )
+    cfg.check(
+        config,
+        "data.eval_crop",
+        cfg.one_of(*decoders.EVAL_CROPS),
+        f"one of {', '.join(decoders.EVAL_CROPS)}",
+    )
+    cfg.check(config, "data.image_size", lambda s: isinstance(s, int) and s >= 8, "an integer >= 8")
     cfg.check(config, "data.lighting_std", cfg.non_negative, "a number >= 0")
-    cfg.check(config, "data.workers", lambda w: isinstance(w, int) and w >= 0,
-              "an integer >= 0 (0 = tf.data autotune)")
-    cfg.check(config, "model.name", cfg.one_of(*models.MODELS),
-              f"one of {', '.join(models.MODELS)}")
-    cfg.check(config, "model.width", lambda w: isinstance(w, int) and w > 0,
-              "a positive integer")
+    cfg.check(
+        config,
+        "data.workers",
+        lambda w: isinstance(w, int) and w >= 0,
+        "an integer >= 0 (0 = tf.data autotune)",
+    )
+    cfg.check(
+        config, "model.name", cfg.one_of(*models.MODELS), f"one of {', '.join(models.MODELS)}"
+    )
+    cfg.check(config, "model.width", lambda w: isinstance(w, int) and w > 0, "a positive integer")
 
 
 def catalogue(config) -> stream.Catalogue:
@@ -57,8 +71,9 @@ def make_source(config) -> stream.StreamSource:
 
 def make_model(config, num_classes: int, mesh):
     del mesh
-    return models.create_model(config.model.name, num_classes, bf16=config.bf16,
-                               width=config.model.width)
+    return models.create_model(
+        config.model.name, num_classes, bf16=config.bf16, width=config.model.width
+    )
 
 
 def prepare_state(config, state):
@@ -82,10 +97,13 @@ def load_backbone(state, workdir: str):
         for key in mine:
             if key[0] != "head":
                 if key not in theirs or np.shape(theirs[key]) != mine[key].shape:
-                    raise ValueError(f"config.model.init_from {workdir!r}: {'/'.join(key)} is "
-                                     "missing or has another shape; use a run of the same "
-                                     "config.model.name.")
-                mine[key] = jax.device_put(jnp.asarray(theirs[key], mine[key].dtype),
-                                           mine[key].sharding)
+                    raise ValueError(
+                        f"config.model.init_from {workdir!r}: {'/'.join(key)} is "
+                        "missing or has another shape; use a run of the same "
+                        "config.model.name."
+                    )
+                mine[key] = jax.device_put(
+                    jnp.asarray(theirs[key], mine[key].dtype), mine[key].sharding
+                )
         state = state.replace(**{field: flax.traverse_util.unflatten_dict(mine)})
     return state

@@ -34,8 +34,11 @@ import jax
 import numpy as np
 
 from experiments.common.data import stream
-from experiments.common.data.source import DataError, Source, check_seed
-from experiments.ntu import names, prepare
+from experiments.common.data.source import DataError
+from experiments.common.data.source import Source
+from experiments.common.data.source import check_seed
+from experiments.ntu import names
+from experiments.ntu import prepare
 
 # Kinetics mean and std of the reference (3D-ResNets-PyTorch main.py get_mean_std, value_scale 1)
 MEAN = (0.4345, 0.4051, 0.3775)
@@ -75,19 +78,24 @@ class Catalogue:
         return h.hexdigest()[:16]
 
 
-def catalogue(store: str, protocol: str, short_side: int, clip_frames: int,
-              log=None) -> Catalogue:
+def catalogue(store: str, protocol: str, short_side: int, clip_frames: int, log=None) -> Catalogue:
     """The store's videos under `protocol`; each video left out is named by `log` (stderr of
     process 0 by default). Raises DataError when a split is empty or the settings differ."""
     if log is None:
-        log = ((lambda line: print(line, file=sys.stderr)) if jax.process_index() == 0
-               else (lambda line: None))
+        log = (
+            (lambda line: print(line, file=sys.stderr))
+            if jax.process_index() == 0
+            else (lambda line: None)
+        )
     if protocol not in names.PROTOCOLS:
-        raise ValueError(f"config.data.protocol must be one of {', '.join(names.PROTOCOLS)}, "
-                         f"got {protocol!r}.")
+        raise ValueError(
+            f"config.data.protocol must be one of {', '.join(names.PROTOCOLS)}, got {protocol!r}."
+        )
     if not store or not os.path.isdir(store):
-        raise DataError(f"config.data.store {store!r} is not a directory: prepare one with "
-                        "python -m experiments.ntu.prepare --videos DIR --store STORE.")
+        raise DataError(
+            f"config.data.store {store!r} is not a directory: prepare one with "
+            "python -m experiments.ntu.prepare --videos DIR --store STORE."
+        )
     try:
         settings = prepare.check_settings(store, short_side, write=False)
     except (prepare.SettingsMismatchError, FileNotFoundError) as error:
@@ -125,15 +133,19 @@ def catalogue(store: str, protocol: str, short_side: int, clip_frames: int,
     train, test = names.split(found, protocol)
 
     def make(split):
-        return Split(tuple(os.path.join(store, n.stem + ".npy") for n in split),
-                     np.array([n.label for n in split], np.int32),
-                     np.array([frames[n.stem] for n in split], np.int64))
+        return Split(
+            tuple(os.path.join(store, n.stem + ".npy") for n in split),
+            np.array([n.label for n in split], np.int32),
+            np.array([frames[n.stem] for n in split], np.int64),
+        )
 
     cat = Catalogue(store, protocol, settings, make(train), make(test), tuple(skipped))
     for what, split in (("training", cat.train), ("test", cat.test)):
         if not len(split):
-            raise DataError(f"the store {store!r} holds no {what} video of protocol "
-                            f"{protocol!r} ({len(found)} usable videos).")
+            raise DataError(
+                f"the store {store!r} holds no {what} video of protocol "
+                f"{protocol!r} ({len(found)} usable videos)."
+            )
     return cat
 
 
@@ -142,15 +154,16 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch, 0x4E54]).permutation(n)
 
 
-def train_clip(path: str, num_frames: int, seed: int, position: int, clip_frames: int,
-               crop: int) -> np.ndarray:
+def train_clip(
+    path: str, num_frames: int, seed: int, position: int, clip_frames: int, crop: int
+) -> np.ndarray:
     """uint8 [T, S, S, 3]: the training clip of global position `position` (see module)."""
     video = np.load(path, mmap_mode="r")
     rng = np.random.default_rng([seed, position])
     start = rng.integers(0, num_frames - clip_frames + 1)
     top = rng.integers(0, video.shape[1] - crop + 1)
     left = rng.integers(0, video.shape[2] - crop + 1)
-    clip = video[start:start + clip_frames, top:top + crop, left:left + crop]
+    clip = video[start : start + clip_frames, top : top + crop, left : left + crop]
     if rng.random() < 0.5:
         clip = clip[:, :, ::-1]
     return np.ascontiguousarray(clip)
@@ -172,13 +185,19 @@ def crop_offsets(height: int, width: int, crop: int, crops: int) -> list:
     return [(0, cx), (cy, cx), (height - crop, cx)]
 
 
-def eval_views(path: str, num_frames: int, clip_frames: int, crop: int, clips: int,
-               crops: int) -> np.ndarray:
+def eval_views(
+    path: str, num_frames: int, clip_frames: int, crop: int, clips: int, crops: int
+) -> np.ndarray:
     """uint8 [clips * crops, T, S, S, 3] of one test video (clip-major)."""
     video = np.load(path, mmap_mode="r")
     offsets = crop_offsets(video.shape[1], video.shape[2], crop, crops)
-    return np.stack([video[s:s + clip_frames, y:y + crop, x:x + crop]
-                     for s in clip_starts(num_frames, clip_frames, clips) for y, x in offsets])
+    return np.stack(
+        [
+            video[s : s + clip_frames, y : y + crop, x : x + crop]
+            for s in clip_starts(num_frames, clip_frames, clips)
+            for y, x in offsets
+        ]
+    )
 
 
 def _ordered(jobs, fn, workers: int, ahead: int) -> Iterator:
@@ -230,12 +249,12 @@ class VideoSource(Source):
     def steps_per_epoch(self, batch_size: int) -> int:
         n = len(self.catalogue.train)
         if not 0 < batch_size <= n:
-            raise ValueError(f"batch_size {batch_size} must be in [1, {n}] (the training "
-                             "videos).")
+            raise ValueError(f"batch_size {batch_size} must be in [1, {n}] (the training videos).")
         return n // batch_size
 
-    def host_train_batches(self, *, batch_size: int, start_step: int, num_steps: int,
-                           seed: int) -> Iterator[dict]:
+    def host_train_batches(
+        self, *, batch_size: int, start_step: int, num_steps: int, seed: int
+    ) -> Iterator[dict]:
         """This host's numpy batches {'image': uint8 [B/P, T, S, S, 3], 'label': int32 [B/P]}
         of global steps [start_step, num_steps)."""
         spe = self.steps_per_epoch(batch_size)
@@ -245,7 +264,7 @@ class VideoSource(Source):
             step = start_step
             while step < num_steps:
                 epoch, first = divmod(step, spe)
-                order = epoch_order(len(train), seed, epoch)[:spe * batch_size]
+                order = epoch_order(len(train), seed, epoch)[: spe * batch_size]
                 position = np.arange(spe * batch_size, dtype=np.int64) + epoch * spe * batch_size
                 index = stream.host_slice(order, spe, batch_size)
                 position = stream.host_slice(position, spe, batch_size)
@@ -263,18 +282,29 @@ class VideoSource(Source):
     def _train_clip(self, i, position, seed):
         train = self.catalogue.train
         try:
-            return train_clip(train.paths[i], int(train.frames[i]), seed, int(position),
-                              self.clip_frames, self.crop)
+            return train_clip(
+                train.paths[i],
+                int(train.frames[i]),
+                seed,
+                int(position),
+                self.clip_frames,
+                self.crop,
+            )
         except (OSError, ValueError) as error:
-            raise DataError(f"cannot read {train.paths[i]!r} ({error}); prepare it again "
-                            "or delete it.") from None
+            raise DataError(
+                f"cannot read {train.paths[i]!r} ({error}); prepare it again or delete it."
+            ) from None
 
     def train_batches(self, *, batch_size, start_step, num_steps, mesh, seed):
         (seed,) = check_seed(seed, population=False)
         from experiments.common import parallel  # pylint: disable=import-outside-toplevel
-        return stream.prefetch_to_devices(self.host_train_batches(
-            batch_size=batch_size, start_step=start_step, num_steps=num_steps, seed=seed),
-            parallel.batch_sharded(mesh))
+
+        return stream.prefetch_to_devices(
+            self.host_train_batches(
+                batch_size=batch_size, start_step=start_step, num_steps=num_steps, seed=seed
+            ),
+            parallel.batch_sharded(mesh),
+        )
 
     def host_eval_batches(self, batch_size: int) -> Iterator[dict]:
         """This host's numpy batches {'image': uint8 [E/P, V, T, S, S, 3], 'label', 'mask',
@@ -284,16 +314,26 @@ class VideoSource(Source):
 
         def views(i):
             try:
-                return eval_views(test.paths[i], int(test.frames[i]), self.clip_frames,
-                                  self.crop, self.eval_clips, self.eval_crops)
+                return eval_views(
+                    test.paths[i],
+                    int(test.frames[i]),
+                    self.clip_frames,
+                    self.crop,
+                    self.eval_clips,
+                    self.eval_crops,
+                )
             except (OSError, ValueError) as error:
-                raise DataError(f"cannot read {test.paths[i]!r} ({error}); prepare it again "
-                                "or delete it.") from None
+                raise DataError(
+                    f"cannot read {test.paths[i]!r} ({error}); prepare it again or delete it."
+                ) from None
 
         def batch(row):
-            return {"image": np.stack([views(i) for i in index[row]]),
-                    "label": test.labels[index[row]], "mask": mask[row],
-                    "video": index[row].astype(np.int32)}
+            return {
+                "image": np.stack([views(i) for i in index[row]]),
+                "label": test.labels[index[row]],
+                "mask": mask[row],
+                "video": index[row].astype(np.int32),
+            }
 
         yield from _ordered(range(len(index)), batch, self.workers, 2 * max(self.workers, 1))
 
@@ -301,8 +341,10 @@ class VideoSource(Source):
         if split not in self.splits:
             raise ValueError(f"unknown split {split!r}; this dataset has {self.splits}.")
         from experiments.common import parallel  # pylint: disable=import-outside-toplevel
-        return stream.prefetch_to_devices(self.host_eval_batches(batch_size),
-                                          parallel.batch_sharded(mesh))
+
+        return stream.prefetch_to_devices(
+            self.host_eval_batches(batch_size), parallel.batch_sharded(mesh)
+        )
 
     def validate_batch(self, batch_size, eval_batch_size, mesh) -> None:
         self.steps_per_epoch(batch_size)
@@ -310,12 +352,22 @@ class VideoSource(Source):
 
     def identity(self) -> dict:
         c = self.catalogue
-        return {"source": "ntu-store", "protocol": c.protocol, "settings": c.settings,
-                "num_train_examples": len(c.train), "num_test_examples": len(c.test),
-                "videos_digest": c.digest()}
+        return {
+            "source": "ntu-store",
+            "protocol": c.protocol,
+            "settings": c.settings,
+            "num_train_examples": len(c.train),
+            "num_test_examples": len(c.test),
+            "videos_digest": c.digest(),
+        }
 
     def info(self) -> dict:
         c = self.catalogue
-        return {"dataset": f"ntu:{c.protocol}", "num_train_examples": len(c.train),
-                "num_test_examples": len(c.test), "videos_left_out": len(c.skipped),
-                "eval_views": self.num_views, "num_processes": jax.process_count()}
+        return {
+            "dataset": f"ntu:{c.protocol}",
+            "num_train_examples": len(c.train),
+            "num_test_examples": len(c.test),
+            "videos_left_out": len(c.skipped),
+            "eval_views": self.num_views,
+            "num_processes": jax.process_count(),
+        }

@@ -26,34 +26,53 @@ NTU60 = {"xsub": (40320, 16560), "xview": (37920, 18960)}
 
 def stream(args) -> dict:
     from experiments.ntu import data  # pylint: disable=import-outside-toplevel
-    cat = data.catalogue(args.store, args.protocol, args.short_side, args.frames,
-                         log=lambda _: None)
+
+    cat = data.catalogue(
+        args.store, args.protocol, args.short_side, args.frames, log=lambda _: None
+    )
     src = data.VideoSource(cat, args.frames, args.crop, workers=args.workers)
-    batches = src.host_train_batches(batch_size=args.batch, start_step=0,
-                                     num_steps=args.steps + 1, seed=0)
+    batches = src.host_train_batches(
+        batch_size=args.batch, start_step=0, num_steps=args.steps + 1, seed=0
+    )
     next(batches)  # thread pool started, first reads
     t0 = time.perf_counter()
     n = sum(b["image"].shape[0] for b in batches)
     dt = time.perf_counter() - t0
-    return {"clips": n, "seconds": round(dt, 3), "clips_per_s": round(n / dt, 1),
-            "clip": [args.frames, args.crop, args.crop, 3], "workers": args.workers}
+    return {
+        "clips": n,
+        "seconds": round(dt, 3),
+        "clips_per_s": round(n / dt, 1),
+        "clip": [args.frames, args.crop, args.crop, 3],
+        "workers": args.workers,
+    }
 
 
 def step(args, overrides) -> dict:
+    import os  # pylint: disable=import-outside-toplevel
+
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-    from experiments.common import checkpoint, config as cfg, loop  # pylint: disable=import-outside-toplevel
-    import os  # pylint: disable=import-outside-toplevel
+
+    from experiments.common import checkpoint  # pylint: disable=import-outside-toplevel
+    from experiments.common import config as cfg  # pylint: disable=import-outside-toplevel
+    from experiments.common import loop  # pylint: disable=import-outside-toplevel
+
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "resnet3d.py")
-    config = cfg.load(path, {"data.store": args.store, "run.progress": False,
-                             "run.compilation_cache": "", **overrides})[0]
+    config = cfg.load(
+        path,
+        {"data.store": args.store, "run.progress": False, "run.compilation_cache": "", **overrides},
+    )[0]
     with tempfile.TemporaryDirectory() as workdir:
         run = loop.setup(config, workdir)
         state, train_step = loop.initial_state(run, checkpoint.make_manager(workdir))
         key, gamma = loop.member_inputs(run)
-        batches = run.source.train_batches(batch_size=config.batch_size, start_step=0,
-                                           num_steps=args.steps + 1, mesh=run.mesh,
-                                           seed=config.seed)
+        batches = run.source.train_batches(
+            batch_size=config.batch_size,
+            start_step=0,
+            num_steps=args.steps + 1,
+            mesh=run.mesh,
+            seed=config.seed,
+        )
         t0 = time.perf_counter()
         state, _ = train_step(state, next(batches), key, gamma)
         jax.block_until_ready(state)
@@ -65,33 +84,45 @@ def step(args, overrides) -> dict:
             jax.block_until_ready(state)
             times.append(time.perf_counter() - t0)
     del jnp
-    return {"model": config.model.name, "width": config.model.width,
-            "batch": config.batch_size, "clip": list(run.source.input_shape),
-            "first_step_s (compile)": round(compile_s, 1),
-            "step_s_median": round(float(np.median(times)), 3), "steps_timed": len(times),
-            "devices": jax.device_count(), "platform": jax.devices()[0].platform}
+    return {
+        "model": config.model.name,
+        "width": config.model.width,
+        "batch": config.batch_size,
+        "clip": list(run.source.input_shape),
+        "first_step_s (compile)": round(compile_s, 1),
+        "step_s_median": round(float(np.median(times)), 3),
+        "steps_timed": len(times),
+        "devices": jax.device_count(),
+        "platform": jax.devices()[0].platform,
+    }
 
 
 def flops(args) -> dict:
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
     from experiments.ntu import models  # pylint: disable=import-outside-toplevel
+
     model = models.create_model("resnet3d34", 60)
     x = jnp.zeros((1, args.frames, args.crop, args.crop, 3))
     variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x))
     cost = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, x).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     forward = float(cost["flops"])
-    out = {"forward_gflops_per_clip": round(forward / 1e9, 2),
-           "assumed_sustained_tflops": args.tflops}
+    out = {
+        "forward_gflops_per_clip": round(forward / 1e9, 2),
+        "assumed_sustained_tflops": args.tflops,
+    }
     for protocol, (n_train, n_test) in NTU60.items():
         train = 3 * forward * n_train * args.epochs
         evaluation = forward * n_test * args.views * args.epochs  # evaluated every epoch
         hours = (train + evaluation) / (args.tflops * 1e12) / 3600
         out[f"{protocol}_gpu_hours_estimate"] = round(hours, 2)
-    out["note"] = (f"estimate: {args.epochs} epochs, every epoch evaluated with {args.views} "
-                   f"views per test video, at {args.tflops} TFLOP/s sustained; data loading "
-                   "not included")
+    out["note"] = (
+        f"estimate: {args.epochs} epochs, every epoch evaluated with {args.views} "
+        f"views per test video, at {args.tflops} TFLOP/s sustained; data loading "
+        "not included"
+    )
     return out
 
 
@@ -114,7 +145,7 @@ def main(argv=None) -> None:
     for item in rest:
         if not item.startswith("--config.") or "=" not in item:
             parser.error(f"unknown argument {item!r} (overrides are --config.x=y)")
-        path, value = item[len("--config."):].split("=", 1)
+        path, value = item[len("--config.") :].split("=", 1)
         try:
             value = int(value)
         except ValueError:

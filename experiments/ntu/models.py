@@ -49,7 +49,7 @@ class BasicBlock3D(nn.Module):
         y = self.norm()(self.conv(self.features, (3, 3, 3), padding=1)(y))
         if x.shape != y.shape:
             if self.shortcut == "A":
-                x = x[:, ::self.stride, ::self.stride, ::self.stride]
+                x = x[:, :: self.stride, :: self.stride, :: self.stride]
                 x = jnp.pad(x, ((0, 0),) * 4 + ((0, self.features - x.shape[-1]),))
             else:
                 x = self.norm()(self.conv(self.features, (1, 1, 1), s, padding=0)(x))
@@ -75,42 +75,54 @@ class ResNet3D(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init,
-                                 dtype=self.dtype)
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                                 epsilon=1e-5, dtype=self.dtype)
+        conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
+        norm = functools.partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            dtype=self.dtype,
+        )
         t_stride = 2 if x.shape[1] >= 32 else 1
         x = conv(self.width, (7, 7, 7), (t_stride, 2, 2), padding=3, name="stem")(
-            x.astype(self.dtype))
+            x.astype(self.dtype)
+        )
         x = nn.relu(norm(name="stem_bn")(x))
         x = nn.max_pool(x, (3, 3, 3), (2, 2, 2), padding=((1, 1),) * 3)
         for i, depth in enumerate(self.depths):
             for j in range(depth):
-                x = BasicBlock3D(self.width * 2**i, 2 if i > 0 and j == 0 else 1,
-                                 self.shortcut, conv, norm)(x)
+                x = BasicBlock3D(
+                    self.width * 2**i, 2 if i > 0 and j == 0 else 1, self.shortcut, conv, norm
+                )(x)
         x = jnp.mean(x, axis=(1, 2, 3))
         return layers.TorchDense(self.num_classes, dtype=self.dtype, name="head")(x).astype(
-            jnp.float32)
+            jnp.float32
+        )
 
 
-def create_model(name: str, num_classes: int, *, width: int = 64, shortcut: str = "A",
-                 bf16: bool = False) -> ResNet3D:
+def create_model(
+    name: str, num_classes: int, *, width: int = 64, shortcut: str = "A", bf16: bool = False
+) -> ResNet3D:
     if name not in DEPTHS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}.")
-    return ResNet3D(num_classes, DEPTHS[name], width, shortcut,
-                    jnp.bfloat16 if bf16 else jnp.float32)
+    return ResNet3D(
+        num_classes, DEPTHS[name], width, shortcut, jnp.bfloat16 if bf16 else jnp.float32
+    )
 
 
 def num_params(model: ResNet3D, frames: int = 16, size: int = 112) -> int:
     """The parameter count (jax.eval_shape: nothing is computed)."""
     import jax  # pylint: disable=import-outside-toplevel
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                               jnp.zeros((1, frames, size, size, 3))))
+
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, frames, size, size, 3)))
+    )
     return sum(int(jnp.prod(jnp.array(p.shape))) for p in jax.tree.leaves(shapes["params"]))
 
 
-def reference_num_params(depths: Sequence[int], num_classes: int, width: int = 64,
-                         shortcut: str = "A") -> int:
+def reference_num_params(
+    depths: Sequence[int], num_classes: int, width: int = 64, shortcut: str = "A"
+) -> int:
     """The count of the reference's layers, written out: stem conv + BN, per block two 3x3x3
     convs + BNs (and a 1x1x1 conv + BN shortcut 'B' where the shape changes), the classifier."""
     n, cin = 7**3 * 3 * width + 2 * width, width

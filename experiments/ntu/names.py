@@ -17,9 +17,43 @@ import re
 
 NAME = re.compile(r"^S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})(?:_rgb)?(?:\.avi|\.npy)?$")
 XSUB_TRAIN = frozenset((1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38))
-XSUB120_TRAIN = XSUB_TRAIN | frozenset((
-    45, 46, 47, 49, 50, 52, 53, 54, 55, 56, 57, 58, 59, 70, 74, 78, 80, 81, 82, 83, 84, 85, 86,
-    89, 91, 92, 93, 94, 95, 97, 98, 100, 103))
+XSUB120_TRAIN = XSUB_TRAIN | frozenset(
+    (
+        45,
+        46,
+        47,
+        49,
+        50,
+        52,
+        53,
+        54,
+        55,
+        56,
+        57,
+        58,
+        59,
+        70,
+        74,
+        78,
+        80,
+        81,
+        82,
+        83,
+        84,
+        85,
+        86,
+        89,
+        91,
+        92,
+        93,
+        94,
+        95,
+        97,
+        98,
+        100,
+        103,
+    )
+)
 XVIEW_TRAIN_CAMERAS = frozenset((2, 3))
 PROTOCOLS = ("xsub", "xview", "xsub120", "xset")
 NUM_ACTIONS = {"xsub": 60, "xview": 60, "xsub120": 120, "xset": 120}
@@ -35,8 +69,10 @@ class VideoName:
 
     @property
     def stem(self) -> str:
-        return (f"S{self.setup:03d}C{self.camera:03d}P{self.performer:03d}"
-                f"R{self.replication:03d}A{self.action:03d}")
+        return (
+            f"S{self.setup:03d}C{self.camera:03d}P{self.performer:03d}"
+            f"R{self.replication:03d}A{self.action:03d}"
+        )
 
     @property
     def label(self) -> int:
@@ -50,8 +86,13 @@ def parse(filename: str) -> VideoName | None:
     if not match:
         return None
     name = VideoName(*(int(g) for g in match.groups()))
-    ok = (1 <= name.setup <= 32 and 1 <= name.camera <= 3 and 1 <= name.performer <= 106
-          and name.replication >= 1 and 1 <= name.action <= 120)
+    ok = (
+        1 <= name.setup <= 32
+        and 1 <= name.camera <= 3
+        and 1 <= name.performer <= 106
+        and name.replication >= 1
+        and 1 <= name.action <= 120
+    )
     return name if ok else None
 
 

@@ -57,12 +57,14 @@ def check_settings(store: str, short_side: int, *, write: bool) -> dict:
             raise SettingsMismatchError(
                 f"the store {store!r} was prepared with {found}, not {wanted}: use "
                 f"--short_side {found.get('short_side')} (or config.data.short_side="
-                f"{found.get('short_side')} for training), or prepare another --store.")
+                f"{found.get('short_side')} for training), or prepare another --store."
+            )
         return found
     if not write:
         raise FileNotFoundError(
             f"{store!r} is no prepared store (no {SETTINGS}): run python -m "
-            f"experiments.ntu.prepare --videos DIR --store {store} first.")
+            f"experiments.ntu.prepare --videos DIR --store {store} first."
+        )
     os.makedirs(store, exist_ok=True)
     _atomic_json(path, wanted)
     return wanted
@@ -86,14 +88,16 @@ def decode(path: str, short_side: int) -> np.ndarray:
     """uint8 [T, H, W, 3] of every frame, the shorter side resized to `short_side` (PyAV;
     bilinear in libswscale). Raises on an unreadable file or one without frames."""
     import av  # pylint: disable=import-outside-toplevel
+
     frames = []
     with av.open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for frame in container.decode(stream):
             h, w = resized_size(frame.height, frame.width, short_side)
-            frames.append(frame.to_ndarray(format="rgb24", width=w, height=h,
-                                           interpolation="BILINEAR"))
+            frames.append(
+                frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="BILINEAR")
+            )
     if not frames:
         raise ValueError("no frames decoded")
     return np.stack(frames)
@@ -127,8 +131,14 @@ def _work(args):
     return stem, path, None
 
 
-def prepare(videos: str, store: str, short_side: int = DEFAULT_SHORT_SIDE,
-            workers: int | None = None, progress: bool = True, log=None) -> dict:
+def prepare(
+    videos: str,
+    store: str,
+    short_side: int = DEFAULT_SHORT_SIDE,
+    workers: int | None = None,
+    progress: bool = True,
+    log=None,
+) -> dict:
     """Decodes every video of `videos` not yet in `store`; returns {'done', 'skipped',
     'failed': {path: reason}, 'other': [paths]}. See the module docstring."""
     log = log or (lambda line: print(line, file=sys.stderr))
@@ -142,12 +152,21 @@ def prepare(videos: str, store: str, short_side: int = DEFAULT_SHORT_SIDE,
     found, other = list_videos(videos)
     for path in other:
         log(f"skipped {path}: not an NTU RGB+D name (SsssCcccPpppRrrrAaaa_rgb.avi)")
-    todo = [(stem, path, store, short_side) for stem, path in found.items()
-            if not os.path.exists(os.path.join(store, f"{stem}.npy"))]
+    todo = [
+        (stem, path, store, short_side)
+        for stem, path in found.items()
+        if not os.path.exists(os.path.join(store, f"{stem}.npy"))
+    ]
     failed = {}
     workers = workers or os.cpu_count() or 1
-    with tqdm(total=len(todo), desc="decoding videos", unit="video", disable=not progress,
-              file=sys.stderr, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=len(todo),
+        desc="decoding videos",
+        unit="video",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    ) as bar:
         if workers == 1 or len(todo) <= 1:
             results = map(_work, todo)
             pool = None
@@ -165,8 +184,12 @@ def prepare(videos: str, store: str, short_side: int = DEFAULT_SHORT_SIDE,
                 pool.terminate()
                 pool.join()
     _atomic_json(os.path.join(store, FAILED), failed)
-    return {"done": len(todo) - len(failed), "skipped": len(found) - len(todo),
-            "failed": failed, "other": other}
+    return {
+        "done": len(todo) - len(failed),
+        "skipped": len(found) - len(todo),
+        "failed": failed,
+        "other": other,
+    }
 
 
 def main(argv=None) -> int:
@@ -181,9 +204,11 @@ def main(argv=None) -> int:
     except (SettingsMismatchError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"{out['done']} videos decoded, {out['skipped']} already in the store, "
-          f"{len(out['failed'])} failed, {len(out['other'])} other names skipped; "
-          f"store: {args.store}")
+    print(
+        f"{out['done']} videos decoded, {out['skipped']} already in the store, "
+        f"{len(out['failed'])} failed, {len(out['other'])} other names skipped; "
+        f"store: {args.store}"
+    )
     return 1 if out["failed"] else 0
 
 

@@ -18,8 +18,16 @@ import numpy as np
 MOTIONS = ("down", "up", "still", "grow", "shrink", "blink")
 
 
-def frames(action: int, camera: int, performer: int, replication: int, *, num_frames: int,
-           height: int, width: int) -> np.ndarray:
+def frames(
+    action: int,
+    camera: int,
+    performer: int,
+    replication: int,
+    *,
+    num_frames: int,
+    height: int,
+    width: int,
+) -> np.ndarray:
     """uint8 [T, H, W, 3] of one generated video."""
     rng = np.random.RandomState(action * 1009 + camera * 101 + performer * 13 + replication)
     background = np.array([40 + 50 * (camera - 1), 60, 90], np.int16)
@@ -34,13 +42,14 @@ def frames(action: int, camera: int, performer: int, replication: int, *, num_fr
     for t in range(num_frames):
         f = t / max(num_frames - 1, 1)
         side = {"grow": round(base * (0.5 + f)), "shrink": round(base * (1.5 - f))}.get(
-            motion, base)
+            motion, base
+        )
         image = np.broadcast_to(background, (height, width, 3)).copy()
         image += rng.randint(-10, 11, image.shape).astype(np.int16)
         y = int(np.clip(y0 - side // 2 + dy * speed * (t - num_frames / 2), 0, height - side))
         x = int(np.clip(x0 - side // 2, 0, width - side))
         if motion != "blink" or t % 4 < 2:
-            image[y:y + side, x:x + side] = colour
+            image[y : y + side, x : x + side] = colour
         out[t] = np.clip(image, 0, 255).astype(np.uint8)
     return out
 
@@ -48,6 +57,7 @@ def frames(action: int, camera: int, performer: int, replication: int, *, num_fr
 def write_video(path: str, video: np.ndarray, fps: int = 30) -> None:
     """Encodes uint8 [T, H, W, 3] (even H and W) as MPEG-4 in AVI with PyAV."""
     import av  # pylint: disable=import-outside-toplevel
+
     with av.open(path, "w") as container:
         stream = container.add_stream("mpeg4", rate=fps)
         stream.height, stream.width = video.shape[1:3]
@@ -60,8 +70,18 @@ def write_video(path: str, video: np.ndarray, fps: int = 30) -> None:
             container.mux(packet)
 
 
-def make_videos(out: str, *, actions=(1, 2, 3), performers=(1, 2, 3, 4), cameras=(1, 2, 3),
-                setups=(1,), replications=(1,), num_frames=12, height=32, width=40) -> list:
+def make_videos(
+    out: str,
+    *,
+    actions=(1, 2, 3),
+    performers=(1, 2, 3, 4),
+    cameras=(1, 2, 3),
+    setups=(1,),
+    replications=(1,),
+    num_frames=12,
+    height=32,
+    width=40,
+) -> list:
     """Writes OUT/SsssCcccPpppRrrrAaaa_rgb.avi for every combination; returns the paths.
     Performers 1, 2 and 4 train under Cross-Subject, 3 tests."""
     os.makedirs(out, exist_ok=True)
@@ -71,11 +91,14 @@ def make_videos(out: str, *, actions=(1, 2, 3), performers=(1, 2, 3, 4), cameras
             for p in performers:
                 for r in replications:
                     for a in actions:
-                        path = os.path.join(out, f"S{s:03d}C{c:03d}P{p:03d}R{r:03d}A{a:03d}_rgb.avi")
+                        path = os.path.join(
+                            out, f"S{s:03d}C{c:03d}P{p:03d}R{r:03d}A{a:03d}_rgb.avi"
+                        )
                         # lengths vary a little, as NTU's do
                         t = num_frames + (p + a) % 3
-                        write_video(path, frames(a, c, p, r, num_frames=t, height=height,
-                                                 width=width))
+                        write_video(
+                            path, frames(a, c, p, r, num_frames=t, height=height, width=width)
+                        )
                         paths.append(path)
     return paths
 
@@ -92,9 +115,16 @@ def main(argv=None) -> None:
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--width", type=int, default=80)
     args = parser.parse_args(argv)
-    paths = make_videos(args.out, actions=args.actions, performers=args.performers,
-                        cameras=args.cameras, replications=args.replications,
-                        num_frames=args.frames, height=args.height, width=args.width)
+    paths = make_videos(
+        args.out,
+        actions=args.actions,
+        performers=args.performers,
+        cameras=args.cameras,
+        replications=args.replications,
+        num_frames=args.frames,
+        height=args.height,
+        width=args.width,
+    )
     print(f"{len(paths)} videos in {args.out}")
 
 

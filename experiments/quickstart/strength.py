@@ -31,7 +31,8 @@ def paired_difference(values, baseline) -> tuple:
 def changes(mean: float, se: float, threshold: float = 2.0) -> bool:
     """Whether a paired difference exceeds `threshold` standard errors."""
     return bool(np.isfinite(se) and se > 0 and abs(mean) > threshold * se) or bool(
-        se == 0 and mean != 0)
+        se == 0 and mean != 0
+    )
 
 
 def cells(results) -> dict:
@@ -68,29 +69,44 @@ def smallest_acting_gamma(by_gamma: dict, metric: str) -> float | None:
 def _cell_title(key) -> str:
     d = dict(key)
     noise = d.get("data.label_noise", 0.0)
-    params = "".join(f", {k.split('.')[-1]} {v:g}" for k, v in d.items()
-                     if k.startswith("loss.") and k not in ("loss.name", "loss.gsc.top_c")
-                     and isinstance(v, (int, float)))
-    return (f"{d.get('loss.name', 'ce')}{params}, top_c {d.get('loss.gsc.top_c', 2)}, "
-            f"label noise {round(100 * noise)} %")
+    params = "".join(
+        f", {k.split('.')[-1]} {v:g}"
+        for k, v in d.items()
+        if k.startswith("loss.")
+        and k not in ("loss.name", "loss.gsc.top_c")
+        and isinstance(v, (int, float))
+    )
+    return (
+        f"{d.get('loss.name', 'ce')}{params}, top_c {d.get('loss.gsc.top_c', 2)}, "
+        f"label noise {round(100 * noise)} %"
+    )
 
 
 def reading(results, workdir: str) -> str:
     """Markdown: per cell and gamma, the paired differences and the diagnostics; then the
     smallest gamma that changes accuracy or ECE by more than two standard errors."""
     del workdir
-    lines = ["Paired differences against gamma = 0 (same seeds): mean ± standard error over "
-             "seeds; * marks |mean| > 2 SE. Diagnostics: last epoch, mean over seeds.", ""]
-    summary = ["| cell | smallest gamma changing accuracy | smallest gamma changing ECE |",
-               "|---|---|---|"]
+    lines = [
+        "Paired differences against gamma = 0 (same seeds): mean ± standard error over "
+        "seeds; * marks |mean| > 2 SE. Diagnostics: last epoch, mean over seeds.",
+        "",
+    ]
+    summary = [
+        "| cell | smallest gamma changing accuracy | smallest gamma changing ECE |",
+        "|---|---|---|",
+    ]
     for key, by_gamma in cells(results).items():
         base = by_gamma.get(0.0)
         if base is None or base.status() != "completed":
             continue
-        lines += [f"**{_cell_title(key)}**", "",
-                  "| gamma | " + " | ".join(f"Δ {t}" for _, t, _ in METRICS)
-                  + " | base loss | gamma·f | grad-norm ratio |",
-                  "|---|" + "---|" * (len(METRICS) + 3)]
+        lines += [
+            f"**{_cell_title(key)}**",
+            "",
+            "| gamma | "
+            + " | ".join(f"Δ {t}" for _, t, _ in METRICS)
+            + " | base loss | gamma·f | grad-norm ratio |",
+            "|---|" + "---|" * (len(METRICS) + 3),
+        ]
         for gamma in sorted(by_gamma):
             r = by_gamma[gamma]
             if gamma == 0 or r.status() != "completed":
@@ -99,14 +115,19 @@ def reading(results, workdir: str) -> str:
             for metric, _, scale in METRICS:
                 mean, se = paired_difference(r.values(metric), base.values(metric))
                 star = "*" if changes(mean, se) else ""
-                cells_.append(f"{scale * mean:+.2f} ± {scale * se:.2f}{star}" if scale != 1 else
-                              f"{mean:+.4f} ± {se:.4f}{star}")
+                cells_.append(
+                    f"{scale * mean:+.2f} ± {scale * se:.2f}{star}"
+                    if scale != 1
+                    else f"{mean:+.4f} ± {se:.4f}{star}"
+                )
             diag = [last_epoch(r, k) for k in DIAGNOSTICS]
             cells_ += [f"{np.nanmean(v):.3g}" if v else "n/a" for v in diag]
             lines.append(f"| {gamma:g} | " + " | ".join(cells_) + " |")
         lines.append("")
         acc = smallest_acting_gamma(by_gamma, "test/top1")
         ece = smallest_acting_gamma(by_gamma, "test/ece")
-        summary.append(f"| {_cell_title(key)} | {'none' if acc is None else f'{acc:g}'} | "
-                       f"{'none' if ece is None else f'{ece:g}'} |")
+        summary.append(
+            f"| {_cell_title(key)} | {'none' if acc is None else f'{acc:g}'} | "
+            f"{'none' if ece is None else f'{ece:g}'} |"
+        )
     return "\n".join(summary + [""] + lines) + "\n"

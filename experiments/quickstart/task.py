@@ -10,7 +10,8 @@ source holds the arrays on the devices, so several seeds train together (`--seed
 import flax.linen as nn
 
 from experiments.common.data import memory
-from experiments.common.layers import TorchConv, TorchDense
+from experiments.common.layers import TorchConv
+from experiments.common.layers import TorchDense
 
 
 class SmallCNN(nn.Module):
@@ -36,8 +37,7 @@ def validate(config) -> None:
 
 
 def make_source(config) -> memory.ArraySource:
-    dataset = (memory.load_npz(config.data.npz) if config.data.npz
-               else memory.load_digits())
+    dataset = memory.load_npz(config.data.npz) if config.data.npz else memory.load_digits()
     dataset, info = memory.prepare(dataset, config.data)
     return memory.ArraySource(dataset, info=info)
 

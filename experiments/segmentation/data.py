@@ -3,8 +3,8 @@
 import logging
 import os
 
-import numpy as np
 import PIL.Image
+import numpy as np
 import skimage.data
 import skimage.transform
 

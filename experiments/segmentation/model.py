@@ -56,15 +56,17 @@ class KanezakiNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
         """[1, H, W, 3] -> per-pixel logits [H * W, n_channel] (BN in train mode either way)."""
         del train
-        conv = functools.partial(TorchConv, self.n_channel, padding="SAME",
-                                 cpu_conv="matmul_backward")
+        conv = functools.partial(
+            TorchConv, self.n_channel, padding="SAME", cpu_conv="matmul_backward"
+        )
         for _ in range(self.n_conv):
             x = self._bn(nn.relu(conv(3)(x)))
         return self._bn(conv(1)(x)).reshape(-1, self.n_channel)
 
 
-def superpixels(image: np.ndarray, n_segments: int, compactness: float,
-                scale: float = 1.0) -> tuple[np.ndarray, int]:
+def superpixels(
+    image: np.ndarray, n_segments: int, compactness: float, scale: float = 1.0
+) -> tuple[np.ndarray, int]:
     """SLIC superpixels of ``[H, W, 3]`` uint8, as consecutive ids ``[H * W]`` and their count.
 
     `scale` is the image's downscale factor: ``n_segments * scale**2`` segments keep the

@@ -19,8 +19,9 @@ def colorize(labels: np.ndarray) -> np.ndarray:
     return palette[rank[inverse]].reshape(*labels.shape, 3)
 
 
-def save_comparison(path: str, image: np.ndarray, panels: list[tuple[str, np.ndarray]],
-                    width_inches: float = 3.2) -> None:
+def save_comparison(
+    path: str, image: np.ndarray, panels: list[tuple[str, np.ndarray]], width_inches: float = 3.2
+) -> None:
     """Saves the input next to each ``(title, [H, W] labels)`` panel, all in one row.
 
     Args:

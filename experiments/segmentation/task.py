@@ -18,7 +18,10 @@ import numpy as np
 from experiments.common import config as cfg
 from experiments.common import parallel
 from experiments.common.data.source import Source
-from experiments.segmentation import data, evaluate, model, plots
+from experiments.segmentation import data
+from experiments.segmentation import evaluate
+from experiments.segmentation import model
+from experiments.segmentation import plots
 
 SYNTHETIC_SHAPE = (321, 481)  # the reference's (BSDS500) image size
 
@@ -33,8 +36,10 @@ def load(config) -> tuple:
         image = data.load_image(d.image)
         truth = data.load_ground_truth(d.ground_truth) if d.ground_truth else None
         if truth is not None and truth.shape != image.shape[:2]:
-            raise ValueError(f"config.data.ground_truth {d.ground_truth!r} is {truth.shape}, "
-                             f"the image {d.image!r} is {image.shape[:2]}.")
+            raise ValueError(
+                f"config.data.ground_truth {d.ground_truth!r} is {truth.shape}, "
+                f"the image {d.image!r} is {image.shape[:2]}."
+            )
     else:
         image, truth = data.skimage_image(d.image), None
     small = data.downscale(image, d.max_side)
@@ -53,7 +58,8 @@ class ImageSource(Source):
         d = config.data
         self.pixels, self.rgb, self.truth, scale = load(config)
         self.segment_ids, self.num_segments = model.superpixels(
-            self.pixels, d.slic_n_segments, d.slic_compactness, scale)
+            self.pixels, d.slic_n_segments, d.slic_compactness, scale
+        )
         self.class_names = tuple(str(k) for k in range(config.model.n_channel))
         self.input_shape = tuple(self.pixels.shape)
         self.iterations = d.iterations
@@ -78,21 +84,30 @@ class ImageSource(Source):
         yield {**self._batch(mesh), "mask": parallel.put_replicated(np.ones(1, bool), mesh)}
 
     def identity(self) -> dict:
-        return {"image": self.image, "shape": list(self.pixels.shape),
-                "num_superpixels": self.num_segments}
+        return {
+            "image": self.image,
+            "shape": list(self.pixels.shape),
+            "num_superpixels": self.num_segments,
+        }
 
     def info(self) -> dict:
-        return {"image": self.image, "working_shape": list(self.rgb.shape),
-                "num_superpixels": self.num_segments}
+        return {
+            "image": self.image,
+            "working_shape": list(self.rgb.shape),
+            "num_superpixels": self.num_segments,
+        }
 
 
 def validate(config) -> None:
     for path in ("model.n_channel", "model.n_conv", "data.iterations", "data.slic_n_segments"):
         cfg.check(config, path, lambda n: isinstance(n, int) and n > 0, "a positive integer")
-    cfg.check(config, "data.min_labels", lambda n: isinstance(n, int) and n >= 1,
-              "an integer >= 1")
-    cfg.check(config, "data.max_side", lambda n: isinstance(n, int) and n >= 0,
-              "an integer >= 0 (0 = full resolution)")
+    cfg.check(config, "data.min_labels", lambda n: isinstance(n, int) and n >= 1, "an integer >= 1")
+    cfg.check(
+        config,
+        "data.max_side",
+        lambda n: isinstance(n, int) and n >= 0,
+        "an integer >= 0 (0 = full resolution)",
+    )
     if config.data.ground_truth and not os.path.splitext(config.data.image)[1]:
         raise ValueError("config.data.ground_truth needs config.data.image to be an image file.")
 
@@ -116,9 +131,11 @@ def targets(logits, batch):
 def init_task_state(config) -> dict:
     """{'n_labels': int32 [iterations] labels per iteration (before refinement), 'last': the
     latest count, 'min_labels'}."""
-    return {"n_labels": jnp.zeros((config.data.iterations,), jnp.int32),
-            "last": jnp.int32(config.model.n_channel + 1),
-            "min_labels": jnp.int32(config.data.min_labels)}
+    return {
+        "n_labels": jnp.zeros((config.data.iterations,), jnp.int32),
+        "last": jnp.int32(config.model.n_channel + 1),
+        "min_labels": jnp.int32(config.data.min_labels),
+    }
 
 
 def update_task_state(state, logits, batch, step):
@@ -140,7 +157,6 @@ class Segmentation:
     def __init__(self, name, options, context):
         del options
         self.name, self.context = name, context
-        source = context.source
         self._logits = jax.jit(context.logits)
 
     def run(self, state) -> tuple:
@@ -155,10 +171,12 @@ class Segmentation:
             upscaled = data.upscale_labels(labels, source.truth.shape)
             scalars["mean_iou"] = evaluate.hungarian_mean_iou(upscaled, source.truth)
             scalars["covering"] = evaluate.segmentation_covering(upscaled, source.truth)
-        return scalars, {"labels": labels.tolist(),
-                         "n_labels_per_iteration": history.tolist()}
+        return scalars, {"labels": labels.tolist(), "n_labels_per_iteration": history.tolist()}
 
     def write(self, scalars, details, workdir: str, title: str) -> None:
         del scalars
-        plots.save_comparison(os.path.join(workdir, f"{self.name}_labels.png"),
-                              self.context.source.rgb, [(title, np.asarray(details["labels"]))])
+        plots.save_comparison(
+            os.path.join(workdir, f"{self.name}_labels.png"),
+            self.context.source.rgb,
+            [(title, np.asarray(details["labels"]))],
+        )

@@ -25,8 +25,17 @@ import uuid
 from typing import Optional, Sequence
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "row_kernels.cc")
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fopenmp-simd",
-         "-fno-math-errno", "-fno-trapping-math", "-w")
+FLAGS = (
+    "-O3",
+    "-march=native",
+    "-std=c++17",
+    "-shared",
+    "-fPIC",
+    "-fopenmp-simd",
+    "-fno-math-errno",
+    "-fno-trapping-math",
+    "-w",
+)
 LIBRARY_MODE = 0o644
 DEFAULT_TIMEOUT_S = 300.0
 PROBE_TIMEOUT_S = 60.0
@@ -148,8 +157,13 @@ def compile_command(compiler: Sequence[str]) -> list[str]:
     return [*compiler, *FLAGS, "-I", jax.ffi.include_dir()]
 
 
-def library_path(cache_dir: str, compiler: Sequence[str], *, source: str = SOURCE,
-                 timeout_s: float = PROBE_TIMEOUT_S) -> str:
+def library_path(
+    cache_dir: str,
+    compiler: Sequence[str],
+    *,
+    source: str = SOURCE,
+    timeout_s: float = PROBE_TIMEOUT_S,
+) -> str:
     """Where the library for ``source`` built by ``compiler`` on this machine is cached."""
     import jaxlib
 
@@ -191,8 +205,13 @@ def _open(library: str, symbols: Sequence[str]) -> ctypes.CDLL:
     return handle
 
 
-def load(*, source: str = SOURCE, cache_dir: Optional[str] = None,
-         timeout_s: float = DEFAULT_TIMEOUT_S, symbols: Sequence[str] = ()) -> ctypes.CDLL:
+def load(
+    *,
+    source: str = SOURCE,
+    cache_dir: Optional[str] = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    symbols: Sequence[str] = (),
+) -> ctypes.CDLL:
     """The compiled ``source``, built into the cache unless there; rebuilt once if it fails to load.
 
     Args:
@@ -207,8 +226,9 @@ def load(*, source: str = SOURCE, cache_dir: Optional[str] = None,
     """
     compiler = compiler_command()
     directory = prepare_cache_dir(cache_dir or default_cache_dir())
-    library = library_path(directory, compiler, source=source,
-                           timeout_s=min(timeout_s, PROBE_TIMEOUT_S))
+    library = library_path(
+        directory, compiler, source=source, timeout_s=min(timeout_s, PROBE_TIMEOUT_S)
+    )
     command = compile_command(compiler)
     if os.path.exists(library):
         try:

@@ -89,8 +89,10 @@ def _row_parallel(call, rule: str, num_results: int):
     @batched.def_vmap
     def _vmap_rule(axis_size, in_batched, *operands):
         # The vmapped axis (first, where batched) becomes one more leading row axis.
-        operands = [x if b else jnp.broadcast_to(x, (axis_size,) + x.shape)
-                    for x, b in zip(operands, in_batched)]
+        operands = [
+            x if b else jnp.broadcast_to(x, (axis_size,) + x.shape)
+            for x, b in zip(operands, in_batched)
+        ]
         return batched(*operands), True if num_results == 1 else (True,) * num_results
 
     return batched
@@ -116,10 +118,12 @@ def _gradient_call():
     def call(logits, exps, scale, slope, row_max, entry_indices, entries, labels, label_entries):
         result = jax.ShapeDtypeStruct(logits.shape, jnp.float32)
         return jax.ffi.ffi_call(GRADIENT_TARGET, result, input_output_aliases={1: 0})(
-            logits, exps, scale, slope, row_max, entry_indices, entries, labels, label_entries)
+            logits, exps, scale, slope, row_max, entry_indices, entries, labels, label_entries
+        )
 
-    return _row_parallel(call, "... c, ... c, ... o, ... o, ... o, ... k, ... k, ... o, ... o "
-                               "-> ... c", 1)
+    return _row_parallel(
+        call, "... c, ... c, ... o, ... o, ... o, ... k, ... k, ... o, ... o -> ... c", 1
+    )
 
 
 def row_statistics(logits: jax.Array, top_c: int):
@@ -133,8 +137,9 @@ def row_statistics(logits: jax.Array, top_c: int):
     return _statistics_call(int(top_c))(logits)
 
 
-def row_gradient(logits, exps, scale, slope, row_max, entry_indices, entries, labels,
-                 label_entries):
+def row_gradient(
+    logits, exps, scale, slope, row_max, entry_indices, entries, labels, label_entries
+):
     """The backward kernel on ``[..., C]`` rows.
 
     Args:
@@ -150,6 +155,14 @@ def row_gradient(logits, exps, scale, slope, row_max, entry_indices, entries, la
       ``[entry_indices] = entries``, then ``[labels] += label_entries``.
     """
     _require_registered()
-    return _gradient_call()(logits, exps, scale, slope, row_max,
-                            entry_indices.astype(jnp.int32), entries, labels.astype(jnp.int32),
-                            label_entries)
+    return _gradient_call()(
+        logits,
+        exps,
+        scale,
+        slope,
+        row_max,
+        entry_indices.astype(jnp.int32),
+        entries,
+        labels.astype(jnp.int32),
+        label_entries,
+    )

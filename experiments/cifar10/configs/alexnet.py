@@ -20,6 +20,7 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 def data_config(config) -> None:
     """The CIFAR-10 data fields (shared by the CIFAR configs)."""
     from experiments.common.data import memory  # pylint: disable=import-outside-toplevel
+
     config.data.data_dir = ""  # image folder DIR/{train,test}/<class>/<image> ('' = TFDS)
     config.data.tfds_name = "cifar10"  # TFDS dataset when neither data_dir nor npz is given
     config.data.tfds_data_dir = ""  # TFDS data directory ('' = ~/tensorflow_datasets)

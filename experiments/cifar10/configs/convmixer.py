@@ -11,27 +11,35 @@ not implemented. Paper: CE 89.79 %, CE+GSC(0.02, 3) 92.47 %.
 
 import ml_collections
 
-from experiments.common import config as base
-
 from experiments.cifar10.configs import alexnet
+from experiments.common import config as base
 
 
 def model_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        "name": "convmixer",  # ConvMixer-h/d
-        "dim": 256,  # h, channels of the tokens
-        "depth": 8,  # d, mixer blocks
-        "kernel_size": 5,  # depthwise kernel
-        "patch_size": 2,  # patch embedding stride
-    })
+    return ml_collections.ConfigDict(
+        {
+            "name": "convmixer",  # ConvMixer-h/d
+            "dim": 256,  # h, channels of the tokens
+            "depth": 8,  # d, mixer blocks
+            "kernel_size": 5,  # depthwise kernel
+            "patch_size": 2,  # patch embedding stride
+        }
+    )
 
 
 def recipe() -> dict:
     """The fields where this recipe differs from AlexNet's (a Table 1 row's overrides)."""
-    return {"model": model_config().to_dict(), "epochs": 25, "batch_size": 512,
-            "optimizer.name": "adamw", "optimizer.learning_rate": 0.01,
-            "optimizer.weight_decay": 0.01, "schedule.name": "onecycle_linear",
-            "schedule.milestones": (), "data.std": (0.2471, 0.2435, 0.2616)}
+    return {
+        "model": model_config().to_dict(),
+        "epochs": 25,
+        "batch_size": 512,
+        "optimizer.name": "adamw",
+        "optimizer.learning_rate": 0.01,
+        "optimizer.weight_decay": 0.01,
+        "schedule.name": "onecycle_linear",
+        "schedule.milestones": (),
+        "data.std": (0.2471, 0.2435, 0.2616),
+    }
 
 
 def get_config():

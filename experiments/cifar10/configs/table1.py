@@ -8,8 +8,9 @@ overrides (--config.epochs=6) apply to every row. Columns: final and best-epoch 
 ECE and NLL; the paper's top-1 and top-5 beside ours.
 """
 
+from experiments.cifar10.configs import alexnet
+from experiments.cifar10.configs import convmixer
 from experiments.common import grid
-from experiments.cifar10.configs import alexnet, convmixer
 
 
 def get_config():
@@ -39,10 +40,17 @@ ROWS = (
 
 def get_grid():
     return grid.Grid(
-        name="table1", title="GSC paper Table 1: CIFAR-10, test accuracy of every loss.",
-        rows=tuple(grid.Row(i, {**recipe, **loss}, {"test/top1": p1, "test/top5": p5})
-                   for i, recipe, loss, p1, p5 in ROWS),
-        columns=(grid.Column("test/top1", "top-1 %"), grid.Column("max:test/top1",
-                                                                   "best-epoch top-1 %"),
-                 grid.Column("test/top5", "top-5 %"), grid.Column("test/ece", "ECE %"),
-                 grid.Column("test/nll", "NLL", "nats")))
+        name="table1",
+        title="GSC paper Table 1: CIFAR-10, test accuracy of every loss.",
+        rows=tuple(
+            grid.Row(i, {**recipe, **loss}, {"test/top1": p1, "test/top5": p5})
+            for i, recipe, loss, p1, p5 in ROWS
+        ),
+        columns=(
+            grid.Column("test/top1", "top-1 %"),
+            grid.Column("max:test/top1", "best-epoch top-1 %"),
+            grid.Column("test/top5", "top-5 %"),
+            grid.Column("test/ece", "ECE %"),
+            grid.Column("test/nll", "NLL", "nats"),
+        ),
+    )

@@ -8,8 +8,8 @@ labels only, class-balanced (`memory.symmetric_label_noise`, seed 123); the mode
 AlexNet recipe (the paper does not say which model; override --config.model.* to change it).
 """
 
-from experiments.common import grid
 from experiments.cifar10.configs import alexnet
+from experiments.common import grid
 
 NOISE_RATES = (0.2, 0.4, 0.6, 0.8)
 # (gamma, top_c) -> paper top-1 % at noise 20/40/60/80 %; gamma 0 is CE.
@@ -30,13 +30,30 @@ def get_grid():
     rows = []
     for (gamma, top_c), paper in SETTINGS:
         for rate, paper_top1 in zip(NOISE_RATES, paper):
-            rows.append(grid.Row(
-                f"g{gamma:g}_c{top_c}_nr{round(100 * rate)}",
-                {"loss.name": "ce", "loss.gsc.gamma": gamma, "loss.gsc.top_c": top_c,
-                 "data.label_noise": rate}, {"test/top1": paper_top1}))
+            rows.append(
+                grid.Row(
+                    f"g{gamma:g}_c{top_c}_nr{round(100 * rate)}",
+                    {
+                        "loss.name": "ce",
+                        "loss.gsc.gamma": gamma,
+                        "loss.gsc.top_c": top_c,
+                        "data.label_noise": rate,
+                    },
+                    {"test/top1": paper_top1},
+                )
+            )
     return grid.Grid(
-        name="table2", title="GSC paper Table 2: CIFAR-10 test top-1 under symmetric label noise.",
-        rows=tuple(rows), columns=(grid.Column("test/top1", "top-1 %"),
-                                   grid.Column("test/ece", "ECE %")),
-        plots=(grid.Plot(x="data.label_noise", series="loss.gsc.gamma", log_x=False,
-                         columns=("test/top1",), file="table2.png"),))
+        name="table2",
+        title="GSC paper Table 2: CIFAR-10 test top-1 under symmetric label noise.",
+        rows=tuple(rows),
+        columns=(grid.Column("test/top1", "top-1 %"), grid.Column("test/ece", "ECE %")),
+        plots=(
+            grid.Plot(
+                x="data.label_noise",
+                series="loss.gsc.gamma",
+                log_x=False,
+                columns=("test/top1",),
+                file="table2.png",
+            ),
+        ),
+    )

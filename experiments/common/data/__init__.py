@@ -6,4 +6,7 @@
 - `folders`: listing DIR/<class>/<image> trees, one way for every loader.
 """
 
-from experiments.common.data.source import DataError, Source
+from experiments.common.data.source import DataError
+from experiments.common.data.source import Source
+
+__all__ = ["DataError", "Source"]

@@ -26,12 +26,19 @@ def class_folders(split_dir: str) -> tuple:
 def image_files(folder: str, suffixes=IMAGE_SUFFIXES) -> list:
     """Sorted paths of the visible files of `folder` whose suffix (any case) is in `suffixes`."""
     with os.scandir(folder) as entries:
-        return sorted(e.path for e in _visible(entries)
-                      if e.is_file() and e.name.lower().endswith(suffixes))
+        return sorted(
+            e.path for e in _visible(entries) if e.is_file() and e.name.lower().endswith(suffixes)
+        )
 
 
-def list_classes(split_dir: str, *, layout: str, class_names: tuple | None = None,
-                 suffixes=IMAGE_SUFFIXES, allow_empty: bool = False) -> dict:
+def list_classes(
+    split_dir: str,
+    *,
+    layout: str,
+    class_names: tuple | None = None,
+    suffixes=IMAGE_SUFFIXES,
+    allow_empty: bool = False,
+) -> dict:
     """{class name: sorted image paths} of the layout `split_dir`/<class>/<image>.
 
     Args:
@@ -54,11 +61,15 @@ def list_classes(split_dir: str, *, layout: str, class_names: tuple | None = Non
     if class_names is not None and tuple(found) != tuple(class_names):
         missing = sorted(set(class_names) - set(found))
         extra = sorted(set(found) - set(class_names))
-        raise DataError(f"the class folders of {split_dir!r} differ from the training split's: "
-                        f"missing {missing[:5]}, extra {extra[:5]}; {layout}.")
+        raise DataError(
+            f"the class folders of {split_dir!r} differ from the training split's: "
+            f"missing {missing[:5]}, extra {extra[:5]}; {layout}."
+        )
     listing = {name: image_files(os.path.join(split_dir, name), suffixes) for name in found}
     empty = [name for name, paths in listing.items() if not paths]
     if empty and not allow_empty:
-        raise DataError(f"class folders without images ({', '.join(suffixes)}) in "
-                        f"{split_dir!r}: {empty[:5]}; add images or remove those folders.")
+        raise DataError(
+            f"class folders without images ({', '.join(suffixes)}) in "
+            f"{split_dir!r}: {empty[:5]}; add images or remove those folders."
+        )
     return listing

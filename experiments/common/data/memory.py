@@ -18,7 +18,10 @@ import numpy as np
 
 from experiments.common import parallel
 from experiments.common.data import folders
-from experiments.common.data.source import DataError, Source, check_seed, member_keys
+from experiments.common.data.source import DataError
+from experiments.common.data.source import Source
+from experiments.common.data.source import check_seed
+from experiments.common.data.source import member_keys
 
 IMAGE_SUFFIXES = folders.IMAGE_SUFFIXES
 CIFAR10_DOWNLOAD_HOST = "www.cs.toronto.edu"
@@ -57,14 +60,16 @@ class Dataset(NamedTuple):
         return self.val_labels is not None
 
 
-IMAGE_FOLDER_LAYOUT = ("the image-folder layout DIR/train/<class>/<image> and "
-                       "DIR/test/<class>/<image>")
+IMAGE_FOLDER_LAYOUT = (
+    "the image-folder layout DIR/train/<class>/<image> and DIR/test/<class>/<image>"
+)
 
 
 def _list_split(split_dir: str, class_names: tuple | None = None) -> dict:
     """{class_name: sorted image paths} for DIR/<class>/* of one split (`folders.list_classes`)."""
-    return folders.list_classes(split_dir, layout=f"expected {IMAGE_FOLDER_LAYOUT}",
-                                class_names=class_names)
+    return folders.list_classes(
+        split_dir, layout=f"expected {IMAGE_FOLDER_LAYOUT}", class_names=class_names
+    )
 
 
 def check_image_folder(data_dir: str) -> tuple:
@@ -83,22 +88,26 @@ def check_image_folder(data_dir: str) -> tuple:
     for split in ("train", "test"):
         split_dir = os.path.join(data_dir, split)
         if not os.path.isdir(split_dir):
-            raise DataError(f"--config.data.data_dir {data_dir!r} has no '{split}' folder; "
-                            f"{layout}.")
+            raise DataError(
+                f"--config.data.data_dir {data_dir!r} has no '{split}' folder; {layout}."
+            )
         names = tuple(_list_split(split_dir, names))
     return names
 
 
 def _decode(path: str) -> np.ndarray:
     """Decodes one image file to uint8 [H, W, 3] RGB; a file PIL cannot read raises DataError."""
-    from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    from PIL import UnidentifiedImageError  # pylint: disable=g-import-not-at-top
 
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except UnidentifiedImageError as error:
-        raise DataError(f"cannot decode {path!r} (not an image format PIL can read); replace or "
-                        "delete that file.") from error
+        raise DataError(
+            f"cannot decode {path!r} (not an image format PIL can read); replace or "
+            "delete that file."
+        ) from error
     except (OSError, SyntaxError, ValueError) as error:
         what = " ".join(str(error).split()) or type(error).__name__
         raise DataError(f"cannot decode {path!r} ({what}); replace or delete that file.") from error
@@ -117,10 +126,13 @@ def _decode_split(split_dir: str, class_names: tuple) -> tuple:
     for path, image in zip(paths, images):
         first.setdefault(image.shape[:2], path)
     if len(first) != 1:
-        examples = ", ".join(f"{h}x{w} ({os.path.relpath(p, split_dir)})"
-                             for (h, w), p in list(first.items())[:4])
-        raise DataError(f"the images in {split_dir!r} have different sizes: {examples}; resize "
-                        "them to one size first.")
+        examples = ", ".join(
+            f"{h}x{w} ({os.path.relpath(p, split_dir)})" for (h, w), p in list(first.items())[:4]
+        )
+        raise DataError(
+            f"the images in {split_dir!r} have different sizes: {examples}; resize "
+            "them to one size first."
+        )
     return np.stack(images), labels
 
 
@@ -148,8 +160,9 @@ def image_folder_key(data_dir: str, class_names: tuple) -> str:
 _ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
 
 
-def load_image_folder(data_dir: str, cache_dir: str | None = None,
-                      write_cache: bool = True) -> Dataset:
+def load_image_folder(
+    data_dir: str, cache_dir: str | None = None, write_cache: bool = True
+) -> Dataset:
     """Loads DIR/{train,test}/<class>/* once, caching the decoded arrays.
 
     The cache, CACHE_DIR/images-<key>.npz, is keyed by `image_folder_key`: the listing of every
@@ -193,8 +206,11 @@ def load_image_folder(data_dir: str, cache_dir: str | None = None,
             np.savez(f, **dict(zip(_ARRAYS, (*train, *test))))
         os.replace(tmp, cache_path)
         for stale in os.scandir(cache_dir):  # not glob: the folder's name may hold '[' or '*'
-            if (stale.name.startswith("images-") and stale.name.endswith(".npz")
-                    and stale.path != cache_path):
+            if (
+                stale.name.startswith("images-")
+                and stale.name.endswith(".npz")
+                and stale.path != cache_path
+            ):
                 os.remove(stale.path)
     return Dataset(*train, *test, class_names, source)
 
@@ -223,8 +239,9 @@ def check_tfds_available(name: str, tfds_data_dir: str | None) -> None:
         )
 
 
-def load_tfds(name: str = "cifar10", tfds_data_dir: str | None = None,
-              chunk_size: int = 10_000) -> Dataset:
+def load_tfds(
+    name: str = "cifar10", tfds_data_dir: str | None = None, chunk_size: int = 10_000
+) -> Dataset:
     """Loads TFDS `name` (train/test splits, 'image'/'label' features) as whole numpy arrays.
 
     Each split is read in batches of `chunk_size` examples (in file order, unshuffled) and
@@ -239,13 +256,16 @@ def load_tfds(name: str = "cifar10", tfds_data_dir: str | None = None,
     features = builder.info.features
 
     def split_arrays(split):
-        ds = builder.as_dataset(split=split, batch_size=chunk_size, as_supervised=True,
-                                shuffle_files=False)
+        ds = builder.as_dataset(
+            split=split, batch_size=chunk_size, as_supervised=True, shuffle_files=False
+        )
         chunks = list(tfds.as_numpy(ds))
         if not chunks:
             raise DataError(f"TFDS '{name}' split '{split}' is empty.")
-        return (np.concatenate([c[0] for c in chunks]).astype(np.uint8),
-                np.concatenate([c[1] for c in chunks]).astype(np.int32))
+        return (
+            np.concatenate([c[0] for c in chunks]).astype(np.uint8),
+            np.concatenate([c[1] for c in chunks]).astype(np.int32),
+        )
 
     (xtr, ytr), (xte, yte) = (split_arrays(s) for s in ("train", "test"))
     return Dataset(xtr, ytr, xte, yte, tuple(features["label"].names), f"tfds:{name}")
@@ -262,14 +282,18 @@ def load_digits(test_fraction: float = 0.3, seed: int = 0) -> Dataset:
     digits = sk_digits()
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     xtr, xte, ytr, yte = train_test_split(
-        images, digits.target.astype(np.int32), test_size=test_fraction, random_state=seed,
+        images,
+        digits.target.astype(np.int32),
+        test_size=test_fraction,
+        random_state=seed,
         stratify=digits.target,
     )
     return Dataset(xtr, ytr, xte, yte, tuple(str(k) for k in range(10)), "sklearn:digits")
 
 
-def symmetric_label_noise(labels: np.ndarray, rate: float, num_classes: int,
-                          seed: int = 123) -> np.ndarray:
+def symmetric_label_noise(
+    labels: np.ndarray, rate: float, num_classes: int, seed: int = 123
+) -> np.ndarray:
     """Class-balanced symmetric label noise (Wang et al. 2019, "Symmetric Cross Entropy for Robust
     Learning with Noisy Labels"; YisenWang/symmetric_cross_entropy_for_noisy_labels).
 
@@ -307,9 +331,12 @@ def take_subsets(dataset: Dataset, *, num_train: int = 0, num_eval: int = 0) -> 
     if num_train < 0 or num_eval < 0:
         raise ValueError("the numbers of examples must be >= 0 (0 = all).")
     n, m = num_train or None, num_eval or None
-    ds = dataset._replace(train_images=dataset.train_images[:n],
-                          train_labels=dataset.train_labels[:n],
-                          test_images=dataset.test_images[:m], test_labels=dataset.test_labels[:m])
+    ds = dataset._replace(
+        train_images=dataset.train_images[:n],
+        train_labels=dataset.train_labels[:n],
+        test_images=dataset.test_images[:m],
+        test_labels=dataset.test_labels[:m],
+    )
     if dataset.has_validation:
         ds = ds._replace(val_images=dataset.val_images[:m], val_labels=dataset.val_labels[:m])
     return ds
@@ -354,8 +381,16 @@ class ArraySource(Source):
       info: extra fields for summary.json.
     """
 
-    def __init__(self, dataset: Dataset, *, augment=None, train_views=None, eval_views=None,
-                 identity: dict | None = None, info: dict | None = None):
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        augment=None,
+        train_views=None,
+        eval_views=None,
+        identity: dict | None = None,
+        info: dict | None = None,
+    ):
         if augment is not None and train_views is not None:
             raise ValueError("give either augment or train_views, not both.")
         self.dataset = dataset
@@ -376,8 +411,9 @@ class ArraySource(Source):
     def steps_per_epoch(self, batch_size: int) -> int:
         n = len(self.dataset.train_labels)
         if not 0 < batch_size <= n:
-            raise ValueError(f"batch_size {batch_size} must be in [1, {n}] (the training "
-                             "examples).")
+            raise ValueError(
+                f"batch_size {batch_size} must be in [1, {n}] (the training examples)."
+            )
         return n // batch_size
 
     def _device(self, name: str, mesh, arrays):
@@ -416,8 +452,9 @@ class ArraySource(Source):
         population = len(check_seed(seed, population=True)) > 1 or isinstance(seed, tuple)
         spe = self.steps_per_epoch(batch_size)
         n = len(self.dataset.train_labels)
-        images, labels = self._device("train", mesh, (self.dataset.train_images,
-                                                      self.dataset.train_labels))
+        images, labels = self._device(
+            "train", mesh, (self.dataset.train_images, self.dataset.train_labels)
+        )
         shuffle, aug = member_keys(seed, "shuffle"), member_keys(seed, "augment")
 
         def build():
@@ -439,44 +476,56 @@ class ArraySource(Source):
     def eval_batches(self, split, *, batch_size, mesh):
         if split not in self.splits:
             raise ValueError(f"unknown split {split!r}; this dataset has {self.splits}.")
-        arrays = (self.dataset.val_images, self.dataset.val_labels) if split == "val" else (
-            self.dataset.test_images, self.dataset.test_labels)
+        arrays = (
+            (self.dataset.val_images, self.dataset.val_labels)
+            if split == "val"
+            else (self.dataset.test_images, self.dataset.test_labels)
+        )
         images, labels, mask = self._device(
-            f"{split}/{batch_size}", mesh, pad_to_multiple(*arrays, batch_size))
+            f"{split}/{batch_size}", mesh, pad_to_multiple(*arrays, batch_size)
+        )
         batch_sharded = parallel.batch_sharded(mesh)
         views = self._eval_views
 
         def batch(images_all, labels_all, mask_all, i):
             take = lambda a: jax.lax.with_sharding_constraint(  # noqa: E731
-                jax.lax.dynamic_slice_in_dim(a, i * batch_size, batch_size), batch_sharded)
+                jax.lax.dynamic_slice_in_dim(a, i * batch_size, batch_size), batch_sharded
+            )
             images = take(images_all)
-            return {"image": images if views is None else views(images),
-                    "label": take(labels_all), "mask": take(mask_all)}
+            return {
+                "image": images if views is None else views(images),
+                "label": take(labels_all),
+                "mask": take(mask_all),
+            }
 
-        batch = self._cached(("eval", batch_size, id(mesh)), lambda: jax.jit(batch))
+        jitted = self._cached(("eval", batch_size, id(mesh)), lambda: jax.jit(batch))
         for i in range(len(labels) // batch_size):
-            yield batch(images, labels, mask, i)
+            yield jitted(images, labels, mask, i)
 
     def identity(self) -> dict:
         ds = self.dataset
         digest = hashlib.sha256()
-        splits = (ds.train_labels, ds.test_labels) + ((ds.val_labels,) if ds.has_validation
-                                                      else ())
+        splits = (ds.train_labels, ds.test_labels) + ((ds.val_labels,) if ds.has_validation else ())
         for labels in splits:
             digest.update(np.ascontiguousarray(labels, np.int64).tobytes())
-        out = {"source": ds.source, "num_classes": ds.num_classes,
-               "image_shape": list(ds.train_images.shape[1:]),
-               "num_train_examples": int(len(ds.train_labels)),
-               "num_test_examples": int(len(ds.test_labels)),
-               "labels_sha256": digest.hexdigest()[:16]}
+        out = {
+            "source": ds.source,
+            "num_classes": ds.num_classes,
+            "image_shape": list(ds.train_images.shape[1:]),
+            "num_train_examples": int(len(ds.train_labels)),
+            "num_test_examples": int(len(ds.test_labels)),
+            "labels_sha256": digest.hexdigest()[:16],
+        }
         if ds.has_validation:
             out["num_val_examples"] = int(len(ds.val_labels))
         return {**out, **self._identity}
 
     def info(self) -> dict:
         ds = self.dataset
-        out = {"num_train_examples": int(len(ds.train_labels)),
-               "num_test_examples": int(len(ds.test_labels))}
+        out = {
+            "num_train_examples": int(len(ds.train_labels)),
+            "num_test_examples": int(len(ds.test_labels)),
+        }
         if ds.has_validation:
             out["num_val_examples"] = int(len(ds.val_labels))
         return {**out, **self._info}
@@ -499,17 +548,24 @@ def load_npz(path: str) -> Dataset:
             raise DataError(f"{path!r} lacks the arrays {missing}; it needs {list(NPZ_ARRAYS)}.")
         arrays = {k: f[k] for k in f.files}
     labels = np.concatenate([arrays["train_labels"], arrays["test_labels"]])
-    names = (tuple(str(n) for n in arrays["class_names"]) if "class_names" in arrays
-             else tuple(str(k) for k in range(int(labels.max()) + 1)))
+    names = (
+        tuple(str(n) for n in arrays["class_names"])
+        if "class_names" in arrays
+        else tuple(str(k) for k in range(int(labels.max()) + 1))
+    )
     val = (arrays.get("val_images"), arrays.get("val_labels"))
     if (val[0] is None) != (val[1] is None):
         raise DataError(f"{path!r} has one of val_images and val_labels but not both.")
-    return Dataset(arrays["train_images"].astype(np.uint8),
-                   arrays["train_labels"].astype(np.int32),
-                   arrays["test_images"].astype(np.uint8), arrays["test_labels"].astype(np.int32),
-                   names, f"npz:{os.path.abspath(path)}",
-                   None if val[0] is None else val[0].astype(np.uint8),
-                   None if val[1] is None else val[1].astype(np.int32))
+    return Dataset(
+        arrays["train_images"].astype(np.uint8),
+        arrays["train_labels"].astype(np.int32),
+        arrays["test_images"].astype(np.uint8),
+        arrays["test_labels"].astype(np.int32),
+        names,
+        f"npz:{os.path.abspath(path)}",
+        None if val[0] is None else val[0].astype(np.uint8),
+        None if val[1] is None else val[1].astype(np.int32),
+    )
 
 
 def save_npz(path: str, dataset: Dataset) -> None:
@@ -525,8 +581,7 @@ def with_label_noise(dataset: Dataset, rate: float, seed: int) -> tuple:
     if rate <= 0:
         return dataset, 0.0
     noisy = symmetric_label_noise(dataset.train_labels, rate, dataset.num_classes, seed=seed)
-    return (dataset._replace(train_labels=noisy),
-            float(np.mean(noisy != dataset.train_labels)))
+    return (dataset._replace(train_labels=noisy), float(np.mean(noisy != dataset.train_labels)))
 
 
 def add_subset_fields(data) -> None:
@@ -541,6 +596,7 @@ def add_subset_fields(data) -> None:
 def check_subset_fields(config) -> None:
     """Validates the `add_subset_fields` fields (messages name them)."""
     from experiments.common import config as cfg  # pylint: disable=import-outside-toplevel
+
     for path in ("data.num_train_examples", "data.num_eval_examples", "data.noise_seed"):
         cfg.check(config, path, lambda n: isinstance(n, int) and n >= 0, "an integer >= 0")
     cfg.check(config, "data.label_noise", lambda r: 0 <= r < 1, "in [0, 1)")

@@ -61,8 +61,9 @@ class Source(abc.ABC):
         dropped); raises ValueError when the batch is larger than the training split."""
 
     @abc.abstractmethod
-    def train_batches(self, *, batch_size: int, start_step: int, num_steps: int, mesh,
-                      seed) -> Iterator[dict]:
+    def train_batches(
+        self, *, batch_size: int, start_step: int, num_steps: int, mesh, seed
+    ) -> Iterator[dict]:
         """The train batches of global steps [start_step, num_steps).
 
         Args:
@@ -97,8 +98,10 @@ def check_seed(seed, *, population: bool) -> tuple:
     """`seed` as a tuple of ints; ValueError for a tuple where no population is supported."""
     seeds = tuple(seed) if isinstance(seed, (tuple, list)) else (seed,)
     if len(seeds) > 1 and not population:
-        raise ValueError("this data source streams one seed's batches: train several seeds "
-                         "one after the other (a grid over seeds) instead of together.")
+        raise ValueError(
+            "this data source streams one seed's batches: train several seeds "
+            "one after the other (a grid over seeds) instead of together."
+        )
     return seeds
 
 

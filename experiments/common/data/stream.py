@@ -37,7 +37,9 @@ import numpy as np
 
 from experiments.common import report
 from experiments.common.data import folders
-from experiments.common.data.source import DataError, Source, check_seed
+from experiments.common.data.source import DataError
+from experiments.common.data.source import Source
+from experiments.common.data.source import check_seed
 
 TFDS_SPLITS = {"imagenet2012": ("train", "validation"), "oxford_flowers102": ("train", "test")}
 # The centre crop of the shorter side before resizing to S: resize 256, centre crop 224.
@@ -102,14 +104,24 @@ def folder_catalogue(data_dir: str, eval_split: str = "val") -> Catalogue:
         raise MissingDataError(f"--config.data.data_dir {data_dir!r} is not a directory.")
     layout = "expected DIR/train/<class>/*.JPEG and DIR/val/<class>/*"
     train = folders.list_classes(os.path.join(data_dir, "train"), layout=layout)
-    evaluation = folders.list_classes(os.path.join(data_dir, eval_split), layout=layout,
-                                      class_names=tuple(train))
+    evaluation = folders.list_classes(
+        os.path.join(data_dir, eval_split), layout=layout, class_names=tuple(train)
+    )
     split = lambda listing: FolderSplit(  # noqa: E731
         tuple(p for paths in listing.values() for p in paths),
-        np.asarray([k for k, paths in enumerate(listing.values()) for _ in paths], np.int32))
+        np.asarray([k for k, paths in enumerate(listing.values()) for _ in paths], np.int32),
+    )
     train_split, eval_split_files = split(train), split(evaluation)
-    return Catalogue("folder", "folder", tuple(train), len(train_split.labels),
-                     len(eval_split_files.labels), train_split, eval_split_files, data_dir)
+    return Catalogue(
+        "folder",
+        "folder",
+        tuple(train),
+        len(train_split.labels),
+        len(eval_split_files.labels),
+        train_split,
+        eval_split_files,
+        data_dir,
+    )
 
 
 def tfds_catalogue(name: str, data_dir: str | None = None, *, prepare: bool = True) -> Catalogue:
@@ -123,6 +135,7 @@ def tfds_catalogue(name: str, data_dir: str | None = None, *, prepare: bool = Tr
     if name not in TFDS_SPLITS:
         raise ValueError(f"unknown TFDS dataset {name!r}; choose one of {tuple(TFDS_SPLITS)}.")
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
     tf()
     builder = tfds.builder(name, data_dir=data_dir)
     train_split, eval_split = TFDS_SPLITS[name]
@@ -139,17 +152,27 @@ def tfds_catalogue(name: str, data_dir: str | None = None, *, prepare: bool = Tr
                     f"ILSVRC2012) in {manual!r} (or pass --config.data.data_dir DIR to read "
                     "them from DIR/downloads/manual), then run again; preparing takes a few "
                     "hours once. An image-folder copy (DIR/train/<wnid>/*.JPEG, "
-                    "DIR/val/<wnid>/*.JPEG) works too with --config.data.dataset=folder.")
+                    "DIR/val/<wnid>/*.JPEG) works too with --config.data.dataset=folder."
+                )
         if prepare and jax.process_index() == 0:
             builder.download_and_prepare()
     names = tuple(builder.info.features["label"].names)
-    return Catalogue("tfds", name, names, _num_examples(builder, train_split),
-                     _num_examples(builder, eval_split), train_split, eval_split, data_dir)
+    return Catalogue(
+        "tfds",
+        name,
+        names,
+        _num_examples(builder, train_split),
+        _num_examples(builder, eval_split),
+        train_split,
+        eval_split,
+        data_dir,
+    )
 
 
 def _num_examples(builder, split: str) -> int:
     """The split's size from the dataset info; counted when the info has none (mock data)."""
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
     try:
         return builder.info.splits[split].num_examples
     except KeyError:
@@ -171,10 +194,11 @@ def _is_prepared(builder) -> bool:
 def image_shape(encoded):
     """[height, width] of an encoded JPEG (header only) or PNG/other (decoded)."""
     t = tf()
-    return t.cond(t.io.is_jpeg(encoded),
-                  lambda: t.image.extract_jpeg_shape(encoded)[:2],
-                  lambda: t.shape(t.io.decode_image(encoded, channels=3,
-                                                    expand_animations=False))[:2])
+    return t.cond(
+        t.io.is_jpeg(encoded),
+        lambda: t.image.extract_jpeg_shape(encoded)[:2],
+        lambda: t.shape(t.io.decode_image(encoded, channels=3, expand_animations=False))[:2],
+    )
 
 
 def decode_crop(encoded, window):
@@ -185,8 +209,11 @@ def decode_crop(encoded, window):
         image = t.io.decode_image(encoded, channels=3, expand_animations=False)
         return t.image.crop_to_bounding_box(image, window[0], window[1], window[2], window[3])
 
-    image = t.cond(t.io.is_jpeg(encoded),
-                   lambda: t.image.decode_and_crop_jpeg(encoded, window, channels=3), other)
+    image = t.cond(
+        t.io.is_jpeg(encoded),
+        lambda: t.image.decode_and_crop_jpeg(encoded, window, channels=3),
+        other,
+    )
     image.set_shape([None, None, 3])
     return image
 
@@ -225,7 +252,8 @@ def resize_decoders(image_size: int) -> tuple:
         t = tf()
         image = resize_uint8(decode_whole(encoded), image_size)
         return t.image.stateless_random_flip_left_right(
-            image, t.random.experimental.stateless_split(seed, 4)[1])
+            image, t.random.experimental.stateless_split(seed, 4)[1]
+        )
 
     return decode_train, lambda encoded: resize_uint8(decode_whole(encoded), image_size)
 
@@ -245,8 +273,9 @@ def square_crop_decoders(image_size: int) -> tuple:
 
     def decode_eval(encoded):
         image = resize_uint8(decode_whole(encoded), r)
-        return tf().image.crop_to_bounding_box(image, (r - image_size) // 2,
-                                               (r - image_size) // 2, image_size, image_size)
+        return tf().image.crop_to_bounding_box(
+            image, (r - image_size) // 2, (r - image_size) // 2, image_size, image_size
+        )
 
     return decode_train, decode_eval
 
@@ -273,16 +302,24 @@ def local_batch(batch: int) -> int:
 def host_slice(a: np.ndarray, steps: int, batch: int) -> np.ndarray:
     """[steps * batch] -> this host's [steps, batch / P] part of every global batch."""
     local, p = local_batch(batch), jax.process_index()
-    return a.reshape(steps, batch)[:, p * local:(p + 1) * local]
+    return a.reshape(steps, batch)[:, p * local : (p + 1) * local]
 
 
-def train_index(num_examples: int, *, batch_size: int, seed: int, epoch: int, first_step: int,
-                steps_per_epoch: int) -> tuple:
+def train_index(
+    num_examples: int,
+    *,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    first_step: int,
+    steps_per_epoch: int,
+) -> tuple:
     """(indices, global positions) of this host's examples of `epoch` from step `first_step` on,
     each int64 [steps, B / P]."""
-    order = epoch_order(num_examples, seed, epoch)[:steps_per_epoch * batch_size]
+    order = epoch_order(num_examples, seed, epoch)[: steps_per_epoch * batch_size]
     position = np.arange(steps_per_epoch * batch_size, dtype=np.int64) + (
-        epoch * steps_per_epoch * batch_size)
+        epoch * steps_per_epoch * batch_size
+    )
     pick = lambda a: host_slice(a, steps_per_epoch, batch_size)[first_step:]  # noqa: E731
     return pick(order.astype(np.int64)), pick(position)
 
@@ -376,42 +413,59 @@ class StreamSource(Source):
         if self.catalogue.kind == "tfds":  # each host's share, equal sizes (drop_remainder)
             n = n // jax.process_count() * jax.process_count()
         if not 0 < batch_size <= n:
-            raise ValueError(f"batch_size {batch_size} must be in [1, {n}] (the training "
-                             "images).")
+            raise ValueError(f"batch_size {batch_size} must be in [1, {n}] (the training images).")
         return n // batch_size
 
     def _folder_epoch(self, batch_size, seed, epoch, first_step, spe):
         t = tf()
-        index, position = train_index(self.catalogue.num_train, batch_size=batch_size,
-                                      seed=seed, epoch=epoch, first_step=first_step,
-                                      steps_per_epoch=spe)
+        index, position = train_index(
+            self.catalogue.num_train,
+            batch_size=batch_size,
+            seed=seed,
+            epoch=epoch,
+            first_step=first_step,
+            steps_per_epoch=spe,
+        )
         paths = t.constant(self.catalogue.train.paths)
         labels = t.constant(self.catalogue.train.labels)
         ds = t.data.Dataset.from_tensor_slices((index.reshape(-1), position.reshape(-1)))
-        return ds.map(lambda i, pos: (t.io.read_file(paths[i]), labels[i], pos),
-                      num_parallel_calls=_parallel(self.workers), deterministic=True), index
+        return ds.map(
+            lambda i, pos: (t.io.read_file(paths[i]), labels[i], pos),
+            num_parallel_calls=_parallel(self.workers),
+            deterministic=True,
+        ), index
 
     def _tfds_epoch(self, batch_size, seed, epoch, first_step, spe):
         import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
         t = tf()
         local, p = local_batch(batch_size), jax.process_index()
         split = tfds.split_for_jax_process(self.catalogue.train, drop_remainder=True)
         epoch_seed = (seed * 1_000_003 + epoch) % (2**31 - 1)
-        read = tfds.ReadConfig(shuffle_seed=epoch_seed, interleave_cycle_length=16,
-                               options=_options(self.workers))
+        read = tfds.ReadConfig(
+            shuffle_seed=epoch_seed, interleave_cycle_length=16, options=_options(self.workers)
+        )
         ds = tfds.builder(self.catalogue.name, data_dir=self.catalogue.data_dir).as_dataset(
-            split=split, shuffle_files=True, read_config=read,
-            decoders={"image": tfds.decode.SkipDecoding()})
+            split=split,
+            shuffle_files=True,
+            read_config=read,
+            decoders={"image": tfds.decode.SkipDecoding()},
+        )
         ds = ds.shuffle(self.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
         ds = ds.take(spe * local).skip(first_step * local)
         # Global position of this host's j-th example in step t: t*B + p*local + j % local.
         base = epoch * spe * batch_size + p * local
         return ds.enumerate(first_step * local).map(
-            lambda k, ex: (ex["image"], t.cast(ex["label"], t.int32),
-                           base + (k // local) * batch_size + k % local)), None
+            lambda k, ex: (
+                ex["image"],
+                t.cast(ex["label"], t.int32),
+                base + (k // local) * batch_size + k % local,
+            )
+        ), None
 
-    def host_train_batches(self, *, batch_size: int, start_step: int, num_steps: int,
-                           seed: int) -> Iterator[dict]:
+    def host_train_batches(
+        self, *, batch_size: int, start_step: int, num_steps: int, seed: int
+    ) -> Iterator[dict]:
         """This host's numpy batches {'image': uint8 [B/P, S, S, 3], 'label': int32 [B/P]} of
         global steps [start_step, num_steps)."""
         t = tf()
@@ -445,20 +499,27 @@ class StreamSource(Source):
         """A DataError naming the file of the failed batch that cannot be decoded."""
         if index is not None:
             paths = [self.catalogue.train.paths[i] for i in index[row]]
-            bad = first_undecodable(paths, lambda e: self.decode_train(
-                e, tf().constant([0, 0], tf().int64)))
+            bad = first_undecodable(
+                paths, lambda e: self.decode_train(e, tf().constant([0, 0], tf().int64))
+            )
             if bad is not None:
-                return DataError(f"cannot decode {bad!r} (a training image of step "
-                                 f"{row}); replace or delete that file and run again.")
+                return DataError(
+                    f"cannot decode {bad!r} (a training image of step "
+                    f"{row}); replace or delete that file and run again."
+                )
         what = " ".join(str(error).split())[:300]
         return DataError(f"a training batch could not be decoded ({what}).")
 
     def train_batches(self, *, batch_size, start_step, num_steps, mesh, seed):
         (seed,) = check_seed(seed, population=False)
         from experiments.common import parallel  # pylint: disable=import-outside-toplevel
-        return prefetch_to_devices(self.host_train_batches(
-            batch_size=batch_size, start_step=start_step, num_steps=num_steps, seed=seed),
-            parallel.batch_sharded(mesh))
+
+        return prefetch_to_devices(
+            self.host_train_batches(
+                batch_size=batch_size, start_step=start_step, num_steps=num_steps, seed=seed
+            ),
+            parallel.batch_sharded(mesh),
+        )
 
     def host_eval_batches(self, batch_size: int) -> Iterator[dict]:
         """This host's numpy evaluation batches {'image', 'label', 'mask'}."""
@@ -470,42 +531,60 @@ class StreamSource(Source):
             paths, labels = t.constant(c.eval.paths), t.constant(c.eval.labels)
             ds = t.data.Dataset.from_tensor_slices((index.reshape(-1), mask.reshape(-1))).map(
                 lambda i, m: (t.io.read_file(paths[i]), labels[i], m),
-                num_parallel_calls=_parallel(self.workers), deterministic=True)
+                num_parallel_calls=_parallel(self.workers),
+                deterministic=True,
+            )
         else:
             import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-            n_batches = math.ceil(math.ceil(c.num_eval / jax.process_count())
-                                  * jax.process_count() / batch_size)
+
+            n_batches = math.ceil(
+                math.ceil(c.num_eval / jax.process_count()) * jax.process_count() / batch_size
+            )
             split = tfds.split_for_jax_process(c.eval, drop_remainder=False)
             ds = tfds.builder(c.name, data_dir=c.data_dir).as_dataset(
-                split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
+                split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}
+            )
             ds = ds.map(lambda ex: (ex["image"], t.cast(ex["label"], t.int32), True))
             pad = ds.take(1).map(lambda e, y, m: (e, y, False)).repeat()
             ds = ds.concatenate(pad).take(n_batches * local)
-        ds = ds.map(lambda e, y, m: {"image": self.decode_eval(e), "label": y, "mask": m},
-                    num_parallel_calls=_parallel(self.workers), deterministic=True)
+        ds = ds.map(
+            lambda e, y, m: {"image": self.decode_eval(e), "label": y, "mask": m},
+            num_parallel_calls=_parallel(self.workers),
+            deterministic=True,
+        )
         ds = ds.batch(local, drop_remainder=True).prefetch(t.data.AUTOTUNE)
         try:
             yield from ds.with_options(_options(self.workers)).as_numpy_iterator()
         except t.errors.InvalidArgumentError as error:
-            bad = (first_undecodable(c.eval.paths, self.decode_eval) if c.kind == "folder"
-                   else None)
-            raise DataError(f"cannot decode {bad!r} (an evaluation image); replace or delete "
-                            "that file and run again." if bad else
-                            f"an evaluation batch could not be decoded ({error}).") from None
+            bad = first_undecodable(c.eval.paths, self.decode_eval) if c.kind == "folder" else None
+            raise DataError(
+                f"cannot decode {bad!r} (an evaluation image); replace or delete "
+                "that file and run again."
+                if bad
+                else f"an evaluation batch could not be decoded ({error})."
+            ) from None
 
     def eval_batches(self, split, *, batch_size, mesh):
         if split not in self.splits:
             raise ValueError(f"unknown split {split!r}; this dataset has {self.splits}.")
         from experiments.common import parallel  # pylint: disable=import-outside-toplevel
-        return prefetch_to_devices(self.host_eval_batches(batch_size),
-                                   parallel.batch_sharded(mesh))
+
+        return prefetch_to_devices(self.host_eval_batches(batch_size), parallel.batch_sharded(mesh))
 
     def identity(self) -> dict:
         c = self.catalogue
-        return {"source": f"{c.kind}:{c.name}", "num_classes": c.num_classes,
-                "num_train_examples": c.num_train, "num_test_examples": c.num_eval}
+        return {
+            "source": f"{c.kind}:{c.name}",
+            "num_classes": c.num_classes,
+            "num_train_examples": c.num_train,
+            "num_test_examples": c.num_eval,
+        }
 
     def info(self) -> dict:
         c = self.catalogue
-        return {"dataset": c.name, "num_train_examples": c.num_train,
-                "num_test_examples": c.num_eval, "num_processes": jax.process_count()}
+        return {
+            "dataset": c.name,
+            "num_train_examples": c.num_train,
+            "num_test_examples": c.num_eval,
+            "num_processes": jax.process_count(),
+        }

@@ -16,7 +16,8 @@ import dataclasses
 import importlib
 from typing import Callable
 
-from experiments.common.evaluators.classification import Classification, Multiview
+from experiments.common.evaluators.classification import Classification
+from experiments.common.evaluators.classification import Multiview
 
 TYPES = {"classification": Classification, "multiview": Multiview}
 
@@ -58,11 +59,15 @@ def evaluator_class(type_name: str):
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as error:
-        raise ValueError(f"unknown evaluator type {type_name!r}: a name of "
-                         f"{', '.join(TYPES)} or 'package.module.Class' ({error}).") from None
+        raise ValueError(
+            f"unknown evaluator type {type_name!r}: a name of "
+            f"{', '.join(TYPES)} or 'package.module.Class' ({error})."
+        ) from None
 
 
 def build(config, context: Context) -> dict:
     """{name: evaluator} of `config.evals`, in the config's order."""
-    return {name: evaluator_class(options.type)(name, options, context)
-            for name, options in config.evals.items()}
+    return {
+        name: evaluator_class(options.type)(name, options, context)
+        for name, options in config.evals.items()
+    }

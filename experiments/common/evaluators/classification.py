@@ -20,9 +20,9 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-from gsc_jax import metrics
 
 from experiments.common import report
+from gsc_jax import metrics
 
 NUM_BINS = 15
 TOP_K = 5
@@ -32,8 +32,15 @@ FINE_BINS = metrics.ADAPTIVE_FINE_BINS  # histogram of smooth ECE, fine AURC
 EXTRA_METRICS = ("confusion", "classwise_ece", "fine_bins", "brier")
 
 
-def batch_sums(logits: jax.Array, labels: jax.Array, *, example_mask: jax.Array | None = None,
-               num_bins: int = NUM_BINS, confusion: bool = False, extra: tuple = ()) -> dict:
+def batch_sums(
+    logits: jax.Array,
+    labels: jax.Array,
+    *,
+    example_mask: jax.Array | None = None,
+    num_bins: int = NUM_BINS,
+    confusion: bool = False,
+    extra: tuple = (),
+) -> dict:
     """Sums of one batch's statistics over the examples where `example_mask` is True.
 
     Args:
@@ -55,8 +62,7 @@ def batch_sums(logits: jax.Array, labels: jax.Array, *, example_mask: jax.Array 
       masked sum of `metrics.brier_score`) for 'brier'.
     """
     logits = logits.astype(jnp.float32)
-    mask = (jnp.ones(labels.shape, bool) if example_mask is None
-            else jnp.asarray(example_mask, bool))
+    mask = jnp.ones(labels.shape, bool) if example_mask is None else jnp.asarray(example_mask, bool)
     weight = mask.astype(jnp.float32)
     finite = jnp.all(jnp.isfinite(logits), axis=-1)
     hit_weight = weight * finite
@@ -66,26 +72,30 @@ def batch_sums(logits: jax.Array, labels: jax.Array, *, example_mask: jax.Array 
     if confusion:
         num_classes = logits.shape[-1]
         counted = mask & finite & (labels >= 0) & (labels < num_classes)
-        extras["confusion"] = jnp.zeros((num_classes, num_classes), jnp.int32).at[
-            jnp.where(counted, labels, 0), jnp.argmax(logits, axis=-1)].add(
-                counted.astype(jnp.int32))
+        extras["confusion"] = (
+            jnp.zeros((num_classes, num_classes), jnp.int32)
+            .at[jnp.where(counted, labels, 0), jnp.argmax(logits, axis=-1)]
+            .add(counted.astype(jnp.int32))
+        )
     probs = jax.nn.softmax(logits)
     if "fine_bins" in extra:
-        extras["fine"] = metrics.calibration_stats(probs, labels, num_bins=FINE_BINS,
-                                                   example_mask=mask)
+        extras["fine"] = metrics.calibration_stats(
+            probs, labels, num_bins=FINE_BINS, example_mask=mask
+        )
     if "classwise_ece" in extra:
         extras["classwise"] = metrics.classwise_calibration_stats(
-            probs, labels, num_bins=num_bins, example_mask=mask)
+            probs, labels, num_bins=num_bins, example_mask=mask
+        )
     if "brier" in extra:
         extras["brier"] = jnp.sum(jnp.where(mask, metrics.brier_score(probs, labels), 0.0))
-    return {**extras,
+    return {
+        **extras,
         "count": jnp.sum(weight),
         "correct1": jnp.sum(metrics.top_k_accuracy(logits, labels, k=1) * hit_weight),
         "correct5": jnp.sum(metrics.top_k_accuracy(logits, labels, k=k) * hit_weight),
         "nll": jnp.sum(jnp.where(mask, nll, 0.0)),
         "nonfinite": jnp.sum(weight * ~finite),
-        "calib": metrics.calibration_stats(probs, labels, num_bins=num_bins,
-                                           example_mask=mask),
+        "calib": metrics.calibration_stats(probs, labels, num_bins=num_bins, example_mask=mask),
     }
 
 
@@ -94,13 +104,15 @@ def add(a: dict, b: dict) -> dict:
     return jax.tree.map(jnp.add, a, b)
 
 
-def zeros(num_classes: int, num_bins: int = NUM_BINS, confusion: bool = False,
-          extra: tuple = ()) -> dict:
+def zeros(
+    num_classes: int, num_bins: int = NUM_BINS, confusion: bool = False, extra: tuple = ()
+) -> dict:
     """The sums of no examples, in `batch_sums`' structure."""
-    shapes = jax.eval_shape(functools.partial(batch_sums, num_bins=num_bins, confusion=confusion,
-                                              extra=extra),
-                            jax.ShapeDtypeStruct((1, num_classes), jnp.float32),
-                            jax.ShapeDtypeStruct((1,), jnp.int32))
+    shapes = jax.eval_shape(
+        functools.partial(batch_sums, num_bins=num_bins, confusion=confusion, extra=extra),
+        jax.ShapeDtypeStruct((1, num_classes), jnp.float32),
+        jax.ShapeDtypeStruct((1,), jnp.int32),
+    )
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
@@ -130,24 +142,30 @@ def finalize(sums: dict) -> dict:
     risk_stats = sums.get("fine", sums["calib"])
     if "fine" in sums:
         out["smooth_ece"] = float(
-            metrics.smooth_calibration_error_from_stats(sums["fine"])["smooth_ece"])
+            metrics.smooth_calibration_error_from_stats(sums["fine"])["smooth_ece"]
+        )
     if "classwise" in sums:
         out["classwise_ece"] = float(
-            metrics.classwise_calibration_error_from_stats(sums["classwise"]))
+            metrics.classwise_calibration_error_from_stats(sums["classwise"])
+        )
     if "brier" in sums:
         out["brier"] = mean("brier")
-    return {**out,
+    return {
+        **out,
         "count": int(round(n)),
         "top1": mean("correct1"),
         "top5": mean("correct5"),
         "nll": mean("nll"),
         "ece": float(metrics.expected_calibration_error_from_stats(sums["calib"])),
         "nonfinite": int(round(float(sums["nonfinite"]))),
-        "reliability": {k: np.asarray(v).tolist()
-                        for k, v in metrics.reliability_diagram(sums["calib"]).items()},
+        "reliability": {
+            k: np.asarray(v).tolist() for k, v in metrics.reliability_diagram(sums["calib"]).items()
+        },
         "aurc": float(metrics.area_under_risk_coverage_from_stats(risk_stats)),
-        "risk_coverage": {k: np.asarray(v).tolist()
-                          for k, v in metrics.risk_coverage_curve_from_stats(risk_stats).items()},
+        "risk_coverage": {
+            k: np.asarray(v).tolist()
+            for k, v in metrics.risk_coverage_curve_from_stats(risk_stats).items()
+        },
     }
 
 
@@ -170,13 +188,17 @@ class Classification:
         self.name, self.context = name, context
         self.split = options.get("split", name)
         if self.split not in context.source.splits:
-            raise ValueError(f"config.evals.{name}.split: {self.split!r} is not a split of this "
-                             f"data source ({', '.join(context.source.splits)}).")
+            raise ValueError(
+                f"config.evals.{name}.split: {self.split!r} is not a split of this "
+                f"data source ({', '.join(context.source.splits)})."
+            )
         extra = tuple(options.get("metrics", ()))
         unknown = sorted(set(extra) - set(EXTRA_METRICS))
         if unknown:
-            raise ValueError(f"config.evals.{name}.metrics: unknown {unknown}; choose from "
-                             f"{', '.join(EXTRA_METRICS)}.")
+            raise ValueError(
+                f"config.evals.{name}.metrics: unknown {unknown}; choose from "
+                f"{', '.join(EXTRA_METRICS)}."
+            )
         self.confusion = "confusion" in extra
         self.extra = tuple(m for m in extra if m != "confusion")
         self._accumulate = None
@@ -187,8 +209,9 @@ class Classification:
 
     def batch_sums(self, state, batch) -> dict:
         """The sums of one batch (`batch_sums`; vmapped over the members of a population)."""
-        sums = functools.partial(batch_sums, num_bins=self.context.num_bins,
-                                 confusion=self.confusion, extra=self.extra)
+        sums = functools.partial(
+            batch_sums, num_bins=self.context.num_bins, confusion=self.confusion, extra=self.extra
+        )
         logits = self.logits_of(state, batch["image"])
         if self.context.population:
             return jax.vmap(lambda z: sums(z, batch["label"], example_mask=batch["mask"]))(logits)
@@ -198,16 +221,25 @@ class Classification:
         """Host sums over every evaluation batch of the split."""
         ctx = self.context
         if self._accumulate is None:
-            first = next(iter(ctx.source.eval_batches(self.split, batch_size=ctx.eval_batch_size,
-                                                      mesh=ctx.mesh)))
+            first = next(
+                iter(
+                    ctx.source.eval_batches(
+                        self.split, batch_size=ctx.eval_batch_size, mesh=ctx.mesh
+                    )
+                )
+            )
             shapes = jax.eval_shape(self.batch_sums, state, first)
-            self._init = jax.jit(lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                                                      shapes), out_shardings=ctx.replicated)
-            self._accumulate = jax.jit(lambda total, st, b: add(total, self.batch_sums(st, b)),
-                                       donate_argnums=0)
+            self._init = jax.jit(
+                lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
+                out_shardings=ctx.replicated,
+            )
+            self._accumulate = jax.jit(
+                lambda total, st, b: add(total, self.batch_sums(st, b)), donate_argnums=0
+            )
         total = self._init()
-        for batch in ctx.source.eval_batches(self.split, batch_size=ctx.eval_batch_size,
-                                             mesh=ctx.mesh):
+        for batch in ctx.source.eval_batches(
+            self.split, batch_size=ctx.eval_batch_size, mesh=ctx.mesh
+        ):
             total = self._accumulate(total, state, batch)
         return jax.device_get(total)
 
@@ -220,10 +252,14 @@ class Classification:
         sums = self.sums(state)
         if not self.context.population:
             out = self.finalize(sums)
-            return ({k: v for k, v in out.items() if k not in DETAILS},
-                    {k: out[k] for k in DETAILS if k in out})
-        members = [self.finalize(jax.tree.map(lambda a, i=i: a[i], sums))
-                   for i in range(self.context.population)]
+            return (
+                {k: v for k, v in out.items() if k not in DETAILS},
+                {k: out[k] for k in DETAILS if k in out},
+            )
+        members = [
+            self.finalize(jax.tree.map(lambda a, i=i: a[i], sums))
+            for i in range(self.context.population)
+        ]
         pooled = self.finalize(jax.tree.map(lambda a: np.sum(a, axis=0), sums))
         scalars = {k: [m[k] for m in members] for k in members[0] if k not in DETAILS}
         details = {k: pooled[k] for k in DETAILS if k in pooled}
@@ -234,14 +270,24 @@ class Classification:
         """The final state's figures: reliability diagram, risk-coverage curve, confusion."""
         ece = details.get("pooled", scalars)["ece"]
         pooled = f" ({self.context.population} seeds pooled)" if self.context.population else ""
-        report.plot_reliability(details["reliability"], os.path.join(
-            workdir, f"{self.name}_reliability.png"), f"{title}: {self.name}{pooled}", ece=ece)
-        report.plot_risk_coverage(details["risk_coverage"], os.path.join(
-            workdir, f"{self.name}_risk_coverage.png"), f"{title}: {self.name}{pooled}")
+        report.plot_reliability(
+            details["reliability"],
+            os.path.join(workdir, f"{self.name}_reliability.png"),
+            f"{title}: {self.name}{pooled}",
+            ece=ece,
+        )
+        report.plot_risk_coverage(
+            details["risk_coverage"],
+            os.path.join(workdir, f"{self.name}_risk_coverage.png"),
+            f"{title}: {self.name}{pooled}",
+        )
         if "confusion" in details:
-            report.plot_confusion(details["confusion"], self.context.source.class_names,
-                                  os.path.join(workdir, f"{self.name}_confusion.png"),
-                                  f"{title}: {self.name}, final model (% of each label)")
+            report.plot_confusion(
+                details["confusion"],
+                self.context.source.class_names,
+                os.path.join(workdir, f"{self.name}_confusion.png"),
+                f"{title}: {self.name}, final model (% of each label)",
+            )
 
 
 class Multiview(Classification):
@@ -269,8 +315,11 @@ class Multiview(Classification):
         weight = jnp.broadcast_to(batch["mask"][:, None], labels.shape).astype(jnp.float32)
         finite = jnp.all(jnp.isfinite(logits), axis=-1)
         hits = metrics.top_k_accuracy(logits, labels, k=1) * weight * finite
-        return {**sums, "view_correct1": jnp.sum(hits, axis=(-2, -1)),
-                "view_count": jnp.broadcast_to(jnp.sum(weight), hits.shape[:-2])}
+        return {
+            **sums,
+            "view_correct1": jnp.sum(hits, axis=(-2, -1)),
+            "view_count": jnp.broadcast_to(jnp.sum(weight), hits.shape[:-2]),
+        }
 
     def finalize(self, sums: dict) -> dict:
         sums = dict(sums)

@@ -49,10 +49,16 @@ def get_config():
     config.schedule.name = "multistep"
     config.schedule.milestones = (20 / 32, 28 / 32)
     config.schedule.round_to = "step"
-    config.evals = ml_collections.ConfigDict({
-        "test": {"type": "classification", "split": "test"},
-        "verification": {"type": "experiments.face.evaluators.Verification",
-                         "sets": (), "val_dir": "", "num_folds": 10},
-    })
+    config.evals = ml_collections.ConfigDict(
+        {
+            "test": {"type": "classification", "split": "test"},
+            "verification": {
+                "type": "experiments.face.evaluators.Verification",
+                "sets": (),
+                "val_dir": "",
+                "num_folds": 10,
+            },
+        }
+    )
     config.resumable = (*config.resumable, "data.workers")
     return config

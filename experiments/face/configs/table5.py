@@ -9,21 +9,35 @@ trains once and is evaluated on every set given; the paper's number stands besid
 paper has one. Rows not run, and sets whose data was not given, read "not run" / "n/a".
 """
 
-from experiments.common import grid, losses
+from experiments.common import grid
+from experiments.common import losses
 from experiments.face.configs import arcface
 
-SET_TITLES = {"lfw": "LFW", "calfw": "CALFW", "cfp_ff": "CFP-FF", "cplfw": "CPLFW",
-              "cfp_fp": "CFP-FP", "agedb_30": "AgeDB-30"}
+SET_TITLES = {
+    "lfw": "LFW",
+    "calfw": "CALFW",
+    "cfp_ff": "CFP-FF",
+    "cplfw": "CPLFW",
+    "cfp_fp": "CFP-FP",
+    "agedb_30": "AgeDB-30",
+}
 LEFT, RIGHT = ("lfw", "calfw", "cfp_ff"), ("cplfw", "cfp_fp", "agedb_30")
 
 
 def _row(margin, gamma, top_c, group, values) -> grid.Row:
     scale, m = losses.MARGIN_DEFAULTS[margin]
     row_id = margin if not gamma else f"{margin}_gsc_{gamma:g}_{top_c}"
-    overrides = {"loss.name": "ce", "loss.gsc.gamma": gamma, "loss.gsc.top_c": top_c,
-                 "loss.margin.name": margin, "loss.margin.scale": scale, "loss.margin.m": m}
-    return grid.Row(row_id, overrides, {f"verification/{n}/accuracy": v
-                                        for n, v in zip(group, values)})
+    overrides = {
+        "loss.name": "ce",
+        "loss.gsc.gamma": gamma,
+        "loss.gsc.top_c": top_c,
+        "loss.margin.name": margin,
+        "loss.margin.scale": scale,
+        "loss.margin.m": m,
+    }
+    return grid.Row(
+        row_id, overrides, {f"verification/{n}/accuracy": v for n, v in zip(group, values)}
+    )
 
 
 ROWS = (  # paper accuracy %; the baselines have all six sets
@@ -50,6 +64,10 @@ def get_config():
 
 def get_grid():
     return grid.Grid(
-        name="table5", title="GSC paper Table 5: 10-fold verification accuracy.", rows=ROWS,
-        columns=tuple(grid.Column(f"verification/{n}/accuracy", f"{t} %")
-                      for n, t in SET_TITLES.items()))
+        name="table5",
+        title="GSC paper Table 5: 10-fold verification accuracy.",
+        rows=ROWS,
+        columns=tuple(
+            grid.Column(f"verification/{n}/accuracy", f"{t} %") for n, t in SET_TITLES.items()
+        ),
+    )

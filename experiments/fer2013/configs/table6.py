@@ -16,7 +16,8 @@ import os
 
 import numpy as np
 
-from experiments.common import grid, report
+from experiments.common import grid
+from experiments.common import report
 from experiments.fer2013 import data
 from experiments.fer2013.configs import vgg
 
@@ -36,9 +37,12 @@ def get_config():
 
 def per_class_and_fig7(results, workdir: str) -> str:
     """The per-class test accuracy table; fig7.png (CE against the first GSC row)."""
-    lines = ["Per-class test accuracy % (final model, mean over seeds):", "",
-             "| method | " + " | ".join(data.EMOTIONS) + " |",
-             "|---|" + "---|" * len(data.EMOTIONS)]
+    lines = [
+        "Per-class test accuracy % (final model, mean over seeds):",
+        "",
+        "| method | " + " | ".join(data.EMOTIONS) + " |",
+        "|---|" + "---|" * len(data.EMOTIONS),
+    ]
     for r in results:
         if r.status() != "completed":
             continue
@@ -46,21 +50,34 @@ def per_class_and_fig7(results, workdir: str) -> str:
         lines.append(f"| {r.label} | " + " | ".join(f"{100 * a:.1f}" for a in per_class) + " |")
     done = [r for r in results if r.status() == "completed"]
     if len(done) > 1:
-        curves = {r.label: report.read_jsonl(os.path.join(r.workdirs[0], "metrics.jsonl"))
-                  for r in done[:2]}
+        curves = {
+            r.label: report.read_jsonl(os.path.join(r.workdirs[0], "metrics.jsonl"))
+            for r in done[:2]
+        }
         report.plot_loss_curves(curves, os.path.join(workdir, "fig7.png"))
     return "\n".join(lines) + "\n"
 
 
 def get_grid():
-    rows = tuple(grid.Row(i, {"loss.name": "ce", "loss.gsc.gamma": g, "loss.gsc.top_c": c},
-                          {"test/top1@best": test, "val/top1": val})
-                 for i, g, c, test, val in ROWS)
+    rows = tuple(
+        grid.Row(
+            i,
+            {"loss.name": "ce", "loss.gsc.gamma": g, "loss.gsc.top_c": c},
+            {"test/top1@best": test, "val/top1": val},
+        )
+        for i, g, c, test, val in ROWS
+    )
     return grid.Grid(
-        name="table6", title="GSC paper Table 6: FER2013 test and validation accuracy.",
-        rows=rows, columns=(
+        name="table6",
+        title="GSC paper Table 6: FER2013 test and validation accuracy.",
+        rows=rows,
+        columns=(
             grid.Column("test/top1", "test % (final)"),
             grid.Column("test/top1@best", "test % (best-val model)"),
-            grid.Column("val/top1", "val % (final)"), grid.Column("best/value", "best val %"),
-            grid.Column("test/ece", "test ECE %"), grid.Column("test/nll", "test NLL", "nats")),
-        extra=per_class_and_fig7)
+            grid.Column("val/top1", "val % (final)"),
+            grid.Column("best/value", "best val %"),
+            grid.Column("test/ece", "test ECE %"),
+            grid.Column("test/nll", "test NLL", "nats"),
+        ),
+        extra=per_class_and_fig7,
+    )

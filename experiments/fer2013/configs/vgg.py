@@ -17,13 +17,23 @@ import ml_collections
 
 from experiments.common import config as base
 from experiments.common.data import memory
-from experiments.fer2013 import augment, data
+from experiments.fer2013 import augment
+from experiments.fer2013 import data
 
-RECIPE = {"optimizer.learning_rate": 0.01, "optimizer.momentum": 0.9,
-          "optimizer.weight_decay": 1e-4, "batch_size": 64, "epochs": 300,
-          "plateau.factor": 0.75, "plateau.patience": 5, "data.crop": 40,
-          "data.train_crops": augment.NUM_TEN_CROPS, "model.width": 64, "model.hidden": 4096,
-          "model.dropout": 0.2}
+RECIPE = {
+    "optimizer.learning_rate": 0.01,
+    "optimizer.momentum": 0.9,
+    "optimizer.weight_decay": 1e-4,
+    "batch_size": 64,
+    "epochs": 300,
+    "plateau.factor": 0.75,
+    "plateau.patience": 5,
+    "data.crop": 40,
+    "data.train_crops": augment.NUM_TEN_CROPS,
+    "model.width": 64,
+    "model.hidden": 4096,
+    "model.dropout": 0.2,
+}
 
 
 def get_config():
@@ -49,22 +59,27 @@ def get_config():
     config.plateau.patience = 5
     config.plateau.metric = "val/top1"
     config.best.metric = "val/top1"
-    config.evals = ml_collections.ConfigDict({
-        split: {"type": "multiview", "split": split, "metrics": ("confusion",)}
-        for split in ("val", "test")})
+    config.evals = ml_collections.ConfigDict(
+        {
+            split: {"type": "multiview", "split": split, "metrics": ("confusion",)}
+            for split in ("val", "test")
+        }
+    )
     return config
 
 
 def departures(config) -> list:
     """Every difference from the recipe, as 'field: ours (recipe value)'."""
-    out = [f"{k}: {base.get(config, k)} (recipe {v})" for k, v in RECIPE.items()
-           if base.get(config, k) != v]
+    out = [
+        f"{k}: {base.get(config, k)} (recipe {v})"
+        for k, v in RECIPE.items()
+        if base.get(config, k) != v
+    ]
     if config.data.num_train_examples:
         out.append(f"data.num_train_examples: {config.data.num_train_examples} (recipe: all)")
     if config.data.num_eval_examples:
         out.append(f"data.num_eval_examples: {config.data.num_eval_examples} (recipe: all)")
     if config.data.label_noise:
         out.append(f"data.label_noise: {config.data.label_noise} (recipe: none)")
-    out.append(f"precision: {'bfloat16' if config.bf16 else 'float32'} (recipe: float16 "
-               "autocast)")
+    out.append(f"precision: {'bfloat16' if config.bf16 else 'float32'} (recipe: float16 autocast)")
     return out

@@ -15,11 +15,19 @@ CE+GSC(0.05, 9) 92.36 %.
 from experiments.common import config as base
 from experiments.imagenet.configs import pycls
 
-RECIPE = {"data.dataset": "oxford_flowers102", "data.train_crop": "resize_random",
-          "data.eval_crop": "square", "data.lighting_std": 0.0, "batch_size": 64,
-          "optimizer.learning_rate": 0.01, "optimizer.reference_batch": 0,
-          "optimizer.nesterov": False, "optimizer.weight_decay": 1e-4,
-          "schedule.name": "multistep", "schedule.milestones": (0.45, 0.80)}
+RECIPE = {
+    "data.dataset": "oxford_flowers102",
+    "data.train_crop": "resize_random",
+    "data.eval_crop": "square",
+    "data.lighting_std": 0.0,
+    "batch_size": 64,
+    "optimizer.learning_rate": 0.01,
+    "optimizer.reference_batch": 0,
+    "optimizer.nesterov": False,
+    "optimizer.weight_decay": 1e-4,
+    "schedule.name": "multistep",
+    "schedule.milestones": (0.45, 0.80),
+}
 
 
 def get_config():

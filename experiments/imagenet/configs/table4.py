@@ -25,12 +25,21 @@ def get_config():
 def get_grid():
     rows = []
     for i, name, params, gamma, top_c, p1, p5 in ROWS:
-        overrides = {"loss.name": name, "loss.gsc.gamma": gamma, "loss.gsc.top_c": top_c,
-                     **{f"loss.{name}.{k}": v for k, v in params.items()}}
+        overrides = {
+            "loss.name": name,
+            "loss.gsc.gamma": gamma,
+            "loss.gsc.top_c": top_c,
+            **{f"loss.{name}.{k}": v for k, v in params.items()},
+        }
         rows.append(grid.Row(i, overrides, {"test/top1": p1, "test/top5": p5}))
     return grid.Grid(
-        name="table4", title="GSC paper Table 4: Flowers-102 test accuracy, ResNet-50.",
-        rows=tuple(rows), columns=(grid.Column("test/top1", "top-1 %"),
-                                   grid.Column("max:test/top1", "best-epoch top-1 %"),
-                                   grid.Column("test/top5", "top-5 %"),
-                                   grid.Column("test/ece", "ECE %")))
+        name="table4",
+        title="GSC paper Table 4: Flowers-102 test accuracy, ResNet-50.",
+        rows=tuple(rows),
+        columns=(
+            grid.Column("test/top1", "top-1 %"),
+            grid.Column("max:test/top1", "best-epoch top-1 %"),
+            grid.Column("test/top5", "top-5 %"),
+            grid.Column("test/ece", "ECE %"),
+        ),
+    )

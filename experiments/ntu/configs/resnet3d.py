@@ -17,14 +17,28 @@ evaluation 4 clips x 3 crops per video, no Kinetics pre-training.
 import ml_collections
 
 from experiments.common import config as base
-from experiments.ntu import data, prepare
+from experiments.ntu import data
+from experiments.ntu import prepare
 
-RECIPE = {"optimizer.learning_rate": 0.01, "optimizer.momentum": 0.9,
-          "optimizer.weight_decay": 1e-5, "schedule.step_every": 20, "schedule.factor": 0.1,
-          "model.name": "resnet3d34", "data.clip_frames": 16, "data.crop": 112}
-CHOSEN = {"epochs": 60, "batch_size": 32, "model.shortcut": "A", "data.eval_clips": 4,
-          "data.eval_crops": 3, "data.short_side": prepare.DEFAULT_SHORT_SIDE,
-          "model.width": 64}
+RECIPE = {
+    "optimizer.learning_rate": 0.01,
+    "optimizer.momentum": 0.9,
+    "optimizer.weight_decay": 1e-5,
+    "schedule.step_every": 20,
+    "schedule.factor": 0.1,
+    "model.name": "resnet3d34",
+    "data.clip_frames": 16,
+    "data.crop": 112,
+}
+CHOSEN = {
+    "epochs": 60,
+    "batch_size": 32,
+    "model.shortcut": "A",
+    "data.eval_clips": 4,
+    "data.eval_crops": 3,
+    "data.short_side": prepare.DEFAULT_SHORT_SIDE,
+    "model.width": 64,
+}
 
 
 def get_config():
@@ -53,8 +67,7 @@ def get_config():
     config.schedule.name = "multistep"
     config.schedule.step_every = 20  # lr *= factor every 20 epochs
     config.schedule.factor = 0.1
-    config.evals = ml_collections.ConfigDict(
-        {"test": {"type": "multiview", "split": "test"}})
+    config.evals = ml_collections.ConfigDict({"test": {"type": "multiview", "split": "test"}})
     return config
 
 

@@ -23,12 +23,22 @@ def get_config():
 
 
 def get_grid():
-    rows = tuple(grid.Row(i, {"data.protocol": p, "loss.name": "ce", "loss.gsc.gamma": g,
-                              "loss.gsc.top_c": c}, {"test/top1": top1})
-                 for i, p, g, c, top1 in ROWS)
+    rows = tuple(
+        grid.Row(
+            i,
+            {"data.protocol": p, "loss.name": "ce", "loss.gsc.gamma": g, "loss.gsc.top_c": c},
+            {"test/top1": top1},
+        )
+        for i, p, g, c, top1 in ROWS
+    )
     return grid.Grid(
-        name="table7", title="GSC paper Table 7: NTU RGB+D top-1 accuracy (ResNet3D-34).",
-        rows=rows, columns=(
+        name="table7",
+        title="GSC paper Table 7: NTU RGB+D top-1 accuracy (ResNet3D-34).",
+        rows=rows,
+        columns=(
             grid.Column("test/top1", "video top-1 %"),
             grid.Column("test/view_top1", "clip top-1 %"),
-            grid.Column("test/ece", "ECE %"), grid.Column("test/nll", "NLL", "nats")))
+            grid.Column("test/ece", "ECE %"),
+            grid.Column("test/nll", "NLL", "nats"),
+        ),
+    )

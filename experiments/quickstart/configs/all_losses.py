@@ -21,5 +21,6 @@ def get_config():
 
 
 def get_grid():
-    return dataclasses.replace(default.get_grid(), name="table_all",
-                               rows=default.rows_for(BASE_LOSSES))
+    return dataclasses.replace(
+        default.get_grid(), name="table_all", rows=default.rows_for(BASE_LOSSES)
+    )

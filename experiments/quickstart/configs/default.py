@@ -23,10 +23,15 @@ from experiments.common.data import memory
 # CE's for the losses the paper does not combine with GSC.
 GSC_SETTINGS = {"ce": (0.05, 2), "ls": (0.03, 2), "focal": (0.02, 3)}
 DEFAULT_GSC_SETTING = (0.05, 2)
-COLUMNS = (grid.Column("test/top1", "accuracy %"), grid.Column("test/ece", "ECE %"),
-           grid.Column("test/classwise_ece", "classwise ECE %"),
-           grid.Column("test/smooth_ece", "smooth ECE %"), grid.Column("test/nll", "NLL", "nats"),
-           grid.Column("test/brier", "Brier", "nats"), grid.Column("test/aurc", "AURC %"))
+COLUMNS = (
+    grid.Column("test/top1", "accuracy %"),
+    grid.Column("test/ece", "ECE %"),
+    grid.Column("test/classwise_ece", "classwise ECE %"),
+    grid.Column("test/smooth_ece", "smooth ECE %"),
+    grid.Column("test/nll", "NLL", "nats"),
+    grid.Column("test/brier", "Brier", "nats"),
+    grid.Column("test/aurc", "AURC %"),
+)
 
 
 def get_config():
@@ -39,7 +44,8 @@ def get_config():
     config.optimizer.name = "adam"
     config.optimizer.learning_rate = 1e-3
     config.evals = base.classification_evals(
-        ("test",), metrics=("classwise_ece", "fine_bins", "brier"))
+        ("test",), metrics=("classwise_ece", "fine_bins", "brier")
+    )
     return config
 
 
@@ -49,8 +55,11 @@ def rows_for(base_losses) -> tuple:
     for name in base_losses:
         gamma, top_c = GSC_SETTINGS.get(name, DEFAULT_GSC_SETTING)
         rows.append(grid.Row(name, {"loss.name": name}))
-        rows.append(grid.Row(f"{name}_gsc", {"loss.name": name, "loss.gsc.gamma": gamma,
-                                              "loss.gsc.top_c": top_c}))
+        rows.append(
+            grid.Row(
+                f"{name}_gsc", {"loss.name": name, "loss.gsc.gamma": gamma, "loss.gsc.top_c": top_c}
+            )
+        )
     return tuple(rows)
 
 
@@ -58,8 +67,10 @@ def risk_coverage_figure(results, workdir: str) -> str:
     """Every loss's pooled risk-coverage curve on one axes (risk_coverage.png); a loss and its
     +GSC variant share a colour, the GSC one dashed."""
     import matplotlib  # pylint: disable=import-outside-toplevel
+
     matplotlib.use("Agg")
     from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+
     from gsc_jax import plots  # pylint: disable=import-outside-toplevel
 
     done = [r for r in results if r.status() == "completed"]
@@ -70,8 +81,12 @@ def risk_coverage_figure(results, workdir: str) -> str:
     bases = list(dict.fromkeys(r.row.overrides["loss.name"] for r in done))
     colours = matplotlib.colormaps["tab10" if len(bases) <= 10 else "tab20"]
     for r in done:
-        plots.risk_coverage_curve(r.summaries[0]["test/risk_coverage"], ax, label=r.label,
-                                  title="risk-coverage, test split, seeds pooled")
+        plots.risk_coverage_curve(
+            r.summaries[0]["test/risk_coverage"],
+            ax,
+            label=r.label,
+            title="risk-coverage, test split, seeds pooled",
+        )
         line = ax.lines[-1]
         line.set_color(colours(bases.index(r.row.overrides["loss.name"])))
         line.set_linestyle("--" if r.row.overrides.get("loss.gsc.gamma") else "-")
@@ -83,6 +98,11 @@ def risk_coverage_figure(results, workdir: str) -> str:
 
 def get_grid():
     return grid.Grid(
-        name="table", title="Digits (scikit-learn, 1,257 train / 540 test), SmallCNN, 20 epochs.",
-        rows=rows_for(("ce", "ls", "focal")), columns=COLUMNS, seeds=(0, 1, 2),
-        vmap_seeds=True, extra=risk_coverage_figure)
+        name="table",
+        title="Digits (scikit-learn, 1,257 train / 540 test), SmallCNN, 20 epochs.",
+        rows=rows_for(("ce", "ls", "focal")),
+        columns=COLUMNS,
+        seeds=(0, 1, 2),
+        vmap_seeds=True,
+        extra=risk_coverage_figure,
+    )

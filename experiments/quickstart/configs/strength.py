@@ -29,29 +29,59 @@ def get_config():
 
 def get_grid():
     def ce_rows(top_c):
-        return [grid.Row(f"ce_c{top_c}_nr{round(100 * n)}", {
-            "loss.name": "ce", "loss.gsc.top_c": top_c, "data.label_noise": n})
-            for n in NOISE_RATES]
+        return [
+            grid.Row(
+                f"ce_c{top_c}_nr{round(100 * n)}",
+                {"loss.name": "ce", "loss.gsc.top_c": top_c, "data.label_noise": n},
+            )
+            for n in NOISE_RATES
+        ]
 
     # In order of what a reading needs first: top_c 2 at every noise rate, LS and focal, then
     # the other top_c.
     rows = ce_rows(2)
-    rows += [grid.Row(f"{name}_c2_nr{round(100 * n)}", {"loss.name": name, "loss.gsc.top_c": 2,
-                                                         "data.label_noise": n})
-             for name in ("ls", "focal") for n in (0.0, 0.8)]
+    rows += [
+        grid.Row(
+            f"{name}_c2_nr{round(100 * n)}",
+            {"loss.name": name, "loss.gsc.top_c": 2, "data.label_noise": n},
+        )
+        for name in ("ls", "focal")
+        for n in (0.0, 0.8)
+    ]
     for top_c in TOP_CS[1:]:
         rows += ce_rows(top_c)
-    columns = (grid.Column("test/top1", "accuracy %"), grid.Column("test/ece", "ECE %"),
-               grid.Column("test/nll", "NLL", "nats"))
+    columns = (
+        grid.Column("test/top1", "accuracy %"),
+        grid.Column("test/ece", "ECE %"),
+        grid.Column("test/nll", "NLL", "nats"),
+    )
     metrics = ("test/top1", "test/ece", "test/nll")
     return grid.Grid(
         name="strength",
         title="Strength study on digits (SmallCNN, 20 epochs): CE, LS and focal with GSC "
-              "against gamma.",
-        rows=tuple(rows), columns=columns, seeds=SEEDS, vmap_seeds=True, vmap_gammas=GAMMAS,
-        plots=(grid.Plot(x="loss.gsc.gamma", series="loss.gsc.top_c", panel="data.label_noise",
-                         columns=metrics, rows=("ce_",), file="strength.png"),
-               grid.Plot(x="loss.gsc.gamma", series="loss.name", panel="data.label_noise",
-                         columns=metrics, rows=("ce_c2_nr0_", "ce_c2_nr80_", "ls_", "focal_"),
-                         file="strength_ls_focal.png")),
-        extra=strength.reading)
+        "against gamma.",
+        rows=tuple(rows),
+        columns=columns,
+        seeds=SEEDS,
+        vmap_seeds=True,
+        vmap_gammas=GAMMAS,
+        plots=(
+            grid.Plot(
+                x="loss.gsc.gamma",
+                series="loss.gsc.top_c",
+                panel="data.label_noise",
+                columns=metrics,
+                rows=("ce_",),
+                file="strength.png",
+            ),
+            grid.Plot(
+                x="loss.gsc.gamma",
+                series="loss.name",
+                panel="data.label_noise",
+                columns=metrics,
+                rows=("ce_c2_nr0_", "ce_c2_nr80_", "ls_", "focal_"),
+                file="strength_ls_focal.png",
+            ),
+        ),
+        extra=strength.reading,
+    )

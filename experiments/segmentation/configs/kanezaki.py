@@ -18,9 +18,8 @@ downscaled to config.data.max_side (48 by default, under 2 minutes an image for 
 
 import os
 
-import numpy as np
-
 import ml_collections
+import numpy as np
 
 from experiments.common import config as base
 from experiments.common import grid
@@ -49,7 +48,8 @@ def get_config():
     config.optimizer.learning_rate = 0.1
     config.optimizer.momentum = 0.9
     config.evals = ml_collections.ConfigDict(
-        {"image": {"type": "experiments.segmentation.task.Segmentation"}})
+        {"image": {"type": "experiments.segmentation.task.Segmentation"}}
+    )
     return config
 
 
@@ -59,9 +59,12 @@ def figures(results, workdir: str) -> str:
     if not done:
         return ""
     from experiments.segmentation import task  # pylint: disable=import-outside-toplevel
+
     saved = done[0].summaries[0]["config"]["data"]
-    config = base.apply_overrides(get_config(), {
-        f"data.{k}": tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    config = base.apply_overrides(
+        get_config(),
+        {f"data.{k}": tuple(v) if isinstance(v, list) else v for k, v in saved.items()},
+    )
     _, rgb, truth, _ = task.load(config)
     panels = []
     for r in done:
@@ -73,19 +76,27 @@ def figures(results, workdir: str) -> str:
     if truth is not None:
         panels.append((f"ground truth: {len(np.unique(truth))} regions", truth))
     plots.save_comparison(os.path.join(workdir, "comparison.png"), rgb, panels)
-    plots.save_label_curves(os.path.join(workdir, "labels_per_iteration.png"),
-                            {r.label: r.summaries[0]["image/n_labels_per_iteration"]
-                             for r in done}, config.data.min_labels)
+    plots.save_label_curves(
+        os.path.join(workdir, "labels_per_iteration.png"),
+        {r.label: r.summaries[0]["image/n_labels_per_iteration"] for r in done},
+        config.data.min_labels,
+    )
     return "comparison.png, labels_per_iteration.png\n"
 
 
 def get_grid():
     return grid.Grid(
-        name="segmentation", title="Kanezaki's segmentation, baseline against + GSC.",
-        rows=(grid.Row("baseline", {"loss.gsc.gamma": 0.0}),
-              grid.Row("gsc", {"loss.gsc.gamma": 0.3})),
-        columns=(grid.Column("image/final_labels", "labels", "raw"),
-                 grid.Column("image/iterations", "iterations", "raw"),
-                 grid.Column("image/mean_iou", "mIoU", "raw"),
-                 grid.Column("image/covering", "covering", "raw")),
-        extra=figures)
+        name="segmentation",
+        title="Kanezaki's segmentation, baseline against + GSC.",
+        rows=(
+            grid.Row("baseline", {"loss.gsc.gamma": 0.0}),
+            grid.Row("gsc", {"loss.gsc.gamma": 0.3}),
+        ),
+        columns=(
+            grid.Column("image/final_labels", "labels", "raw"),
+            grid.Column("image/iterations", "iterations", "raw"),
+            grid.Column("image/mean_iou", "mIoU", "raw"),
+            grid.Column("image/covering", "covering", "raw"),
+        ),
+        extra=figures,
+    )
