@@ -102,6 +102,14 @@ def non_negative(x) -> bool:
     return not isinstance(x, bool) and x >= 0 and math.isfinite(x)
 
 
+def positive_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x > 0
+
+
+def non_negative_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
 def one_of(*choices):
     return lambda x: x in choices
 

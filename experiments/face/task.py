@@ -35,11 +35,11 @@ def validate(config) -> None:
             f"config.loss.margin.name must be arcface or cosface, got {config.loss.margin.name!r}."
         )
     for path in ("model.width", "model.embedding_size"):
-        cfg.check(config, path, lambda n: isinstance(n, int) and n > 0, "a positive integer")
+        cfg.check(config, path, cfg.positive_int, "a positive integer")
     cfg.check(
         config,
         "data.workers",
-        lambda n: isinstance(n, int) and n >= 0,
+        cfg.non_negative_int,
         "an integer >= 0 (0 = tf.data autotune)",
     )
     cfg.check(

@@ -44,7 +44,7 @@ def validate(config) -> None:
         f"an integer >= {MIN_CROP} (the VGG pools four times)",
     )
     for path in ("model.width", "model.hidden"):
-        cfg.check(config, path, lambda n: isinstance(n, int) and n > 0, "a positive integer")
+        cfg.check(config, path, cfg.positive_int, "a positive integer")
     cfg.check(config, "model.dropout", lambda p: 0 <= p < 1, "in [0, 1)")
     memory.check_subset_fields(config)
     if bool(d.data_dir) + bool(d.csv) + bool(d.npz) != 1:

@@ -47,7 +47,7 @@ def validate(config) -> None:
     cfg.check(
         config,
         "data.workers",
-        lambda w: isinstance(w, int) and w >= 0,
+        cfg.non_negative_int,
         "an integer >= 0 (0 = tf.data autotune)",
     )
     cfg.check(

@@ -22,12 +22,12 @@ def validate(config) -> None:
         f"one of {', '.join(names.PROTOCOLS)}",
     )
     for path in ("data.short_side", "data.clip_frames", "data.crop", "data.eval_clips"):
-        cfg.check(config, path, lambda n: isinstance(n, int) and n > 0, "a positive integer")
+        cfg.check(config, path, cfg.positive_int, "a positive integer")
     cfg.check(config, "data.eval_crops", cfg.one_of(1, 3), "1 (centre) or 3 (along the long side)")
     cfg.check(
         config,
         "data.workers",
-        lambda w: isinstance(w, int) and w >= 0,
+        cfg.non_negative_int,
         "an integer >= 0 (0 or 1: no threads)",
     )
     if d.crop > d.short_side:

@@ -100,12 +100,12 @@ class ImageSource(Source):
 
 def validate(config) -> None:
     for path in ("model.n_channel", "model.n_conv", "data.iterations", "data.slic_n_segments"):
-        cfg.check(config, path, lambda n: isinstance(n, int) and n > 0, "a positive integer")
+        cfg.check(config, path, cfg.positive_int, "a positive integer")
     cfg.check(config, "data.min_labels", lambda n: isinstance(n, int) and n >= 1, "an integer >= 1")
     cfg.check(
         config,
         "data.max_side",
-        lambda n: isinstance(n, int) and n >= 0,
+        cfg.non_negative_int,
         "an integer >= 0 (0 = full resolution)",
     )
     if config.data.ground_truth and not os.path.splitext(config.data.image)[1]:

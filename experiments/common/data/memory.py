@@ -598,7 +598,7 @@ def check_subset_fields(config) -> None:
     from experiments.common import config as cfg  # pylint: disable=import-outside-toplevel
 
     for path in ("data.num_train_examples", "data.num_eval_examples", "data.noise_seed"):
-        cfg.check(config, path, lambda n: isinstance(n, int) and n >= 0, "an integer >= 0")
+        cfg.check(config, path, cfg.non_negative_int, "an integer >= 0")
     cfg.check(config, "data.label_noise", lambda r: 0 <= r < 1, "in [0, 1)")
 
 
