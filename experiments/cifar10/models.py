@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from experiments.common.layers import TorchConv
 from experiments.common.layers import TorchDense
+from experiments.common.layers import torch_batch_norm
 
 
 class AlexNet(nn.Module):
@@ -56,13 +57,7 @@ class ConvMixer(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=0.9,
-            epsilon=1e-5,
-            dtype=self.dtype,
-        )
+        norm = torch_batch_norm(train, self.dtype)
         act = functools.partial(nn.gelu, approximate=False)
         conv = functools.partial(TorchConv, dtype=self.dtype)  # depthwise: shifted sums on CPU
         x = norm()(act(conv(self.dim, self.patch_size, self.patch_size)(x)))

@@ -51,6 +51,17 @@ def cpu_rewrites(enabled: bool | None):
         _cpu_rewrites_override = previous
 
 
+def torch_batch_norm(train: bool, dtype=jnp.float32):
+    """`nn.BatchNorm` as PyTorch's BatchNorm1d/2d/3d defaults: momentum 0.1 (Flax's 0.9), eps 1e-5.
+
+    Batch statistics in training, the running averages otherwise; call the result on an input
+    ``[..., C]`` to normalise over every axis but the last.
+    """
+    return functools.partial(
+        nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype
+    )
+
+
 def torch_bias_init(fan_in: int):
     """PyTorch's default bias init U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / math.sqrt(fan_in)

@@ -111,13 +111,7 @@ class IResNet(nn.Module):
             dtype=self.dtype,
             kernel_init=conv_init,
         )
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=0.9,
-            epsilon=1e-5,
-            dtype=self.dtype,
-        )
+        norm = layers.torch_batch_norm(train, self.dtype)
         x = x.astype(self.dtype)
         x = PReLU(name="stem_prelu")(
             norm(name="stem_bn")(conv(self.width, (3, 3), name="stem_conv")(x))

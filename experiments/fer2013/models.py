@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from experiments.common.layers import TorchConv
 from experiments.common.layers import TorchDense
+from experiments.common.layers import torch_batch_norm
 
 STAGE_MULTIPLIERS = (1, 2, 4, 8)
 
@@ -48,13 +49,7 @@ class VGG(nn.Module):
         conv = functools.partial(
             TorchConv, kernel=3, padding=1, cpu_conv=self.cpu_conv, dtype=self.dtype
         )
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=0.9,
-            epsilon=1e-5,
-            dtype=self.dtype,
-        )
+        norm = torch_batch_norm(train, self.dtype)
         for multiplier in STAGE_MULTIPLIERS:
             for _ in range(2):
                 x = nn.relu(norm()(conv(self.width * multiplier)(x)))

@@ -20,6 +20,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from experiments.common import layers
+
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 dense_init = nn.initializers.normal(0.01)
 
@@ -89,13 +91,7 @@ class ResNet(nn.Module):
         conv = functools.partial(
             nn.Conv, use_bias=False, padding="SAME", dtype=self.dtype, kernel_init=conv_init
         )
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=0.9,
-            epsilon=1e-5,
-            dtype=self.dtype,
-        )
+        norm = layers.torch_batch_norm(train, self.dtype)
         block = BasicBlock if self.block == "basic" else BottleneckBlock
         x = x.astype(self.dtype)
         x = conv(self.width, (7, 7), 2, padding=[(3, 3), (3, 3)], name="stem_conv")(x)

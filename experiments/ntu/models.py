@@ -76,13 +76,7 @@ class ResNet3D(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=0.9,
-            epsilon=1e-5,
-            dtype=self.dtype,
-        )
+        norm = layers.torch_batch_norm(train, self.dtype)
         t_stride = 2 if x.shape[1] >= 32 else 1
         x = conv(self.width, (7, 7, 7), (t_stride, 2, 2), padding=3, name="stem")(
             x.astype(self.dtype)

@@ -35,6 +35,7 @@ import numpy as np
 import skimage.segmentation
 
 from experiments.common.layers import TorchConv
+from experiments.common.layers import torch_batch_norm
 
 
 class KanezakiNet(nn.Module):
@@ -50,7 +51,7 @@ class KanezakiNet(nn.Module):
     n_conv: int = 2
 
     def _bn(self, x: jax.Array) -> jax.Array:
-        return nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)(x)
+        return torch_batch_norm(train=True)()(x)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
