@@ -1,6 +1,6 @@
 r"""Recomputes the GSC paper's Appendix Table 8 and sets the exact derivative beside it.
 
-Run ``python -m gsc_jax.table8``. Binary scores :math:`K = (p, 1-p)`, :math:`\mu = 0`,
+Run ``python -m experiments.table8``. Binary scores :math:`K = (p, 1-p)`, :math:`\mu = 0`,
 :math:`\sigma = E(p)` in nats (``normalize_entropy=False``), ``top_c = 2``.
 
 Columns: :math:`H(p)`; :math:`|H'(p)| = |\log((1-p)/p)|`; :math:`f(p)`; the paper's

@@ -205,7 +205,8 @@ def gsc_term(
     Eq. 13 with :math:`\sigma` fixed actually gives :math:`f_2 (1-2p)/\sigma^2`: the step in Eq. 17
     drops a factor (:math:`n' = (1-2p)/\sigma^2`, not :math:`(1-p)/\sigma^2`). This function's
     gradients are the exact ones (checked against float64 finite differences in the tests);
-    ``python -m gsc_jax.table8`` prints both columns side by side.
+    ``python -m experiments.table8`` (in a checkout of the repository) prints both columns side by
+    side.
 
     Args:
       logits: ``[..., num_classes, ...]`` unnormalised scores; at least 2 classes along ``axis``.

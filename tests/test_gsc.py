@@ -17,7 +17,7 @@ import numpy as np
 from absl.testing import parameterized
 
 import gsc_jax
-from gsc_jax import table8
+from experiments import table8
 
 
 def numpy_gsc(logits, top_c, mu=0.0, normalize_entropy=True):

@@ -1,5 +1,5 @@
 """The Colab notebooks run top to bottom on CPU (smoke settings) and are committed without outputs;
-the quickstart's setup cell fails with a message, not later, when it cannot reach a checkout."""
+their shared setup cell fails with a message, not later, when it cannot reach a checkout."""
 
 import os
 import pathlib
@@ -43,6 +43,10 @@ def _setup_cell(name: str) -> str:
     return next(c.source for c in nb.cells if c.cell_type == "code" and "REPO_URL" in c.source)
 
 
+def test_the_notebooks_share_one_setup_cell():
+    assert len({_setup_cell(name) for name in NOTEBOOKS}) == 1
+
+
 @pytest.mark.parametrize(
     "repo_url, message",
     [
@@ -50,9 +54,7 @@ def _setup_cell(name: str) -> str:
         ("/nonexistent/gsc-jax", "git clone /nonexistent/gsc-jax failed"),
     ],
 )
-def test_quickstart_setup_outside_a_checkout_fails_in_its_cell_with_a_message(
-    tmp_path, repo_url, message
-):
+def test_setup_outside_a_checkout_fails_in_its_cell_with_a_message(tmp_path, repo_url, message):
     code = _setup_cell("gsc_quickstart.ipynb").replace(PLACEHOLDER_URL, repo_url)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(
@@ -68,7 +70,7 @@ def test_quickstart_setup_outside_a_checkout_fails_in_its_cell_with_a_message(
     assert not (tmp_path / "gsc-jax").exists() or repo_url != PLACEHOLDER_URL
 
 
-def test_quickstart_setup_inside_a_checkout_runs_from_it(tmp_path):
+def test_setup_inside_a_checkout_runs_from_it(tmp_path):
     code = _setup_cell("gsc_quickstart.ipynb") + "\nprint('ROOT', ROOT)"
     done = subprocess.run(
         [sys.executable, "-c", code],

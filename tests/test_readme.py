@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from gsc_jax import table8
+from experiments import table8
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TEST_COMMAND = 'pip install -e ".[dev]" && python -m pytest -q -n 2'

@@ -9,12 +9,12 @@ protocol, noise on the training split only, seed 123) with CE, and for label smo
 loss top_c 2 at noise 0 and 80 %; 5 seeds per cell. Each cell trains its (gamma, seed) members
 together (one population run, gamma traced); gamma = 0 is the base loss alone, on the same seeds.
 Writes strength.md (every cell's mean ± std, then the paired differences against gamma = 0 and
-the diagnostics: `experiments.quickstart.strength`) and strength.png / strength_ls_focal.png
+the diagnostics: `experiments.common.strength`) and strength.png / strength_ls_focal.png
 (accuracy, ECE and NLL against gamma, one curve per top_c, one panel per noise rate).
 """
 
 from experiments.common import grid
-from experiments.quickstart import strength
+from experiments.common import strength
 from experiments.quickstart.configs import default
 
 GAMMAS = (0.0, 0.001, 0.003, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
